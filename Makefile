@@ -1,0 +1,28 @@
+# `make demo` and `make test` are all a new machine needs: both run scripts/setup first (idempotent, fast).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup test lint unit demo bench clean
+
+setup:
+	@scripts/setup
+
+lint: setup
+	$(BIN)/ruff check deployer tests bench
+	$(BIN)/ruff format --check deployer tests bench
+	$(BIN)/mypy deployer
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+demo: setup
+	@scripts/demo
+
+bench: setup
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

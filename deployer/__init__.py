@@ -1,0 +1,3 @@
+"""deployer: git push to deploy on Kubernetes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,145 @@
+"""The `deployer` command line. A shell: parses arguments, wires the layers, prints one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from deployer import __version__
+from deployer.config import RepoFiles, json_schema, load_deploy_config
+from deployer.config.yamlio import dump_all
+from deployer.errors import DeployError
+from deployer.helm import Helm
+from deployer.pipeline import Rendered, render_environment
+
+UNCOMMITTED = "uncommitted"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deployer", description="git push to deploy on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"deployer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser("render", help="print the manifests one environment gets")
+    render.add_argument("--env", required=True, help="environment name from deploy.yaml")
+    render.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
+    render.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="sets",
+        help="override a value, as helm --set (repeatable; highest precedence)",
+    )
+    render.add_argument("--output", "-o", choices=["yaml", "json"], default="yaml")
+    render.add_argument("--commit", help="commit to inject as deployer.commit and image tag (default: HEAD)")
+
+    validate = commands.add_parser("validate", help="check deploy.yaml, values and rendering of environments")
+    validate.add_argument("--env", help="only this environment (default: all)")
+    validate.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
+
+    commands.add_parser("schema", help="print the JSON Schema of deploy.yaml, for editors")
+    return parser
+
+
+def _head_commit(repo: Path) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "-q", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return UNCOMMITTED
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else UNCOMMITTED
+
+
+def _repo(path: Path) -> RepoFiles:
+    if not path.is_dir():
+        raise DeployError("is not a directory", where=f"--repo {path}")
+    return RepoFiles(path)
+
+
+async def _render(args: argparse.Namespace) -> int:
+    repo = _repo(args.repo)
+    config = load_deploy_config(repo)
+    rendered = await render_environment(
+        repo=repo,
+        config=config,
+        environment=args.env,
+        commit=args.commit or _head_commit(args.repo),
+        sets=tuple(args.sets),
+    )
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered.manifests}, indent=2))
+    else:
+        sys.stdout.write(dump_all(rendered.manifests))
+    _print_notes(rendered, stream=sys.stderr)
+    return 0
+
+
+def _print_notes(rendered: Rendered, *, stream: TextIO) -> None:
+    for ref in rendered.unvalidated:
+        print(f"note: {ref} has no Kubernetes schema here; only its metadata was checked", file=stream)
+
+
+async def _validate(args: argparse.Namespace) -> int:
+    repo = _repo(args.repo)
+    config = load_deploy_config(repo)
+    names = [args.env] if args.env else list(config.environments)
+    helm = Helm() if config.render.helm is not None else None
+    commit = _head_commit(args.repo)
+    failed = 0
+    for name in names:
+        try:
+            rendered = await render_environment(
+                repo=repo, config=config, environment=name, commit=commit, helm=helm
+            )
+        except DeployError as exc:
+            failed += 1
+            print(f"FAIL {name}: {exc}")
+            continue
+        kinds = ", ".join(item.ref for item in rendered.objects)
+        print(f"ok   {name} (namespace {rendered.namespace}): {len(rendered.objects)} objects: {kinds}")
+        _print_notes(rendered, stream=sys.stdout)
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "render":
+        return asyncio.run(_render(args))
+    return asyncio.run(_validate(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 1 on a DeployError (one line on stderr), 2 on a usage error."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("DEPLOYER_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+            "(set DEPLOYER_DEBUG=1 for a traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 2

@@ -1,0 +1,142 @@
+"""Strict YAML: duplicate keys are errors, errors carry line and column, dates stay strings.
+
+PyYAML silently keeps the last of two equal keys; a deployer must not guess which one the author meant.
+Timestamps stay strings because Helm (sigs.k8s.io/yaml) treats them so, and values must mean the same
+to us as to Helm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from deployer.errors import DeployError
+
+Path_ = tuple[str | int, ...]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Hashable, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                raise yaml.MarkedYAMLError(
+                    problem="a mapping key must be a scalar", problem_mark=key_node.start_mark
+                )
+            if key in seen:
+                first = seen[key].line + 1
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r} (first defined on line {first})",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _construct_timestamp_as_str(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+def _construct_value_as_str(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    # A bare "=" is YAML 1.1's obscure "value" type; everyone else reads it as a string.
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp_as_str)
+_StrictLoader.add_constructor("tag:yaml.org,2002:value", _construct_value_as_str)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed YAML document and where each of its parts starts (1-based line, column)."""
+
+    data: Any
+    source: str
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path_) -> str:
+        """`file:line:col` for the deepest known prefix of `path`, or the file alone."""
+        for end in range(len(path), -1, -1):
+            pos = self.positions.get(path[:end])
+            if pos is not None:
+                return f"{self.source}:{pos[0]}:{pos[1]}"
+        return self.source
+
+
+def _error(source: str, exc: yaml.YAMLError) -> DeployError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if mark is not None:
+            return DeployError(f"YAML error: {problem}", where=f"{source}:{mark.line + 1}:{mark.column + 1}")
+        return DeployError(f"YAML error: {problem}", where=source)
+    return DeployError(f"YAML error: {exc}", where=source)
+
+
+def _positions(node: Node | None, path: Path_, out: dict[Path_, tuple[int, int]]) -> None:
+    if node is None:
+        return
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode):
+                key_path = (*path, key_node.value)
+                out[key_path] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                _positions(value_node, key_path, out)
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _positions(item, (*path, index), out)
+
+
+def load_document(text: str, *, source: str) -> Document:
+    """Parse exactly one YAML document strictly; raise DeployError naming `source:line:col`."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise _error(source, exc) from None
+    except RecursionError:
+        raise DeployError("YAML error: nesting too deep", where=source) from None
+    finally:
+        loader.dispose()
+    positions: dict[Path_, tuple[int, int]] = {}
+    _positions(node, (), positions)
+    return Document(data=data, source=source, positions=positions)
+
+
+def load_all(text: str, *, source: str) -> Iterator[Any]:
+    """Parse a stream of YAML documents strictly, yielding each (None for empty documents)."""
+    loader = _StrictLoader(text)
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            yield loader.get_data()
+    except yaml.YAMLError as exc:
+        raise _error(source, exc) from None
+    except RecursionError:
+        raise DeployError("YAML error: nesting too deep", where=source) from None
+    finally:
+        loader.dispose()
+
+
+def dump(data: Any) -> str:
+    """YAML the way kubectl prints it: block style, keys in their given order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def dump_all(docs: list[Any]) -> str:
+    """A multi-document YAML stream, each document introduced by `---`."""
+    return yaml.safe_dump_all(
+        docs, sort_keys=False, default_flow_style=False, explicit_start=True, allow_unicode=True
+    )

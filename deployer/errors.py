@@ -1,0 +1,22 @@
+"""The two error families of DESIGN.md section 6. Only `TransientError` is ever retried."""
+
+from __future__ import annotations
+
+
+class DeployError(Exception):
+    """A failure the pusher must act on: bad config, template error, failed check.
+
+    `where` names the file (and line, field or object) at fault; the message is one line.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class TransientError(Exception):
+    """A failure that may pass on its own (5xx, timeouts, conflicts): retried with backoff."""

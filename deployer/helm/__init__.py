@@ -1,0 +1,132 @@
+"""Adapter for the pinned helm binary, through pyhelm3. The only code that runs helm.
+
+Rendering goes through `pyhelm3.Client.template_resources`; the raw output is kept too, because its
+`# Source:` comments tell which template each object came from, which error messages need.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pyhelm3
+import pyhelm3.errors
+import yaml
+
+from deployer.errors import DeployError
+
+PINNED_HELM_VERSION = "4.1.4"
+_captured: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("helm_output", default=None)
+
+
+class _CapturingCommand(pyhelm3.Command):  # type: ignore[misc]
+    """pyhelm3's Command, also handing the raw stdout to whoever is listening in this task."""
+
+    async def run(self, command: list[str], input: bytes | None = None) -> bytes:
+        output: bytes = await super().run(command, input)
+        sink = _captured.get()
+        if sink is not None:
+            sink.append(output)
+        return output
+
+
+def find_helm() -> str:
+    """The helm to run: $DEPLOYER_HELM, else the one setup put beside this Python, else helm on PATH."""
+    candidates = [
+        os.environ.get("DEPLOYER_HELM"),
+        str(Path(sys.executable).parent / "helm"),
+        shutil.which("helm"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise DeployError(
+        "helm not found: run `make setup`, or set DEPLOYER_HELM to a helm v4 binary", where="helm"
+    )
+
+
+class Helm:
+    """One helm binary, checked once, rendering charts as `helm template` does."""
+
+    def __init__(self, executable: str | None = None) -> None:
+        self.executable = executable or find_helm()
+        self._client = pyhelm3.Client(
+            command=_CapturingCommand(executable=self.executable), executable=self.executable
+        )
+        self.version = str(self._client.version)
+
+    async def template(
+        self, *, chart_dir: Path, chart_label: str, release: str, namespace: str, values: dict[str, Any]
+    ) -> str:
+        """The rendered manifests of `chart_dir` as helm prints them; errors name the chart file and line.
+
+        `chart_label` is the chart's path as the user knows it (e.g. charts/hello), used in messages.
+        """
+        chart, metadata = self._chart(chart_dir, chart_label)
+        sink: list[bytes] = []
+        token = _captured.set(sink)
+        try:
+            await self._client.template_resources(chart, release, values, namespace=namespace)
+        except pyhelm3.errors.Error as exc:
+            raise _helm_error(
+                exc.stderr.decode(errors="replace"),
+                chart_name=str(metadata.get("name", "")),
+                chart_label=chart_label,
+            ) from None
+        finally:
+            _captured.reset(token)
+        return b"".join(sink).decode()
+
+    def _chart(self, chart_dir: Path, chart_label: str) -> tuple[Any, dict[str, Any]]:
+        """pyhelm3's Chart for a local directory, read from Chart.yaml without running `helm show`."""
+        where = f"{chart_label.rstrip('/')}/Chart.yaml"
+        try:
+            raw = yaml.safe_load((chart_dir / "Chart.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DeployError(f"not a valid Chart.yaml: {' '.join(str(exc).split())}", where=where) from None
+        if not isinstance(raw, dict):
+            raise DeployError("Chart.yaml must be a mapping", where=where)
+        # Only what pyhelm3's model needs; helm itself checks the rest of Chart.yaml.
+        metadata = {
+            "apiVersion": raw.get("apiVersion", "v2"),
+            "name": str(raw.get("name", "")),
+            "version": str(raw.get("version", "")),
+        }
+        try:
+            chart = pyhelm3.Chart(self._client._command, ref=chart_dir, metadata=metadata)
+        except pydantic.ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"][1:]) or "metadata"
+            raise DeployError(f"{field}: {first['msg']} (got {first.get('input')!r})", where=where) from None
+        return chart, raw
+
+
+def _helm_error(stderr: str, *, chart_name: str, chart_label: str) -> DeployError:
+    lines = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith("level=") and "Use --debug flag" not in line
+    ]
+    text = " ".join(lines).removeprefix("Error: ")
+    text = text.replace("error converting YAML to JSON: ", "")
+    if chart_name:
+        text = re.sub(rf"(?<![\w/.-]){re.escape(chart_name)}/", f"{chart_label.rstrip('/')}/", text)
+    where = None
+    match = re.search(rf"({re.escape(chart_label.rstrip('/'))}/[^\s:()\"]+)(?::(\d+))?(?::(\d+))?", text)
+    if match:
+        where = ":".join(part for part in match.groups() if part)
+        text = text.replace(match.group(0), "", 1).replace("()", "").strip(" :")
+        text = re.sub(r"^(execution error at|parse error at|YAML parse error on)\s*:?\s*", r"\1: ", text)
+    return DeployError(f"helm template failed: {text}", where=where or chart_label)
+
+
+def values_json(values: dict[str, Any]) -> str:
+    """Values as helm receives them on stdin (for benchmarks and the bare-helm comparison)."""
+    return json.dumps(values)

@@ -1,0 +1,155 @@
+"""One push → one release, as a sequence of steps (DESIGN.md section 1).
+
+So far: the render and validate steps (4 and 5), which turn one commit and one environment into the
+exact, schema-checked manifests that environment should get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from deployer.config import DeployConfig, RepoFiles, load_values_file
+from deployer.config.load import DEPLOY_FILE
+from deployer.errors import DeployError
+from deployer.helm import Helm
+from deployer.render import jinja
+from deployer.render.manifests import (
+    RenderedObject,
+    parse_objects,
+    place_in_namespace,
+    sort_for_apply,
+    split_helm_output,
+)
+from deployer.render.validate import validate_objects
+from deployer.render.values import layer_values
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """The image a release runs: pinned by digest once built, by the commit tag before."""
+
+    repository: str
+    tag: str
+    digest: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What one commit renders for one environment, in apply order, validated."""
+
+    app: str
+    environment: str
+    namespace: str
+    release: str
+    objects: tuple[RenderedObject, ...]
+    values: dict[str, Any] = field(repr=False)
+    unvalidated: tuple[str, ...] = ()
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        return [item.obj for item in self.objects]
+
+
+def injected_values(
+    *, config: DeployConfig, environment: str, image: ImageRef, commit: str
+) -> dict[str, Any]:
+    """The `deployer` key every chart and template sees."""
+    return {
+        "app": config.app,
+        "environment": environment,
+        "namespace": config.environments[environment].namespace,
+        "commit": commit,
+        "image": {"repository": image.repository, "tag": image.tag, "digest": image.digest, "ref": image.ref},
+    }
+
+
+async def render_environment(
+    *,
+    repo: RepoFiles,
+    config: DeployConfig,
+    environment: str,
+    commit: str,
+    digest: str = "",
+    sets: tuple[str, ...] = (),
+    helm: Helm | None = None,
+) -> Rendered:
+    """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault."""
+    env = config.environments.get(environment)
+    if env is None:
+        known = ", ".join(config.environments)
+        raise DeployError(f"no environment {environment!r} (environments: {known})", where=DEPLOY_FILE)
+    files = [
+        (path, load_values_file(repo, path, where=f"{DEPLOY_FILE}: environments.{environment}.values[{i}]"))
+        for i, path in enumerate(env.values)
+    ]
+    image = ImageRef(repository=config.image.repository, tag=commit, digest=digest)
+    injected = injected_values(config=config, environment=environment, image=image, commit=commit)
+    if config.render.helm is not None:
+        chart = config.render.helm.chart.rstrip("/")
+        chart_dir = repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
+        defaults = (
+            load_values_file(repo, f"{chart}/values.yaml", where=f"{chart}/values.yaml")
+            if (chart_dir / "values.yaml").is_file()
+            else {}
+        )
+        values = layer_values(defaults=defaults, files=files, sets=list(sets), injected=injected)
+        text = await (helm or Helm()).template(
+            chart_dir=chart_dir,
+            chart_label=chart,
+            release=config.release_name,
+            namespace=env.namespace,
+            values=values.user,
+        )
+        objects = [
+            obj
+            for source, doc in split_helm_output(text)
+            for obj in parse_objects(doc, source=_chart_source(chart, source))
+        ]
+    else:
+        assert config.render.templates is not None
+        values = layer_values(defaults={}, files=files, sets=list(sets), injected=injected)
+        objects = _render_templates(
+            repo,
+            config.render.templates.dir,
+            {
+                "values": values.final,
+                "deployer": values.final["deployer"],
+                "app": config.app,
+                "environment": environment,
+                "namespace": env.namespace,
+                "release": {"name": config.release_name, "namespace": env.namespace},
+            },
+        )
+    ordered = sort_for_apply(place_in_namespace(objects, env.namespace))
+    unvalidated = validate_objects(ordered)
+    return Rendered(
+        app=config.app,
+        environment=environment,
+        namespace=env.namespace,
+        release=config.release_name,
+        objects=tuple(ordered),
+        values=values.final,
+        unvalidated=tuple(unvalidated),
+    )
+
+
+def _chart_source(chart: str, helm_source: str) -> str:
+    # helm names files "<chart name>/templates/x.yaml"; the user knows them as "<chart dir>/templates/x.yaml".
+    parts = PurePosixPath(helm_source).parts
+    return str(PurePosixPath(chart, *parts[1:])) if len(parts) > 1 else helm_source
+
+
+def _render_templates(repo: RepoFiles, templates_dir: str, context: dict[str, Any]) -> list[RenderedObject]:
+    env = jinja.make_environment(repo, templates_dir)
+    base = templates_dir.rstrip("/")
+    return [
+        obj
+        for name in jinja.template_names(repo, templates_dir)
+        for obj in parse_objects(jinja.render_template(env, name, context), source=f"{base}/{name}")
+    ]
