@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from deployer.config.repo import check_relative
+from deployer.errors import DeployError
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -57,7 +58,10 @@ Duration = Annotated[
 
 
 def _relative_path(value: str) -> str:
-    check_relative(value, where="path")
+    try:
+        check_relative(value, where="path")
+    except DeployError as exc:
+        raise ValueError(exc.message) from None
     return value
 
 

@@ -53,13 +53,14 @@ class RepoFiles:
             raise DeployError(f"{what} {path!r} {state} in the repo", where=where)
         return real
 
-    def directory(self, path: str, *, where: str, what: str = "directory") -> Path:
-        """An existing directory inside the repo, none of whose symlinks lead out of it."""
+    def directory(self, path: str, *, where: str, what: str = "directory", check_tree: bool = True) -> Path:
+        """An existing directory inside the repo; with `check_tree`, none of its symlinks may lead out."""
         real = self.resolve(path, where=where)
         if not real.is_dir():
             state = "is not a directory" if real.exists() else "does not exist"
             raise DeployError(f"{what} {path!r} {state} in the repo", where=where)
-        self._check_tree(real, where=where)
+        if check_tree:
+            self._check_tree(real, where=where)
         return real
 
     def read_text(self, path: str, *, where: str, what: str = "file") -> str:

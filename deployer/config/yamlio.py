@@ -7,6 +7,7 @@ to us as to Helm.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,39 @@ def _construct_value_as_str(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     return loader.construct_scalar(node)  # type: ignore[arg-type]
 
 
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return str(loader.construct_scalar(node)).lower() in _TRUE  # type: ignore[arg-type]
+
+
+# Plain scalars resolve as go-yaml v2 (Helm, sigs.k8s.io/yaml) resolves them, not as PyYAML does:
+# y/n are booleans, 1e3 and 1.5e3 are floats, 0o17 is octal, 1:20 is a string (no base 60).
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_TRUE = frozenset({"y", "yes", "true", "on"})
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _BOOL,
+    re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$"),
+    list("yYnNtTfFoO"),
+)
+_StrictLoader.add_implicit_resolver(
+    _INT,
+    re.compile(
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0o[0-7_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+    ),
+    list("-+0123456789"),
+)
+_StrictLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+_StrictLoader.add_constructor(_BOOL, _construct_bool)
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp_as_str)
 _StrictLoader.add_constructor("tag:yaml.org,2002:value", _construct_value_as_str)
 

@@ -122,8 +122,11 @@ def _helm_error(stderr: str, *, chart_name: str, chart_label: str) -> DeployErro
     match = re.search(rf"({re.escape(chart_label.rstrip('/'))}/[^\s:()\"]+)(?::(\d+))?(?::(\d+))?", text)
     if match:
         where = ":".join(part for part in match.groups() if part)
-        text = text.replace(match.group(0), "", 1).replace("()", "").strip(" :")
-        text = re.sub(r"^(execution error at|parse error at|YAML parse error on)\s*:?\s*", r"\1: ", text)
+        text = text.replace(match.group(0), "", 1)
+        text = re.sub(r"^execution error at \(\):\s*", "", text)
+        text = re.sub(r"^parse error at \(\):\s*", "template parse error: ", text)
+        text = re.sub(r"^YAML parse error on\s*:\s*", "invalid YAML: ", text)
+        text = text.strip(" :")
     return DeployError(f"helm template failed: {text}", where=where or chart_label)
 
 

@@ -145,7 +145,8 @@ def _parse_rhs(raw: str, *, expr: str) -> Any:
         inner = raw[1:-1]
         if "{" in inner or "}" in inner:
             raise DeployError("nested lists are not supported in --set", where=f"--set {expr}")
-        return [] if inner == "" else [typed_value(_unescape(item)) for item in _split_unescaped(inner, ",")]
+        # Helm reads "{}" as a list holding one empty string, and so do we.
+        return [typed_value(_unescape(item)) for item in _split_unescaped(inner, ",")]
     return typed_value(_unescape(raw))
 
 
