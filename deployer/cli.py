@@ -101,9 +101,7 @@ async def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            rendered = await render_environment(
-                repo=repo, config=config, environment=name, commit=commit, helm=helm
-            )
+            rendered = await render_environment(repo=repo, config=config, environment=name, commit=commit, helm=helm)
         except DeployError as exc:
             failed += 1
             print(f"FAIL {name}: {exc}")

@@ -56,9 +56,7 @@ class Rendered:
         return [item.obj for item in self.objects]
 
 
-def injected_values(
-    *, config: DeployConfig, environment: str, image: ImageRef, commit: str
-) -> dict[str, Any]:
+def injected_values(*, config: DeployConfig, environment: str, image: ImageRef, commit: str) -> dict[str, Any]:
     """The `deployer` key every chart and template sees."""
     return {
         "app": config.app,

@@ -71,9 +71,7 @@ def helm_values(chart: Path, files: list[dict[str, Any]], sets: list[str], tmp_p
 
 
 @pytest.mark.parametrize(("files", "sets"), CASES)
-def test_layering_matches_bare_helm(
-    chart: Path, tmp_path: Path, files: list[dict[str, Any]], sets: list[str]
-) -> None:
+def test_layering_matches_bare_helm(chart: Path, tmp_path: Path, files: list[dict[str, Any]], sets: list[str]) -> None:
     theirs = helm_values(chart, files, sets, tmp_path)  # writes f0.yaml, f1.yaml, ... into tmp_path
     repo = RepoFiles(tmp_path)
     loaded = [(f"f{i}.yaml", load_values_file(repo, f"f{i}.yaml", where="test")) for i in range(len(files))]

@@ -80,11 +80,7 @@ def parse_deploy_config(text: str, *, source: str = DEPLOY_FILE) -> DeployConfig
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         path, message = _describe(errors[0], doc)
-        more = (
-            f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-            if len(errors) > 1
-            else ""
-        )
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise DeployError(f"{_dotted(path)}: {message}{more}", where=doc.where(path)) from None
     found = conflicts(config)
     if found:
@@ -107,16 +103,12 @@ def load_deploy_config(repo: RepoFiles) -> DeployConfig:
 
 def check_paths(config: DeployConfig, repo: RepoFiles) -> None:
     """Every path deploy.yaml names exists inside the repo (no `..`, no absolute path, no symlink out)."""
-    repo.directory(
-        config.build.context, where=f"{DEPLOY_FILE}: build.context", what="build context", check_tree=False
-    )
+    repo.directory(config.build.context, where=f"{DEPLOY_FILE}: build.context", what="build context", check_tree=False)
     repo.file(config.build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
     if config.render.helm is not None:
         chart = config.render.helm.chart
         repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
-        repo.file(
-            f"{chart.rstrip('/')}/Chart.yaml", where=f"{DEPLOY_FILE}: render.helm.chart", what="chart file"
-        )
+        repo.file(f"{chart.rstrip('/')}/Chart.yaml", where=f"{DEPLOY_FILE}: render.helm.chart", what="chart file")
     if config.render.templates is not None:
         repo.directory(
             config.render.templates.dir,
@@ -125,9 +117,7 @@ def check_paths(config: DeployConfig, repo: RepoFiles) -> None:
         )
     for env_name, env in config.environments.items():
         for index, path in enumerate(env.values):
-            repo.file(
-                path, where=f"{DEPLOY_FILE}: environments.{env_name}.values[{index}]", what="values file"
-            )
+            repo.file(path, where=f"{DEPLOY_FILE}: environments.{env_name}.values[{index}]", what="values file")
 
 
 def load_values_file(repo: RepoFiles, path: str, *, where: str) -> dict[str, Any]:
@@ -137,7 +127,5 @@ def load_values_file(repo: RepoFiles, path: str, *, where: str) -> dict[str, Any
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise DeployError(
-            f"a values file must be a mapping of keys to values, got a {type(data).__name__}", where=path
-        )
+        raise DeployError(f"a values file must be a mapping of keys to values, got a {type(data).__name__}", where=path)
     return data

@@ -74,12 +74,7 @@ def _image_repository(value: str) -> str:
 
 
 def _branch_glob(value: str) -> str:
-    if (
-        not _BRANCH_GLOB.match(value)
-        or value.startswith(("/", "refs/"))
-        or value.endswith("/")
-        or ".." in value
-    ):
+    if not _BRANCH_GLOB.match(value) or value.startswith(("/", "refs/")) or value.endswith("/") or ".." in value:
         raise ValueError(f"{value!r} is not a branch name or glob such as 'main' or 'release/*'")
     return value
 
@@ -116,9 +111,7 @@ class HelmRender(StrictModel):
 
 
 class TemplatesRender(StrictModel):
-    dir: RelPath = Field(
-        description="Directory of Jinja2 templates (*.yaml.j2); files starting with _ are partials."
-    )
+    dir: RelPath = Field(description="Directory of Jinja2 templates (*.yaml.j2); files starting with _ are partials.")
 
 
 class RenderConfig(StrictModel):

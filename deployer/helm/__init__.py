@@ -47,9 +47,7 @@ def find_helm() -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise DeployError(
-        "helm not found: run `make setup`, or set DEPLOYER_HELM to a helm v4 binary", where="helm"
-    )
+    raise DeployError("helm not found: run `make setup`, or set DEPLOYER_HELM to a helm v4 binary", where="helm")
 
 
 class Helm:
@@ -57,9 +55,7 @@ class Helm:
 
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or find_helm()
-        self._client = pyhelm3.Client(
-            command=_CapturingCommand(executable=self.executable), executable=self.executable
-        )
+        self._client = pyhelm3.Client(command=_CapturingCommand(executable=self.executable), executable=self.executable)
         self.version = str(self._client.version)
 
     async def template(

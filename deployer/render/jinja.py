@@ -35,9 +35,7 @@ class _RepoLoader(jinja2.BaseLoader):
         self.repo = repo
         self.base = base.rstrip("/")
 
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         where = f"{self.base}: include {template!r}"
         try:
             check_relative(template, where=where)

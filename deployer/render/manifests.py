@@ -149,8 +149,7 @@ def place_in_namespace(objects: list[RenderedObject], namespace: str) -> list[Re
         declared = item.obj["metadata"].get("namespace")
         if declared not in (None, "", namespace):
             raise DeployError(
-                f"{item.ref}: metadata.namespace is {declared!r}, "
-                f"but this environment deploys to {namespace!r}",
+                f"{item.ref}: metadata.namespace is {declared!r}, but this environment deploys to {namespace!r}",
                 where=item.source,
             )
         metadata = {"name": item.name, "namespace": namespace, **item.obj["metadata"]}

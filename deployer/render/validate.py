@@ -33,11 +33,7 @@ _DNS1035_KINDS = frozenset({"Service"})
 
 
 def _schema_dir(version: str) -> Any:
-    return (
-        importlib.resources.files("kubernetes_validate")
-        / "kubernetes-json-schema"
-        / f"v{version}.0-local-strict"
-    )
+    return importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{version}.0-local-strict"
 
 
 @functools.cache
@@ -118,11 +114,7 @@ def validate_object(item: RenderedObject, *, version: str = KUBERNETES_VERSION) 
         if error.validator == "type":
             wanted = [
                 t
-                for t in (
-                    [error.validator_value]
-                    if isinstance(error.validator_value, str)
-                    else error.validator_value
-                )
+                for t in ([error.validator_value] if isinstance(error.validator_value, str) else error.validator_value)
                 if t != "null"
             ]
             message = f"{error.instance!r} is not of type {' or '.join(wanted)}"

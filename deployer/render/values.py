@@ -63,9 +63,7 @@ def layer_values(
     user: dict[str, Any] = {}
     for name, data in files:
         if RESERVED_KEY in data:
-            raise DeployError(
-                f"key {RESERVED_KEY!r} is reserved for the values the deployer injects", where=name
-            )
+            raise DeployError(f"key {RESERVED_KEY!r} is reserved for the values the deployer injects", where=name)
         user = merge_maps(user, data)
     for expr in sets:
         apply_set(user, expr)
@@ -155,9 +153,7 @@ def _parse_key(key: str, *, expr: str) -> list[str | int]:
     for segment in _split_unescaped(key, "."):
         match = re.fullmatch(r"((?:\\.|[^\[\]])*)((?:\[\d+\])*)", segment)
         if match is None or match.group(1) == "":
-            raise DeployError(
-                f"key {key!r} is not a dotted path such as image.tag or hosts[0]", where=f"--set {expr}"
-            )
+            raise DeployError(f"key {key!r} is not a dotted path such as image.tag or hosts[0]", where=f"--set {expr}")
         path.append(_unescape(match.group(1)))
         for index in re.findall(r"\[(\d+)\]", match.group(2)):
             if int(index) > _MAX_SET_INDEX:
@@ -177,9 +173,7 @@ def _assign(target: Any, path: list[str | int], value: Any, *, expr: str) -> Any
     if target is None:
         target = {}
     if not isinstance(target, dict):
-        raise DeployError(
-            f"cannot set {head!r} inside a {type(target).__name__} value", where=f"--set {expr}"
-        )
+        raise DeployError(f"cannot set {head!r} inside a {type(target).__name__} value", where=f"--set {expr}")
     target[head] = _assign(target.get(head), rest, value, expr=expr) if rest else value
     return target
 
