@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 import yaml
 from support import EXAMPLES, edit, run_deployer, run_deployer_process
 
-from deployer.config import parse_deploy_config
+from deployer.config import RepoFiles, load_deploy_config, parse_deploy_config
 from deployer.config.model import environments_for_branch
 from deployer.errors import DeployError
+from deployer.helm import Helm
+from deployer.pipeline import render_environment
 from deployer.render.validate import KUBERNETES_VERSION, has_schema
 
 Example = Callable[[str], Path]
@@ -261,3 +264,47 @@ def test_canary_policy_mistakes_are_named(canary: str, problem: str) -> None:
     assert problem in str(info.value)
     assert "environments.prod.canary" in str(info.value)
     assert str(info.value).startswith("deploy.yaml:7:")
+
+
+CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object}}
+"""
+
+
+def test_chart_crds_are_rendered_first_and_stay_cluster_scoped(example: Example) -> None:
+    repo = example("hello")
+    (repo / "charts" / "hello" / "crds").mkdir()
+    (repo / "charts" / "hello" / "crds" / "widgets.yaml").write_text(CRD)
+    objects = render(repo, "staging")
+    assert [o["kind"] for o in objects] == ["CustomResourceDefinition", "Service", "Deployment", "Ingress"]
+    assert "namespace" not in objects[0]["metadata"]
+
+
+def test_helm_yaml_error_names_the_chart_file(example: Example) -> None:
+    repo = example("hello")
+    (repo / "charts" / "hello" / "templates" / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\ndata: [\n")
+    result = run_deployer("render", "--env", "staging", "--repo", repo)
+    assert result.code == 1
+    assert result.error_line.startswith("error: charts/hello/templates/broken.yaml: helm template failed: invalid YAML")
+
+
+def test_a_helm_render_that_takes_too_long_is_stopped() -> None:
+    repo = RepoFiles(EXAMPLES / "hello")
+    with pytest.raises(DeployError) as info:
+        asyncio.run(
+            render_environment(
+                repo=repo, config=load_deploy_config(repo), environment="prod", commit=COMMIT, helm=Helm(timeout=0.001)
+            )
+        )
+    assert str(info.value) == "charts/hello: helm template took longer than 0.001s"

@@ -6,6 +6,7 @@ Rendering goes through `pyhelm3.Client.template_resources`; the raw output is ke
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import os
@@ -53,8 +54,9 @@ def find_helm() -> str:
 class Helm:
     """One helm binary, checked once, rendering charts as `helm template` does."""
 
-    def __init__(self, executable: str | None = None) -> None:
+    def __init__(self, executable: str | None = None, *, timeout: float = 120.0) -> None:
         self.executable = executable or find_helm()
+        self.timeout = timeout
         self._client = pyhelm3.Client(command=_CapturingCommand(executable=self.executable), executable=self.executable)
         self.version = str(self._client.version)
 
@@ -69,7 +71,11 @@ class Helm:
         sink: list[bytes] = []
         token = _captured.set(sink)
         try:
-            await self._client.template_resources(chart, release, values, namespace=namespace)
+            # CRDs in the chart's crds/ are rendered too: what the release applies is what render shows.
+            render = self._client.template_resources(chart, release, values, namespace=namespace, include_crds=True)
+            await asyncio.wait_for(render, timeout=self.timeout)
+        except TimeoutError:
+            raise DeployError(f"helm template took longer than {self.timeout:g}s", where=chart_label) from None
         except pyhelm3.errors.Error as exc:
             raise _helm_error(
                 exc.stderr.decode(errors="replace"),

@@ -83,10 +83,10 @@ def _check_metadata(item: RenderedObject) -> None:
         )
     for field in ("labels",):
         for key, value in (meta.get(field) or {}).items():
-            _check_label(item, f"metadata.{field}", key, value)
+            _check_label(item, field=f"metadata.{field}", key=key, value=value)
 
 
-def _check_label(item: RenderedObject, field: str, key: Any, value: Any) -> None:
+def _check_label(item: RenderedObject, *, field: str, key: Any, value: Any) -> None:
     prefix, _, name = str(key).rpartition("/")
     if (
         (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)))

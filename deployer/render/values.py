@@ -162,19 +162,19 @@ def _parse_key(key: str, *, expr: str) -> list[str | int]:
     return path
 
 
-def _assign(target: Any, path: list[str | int], value: Any, *, expr: str) -> Any:
+def _assign(target: Any, *, path: list[str | int], value: Any, expr: str) -> Any:
     """Set `value` at `path` inside `target` (a dict or list), creating maps and lists as Helm does."""
     head, rest = path[0], path[1:]
     if isinstance(head, int):
         items = list(target) if isinstance(target, list) else []
         items.extend([None] * (head + 1 - len(items)))
-        items[head] = _assign(items[head], rest, value, expr=expr) if rest else value
+        items[head] = _assign(items[head], path=rest, value=value, expr=expr) if rest else value
         return items
     if target is None:
         target = {}
     if not isinstance(target, dict):
         raise DeployError(f"cannot set {head!r} inside a {type(target).__name__} value", where=f"--set {expr}")
-    target[head] = _assign(target.get(head), rest, value, expr=expr) if rest else value
+    target[head] = _assign(target.get(head), path=rest, value=value, expr=expr) if rest else value
     return target
 
 
@@ -187,4 +187,4 @@ def apply_set(values: dict[str, Any], expr: str) -> None:
                 "expected KEY=VALUE, such as replicas=3 or image.pullPolicy=Always", where=f"--set {expr}"
             )
         path = _parse_key(key, expr=expr)
-        _assign(values, path, _parse_rhs(raw, expr=expr), expr=expr)
+        _assign(values, path=path, value=_parse_rhs(raw, expr=expr), expr=expr)
