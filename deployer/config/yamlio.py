@@ -7,6 +7,7 @@ to us as to Helm.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
@@ -134,16 +135,24 @@ def _positions(node: Node | None, path: Path_, out: dict[Path_, tuple[int, int]]
             _positions(item, (*path, index), out)
 
 
-def load_document(text: str, *, source: str) -> Document:
-    """Parse exactly one YAML document strictly; raise DeployError naming `source:line:col`."""
-    loader = _StrictLoader(text)
+@contextlib.contextmanager
+def _reporting(source: str) -> Iterator[None]:
+    """Turn YAML parse errors into one DeployError naming `source:line:col`."""
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        yield
     except yaml.YAMLError as exc:
         raise _error(source, exc) from None
     except RecursionError:
         raise DeployError("YAML error: nesting too deep", where=source) from None
+
+
+def load_document(text: str, *, source: str) -> Document:
+    """Parse exactly one YAML document strictly; raise DeployError naming `source:line:col`."""
+    loader = _StrictLoader(text)
+    try:
+        with _reporting(source):
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
     positions: dict[Path_, tuple[int, int]] = {}
@@ -155,12 +164,9 @@ def load_all(text: str, *, source: str) -> Iterator[Any]:
     """Parse a stream of YAML documents strictly, yielding each (None for empty documents)."""
     loader = _StrictLoader(text)
     try:
-        while loader.check_data():
-            yield loader.get_data()
-    except yaml.YAMLError as exc:
-        raise _error(source, exc) from None
-    except RecursionError:
-        raise DeployError("YAML error: nesting too deep", where=source) from None
+        with _reporting(source):
+            while loader.check_data():
+                yield loader.get_data()
     finally:
         loader.dispose()
 

@@ -96,15 +96,18 @@ def typed_value(text: str) -> Any:
     return text
 
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    parts, current, i = [], "", 0
+def _split_unescaped(text: str, sep: str, *, nested: bool = False) -> list[str]:
+    """Split on `sep` unless backslash-escaped (or, with `nested`, inside braces); escapes are kept."""
+    parts, current, depth, i = [], "", 0, 0
     while i < len(text):
         char = text[i]
         if char == "\\" and i + 1 < len(text):
             current += text[i : i + 2]
             i += 2
             continue
-        if char == sep:
+        if nested:
+            depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == sep and depth == 0:
             parts.append(current)
             current = ""
         else:
@@ -116,26 +119,6 @@ def _split_unescaped(text: str, sep: str) -> list[str]:
 
 def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
-
-
-def _split_assignments(expr: str) -> list[str]:
-    """`a=1,b={x,y}` → [`a=1`, `b={x,y}`]: commas inside braces belong to the list."""
-    out, current, depth, i = [], "", 0, 0
-    while i < len(expr):
-        char = expr[i]
-        if char == "\\" and i + 1 < len(expr):
-            current += expr[i : i + 2]
-            i += 2
-            continue
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            out.append(current)
-            current = ""
-        else:
-            current += char
-        i += 1
-    out.append(current)
-    return out
 
 
 def _parse_rhs(raw: str, *, expr: str) -> Any:
@@ -180,7 +163,7 @@ def _assign(target: Any, *, path: list[str | int], value: Any, expr: str) -> Any
 
 def apply_set(values: dict[str, Any], expr: str) -> None:
     """Apply one --set expression (`a.b=1`, `list[0]=x`, `a={x,y}`, `a=1,b=2`) to `values` in place."""
-    for assignment in _split_assignments(expr):
+    for assignment in _split_unescaped(expr, ",", nested=True):  # a=1,b={x,y}
         key, sep, raw = assignment.partition("=")
         if not sep or not key:
             raise DeployError(
