@@ -125,6 +125,15 @@ def test_helm_template_error_is_helms_message_trimmed(example: Example) -> None:
     assert "Use --debug" not in line
 
 
+def test_helm_error_through_the_console_script_is_one_line(example: Example) -> None:
+    repo = example("hello")
+    edit(repo / "charts" / "hello" / "templates" / "service.yaml", "port: 80", "port: {{ .Values.svc.port }}")
+    result = run_deployer_process("render", "--env", "staging", "--repo", repo)
+    assert result.code == 1
+    assert result.error_line.startswith("error: charts/hello/templates/service.yaml:12:22: helm template failed")
+    assert result.out == ""
+
+
 def test_helm_required_value_message(example: Example) -> None:
     repo = example("hello")
     edit(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ import yaml
 from deployer.errors import DeployError
 
 PINNED_HELM_VERSION = "4.1.4"
+# pyhelm3 logs every failed command as a warning; this adapter turns failures into one DeployError instead.
+logging.getLogger("pyhelm3").setLevel(logging.ERROR)
 _captured: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("helm_output", default=None)
 
 
