@@ -1,0 +1,356 @@
+"""The HTTP face of the sandbox: Kubernetes REST paths, discovery, OpenAPI, and /sandbox/ endpoints for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from deployer.sandbox import discovery
+from deployer.sandbox.cluster import Cluster
+from deployer.sandbox.errors import ApiError, bad_request
+from deployer.sandbox.patch import json_patch, merge_patch
+from deployer.sandbox.protobuf import ProtobufError, decode_request
+from deployer.sandbox.resources import ResourceType
+from deployer.sandbox.selectors import SelectorError, field_matcher, label_matcher
+from deployer.sandbox.watch import watch
+
+_PATCH_TYPES = {
+    "application/json-patch+json": "json",
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/apply-patch+yaml": "apply",
+    "application/apply-patch+cbor": "apply-cbor",
+}
+_VERBS_BY_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+@dataclass
+class Fault:
+    """Make `percent`% of matching requests fail with `status`, or wait `latency` seconds first."""
+
+    verb: str = "*"
+    resource: str = "*"
+    percent: float = 100.0
+    status: int = 0
+    latency: float = 0.0
+
+    def matches(self, verb: str, resource: str) -> bool:
+        return self.verb in ("*", verb) and self.resource in ("*", resource)
+
+
+@dataclass
+class Controls:
+    """Sandbox-only state: injected faults and request counters."""
+
+    faults: list[Fault] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Target:
+    rt: ResourceType
+    version: str
+    namespace: str | None
+    name: str | None
+    subresource: str
+    extra: str = ""
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def _error(exc: ApiError) -> web.Response:
+    return _json(exc.status(), status=exc.code)
+
+
+class Api:
+    """Routes requests to the cluster."""
+
+    def __init__(self, cluster: Cluster, controls: Controls, *, extra_routes: Any = None) -> None:
+        self.cluster = cluster
+        self.controls = controls
+        self.extra_routes = extra_routes
+        self.address = "127.0.0.1"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("GET", "/sandbox/stats", self.stats)
+        app.router.add_route("POST", "/sandbox/faults", self.add_fault)
+        app.router.add_route("DELETE", "/sandbox/faults", self.clear_faults)
+        app.router.add_route("POST", "/sandbox/drop-watches", self.drop_watches)
+        if self.extra_routes:
+            self.extra_routes(app)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    # --- sandbox-only endpoints ------------------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json({"requests": dict(sorted(self.controls.stats.items())), "objects": len(self.cluster.store.objects),
+                      "resourceVersion": self.cluster.store.rv})
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        fault = Fault(**{k: v for k, v in body.items() if k in Fault.__dataclass_fields__})
+        self.controls.faults.append(fault)
+        return _json({"faults": len(self.controls.faults)}, status=201)
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.controls.faults.clear()
+        return _json({"faults": 0})
+
+    async def drop_watches(self, request: web.Request) -> web.Response:
+        return _json({"dropped": self.cluster.store.drop_watches()})
+
+    # --- Kubernetes API --------------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        try:
+            static = self._static(path)
+            if static is not None:
+                return _json(static)
+            target = self._route(path)
+            verb = self._verb(request, target)
+            self.controls.stats[f"{verb} {target.rt.plural}"] += 1
+            await self._inject(verb, target.rt.plural)
+            return await self._dispatch(request, target, verb)
+        except ApiError as exc:
+            return _error(exc)
+
+    def _static(self, path: str) -> dict[str, Any] | None:
+        registry = self.cluster.registry
+        if path == "/version":
+            return discovery.VERSION
+        if path == "/api":
+            return discovery.api_versions(self.address)
+        if path == "/apis":
+            return discovery.api_group_list(registry)
+        if path == "/openapi/v3":
+            return discovery.openapi_v3_index(registry)
+        if path == "/healthz" or path == "/readyz" or path == "/livez":
+            return {"status": "ok"}
+        match = re.fullmatch(r"/openapi/v3/(?:api/(v1)|apis/([^/]+)/([^/]+))", path)
+        if match:
+            group, version = (match.group(2) or ""), (match.group(1) or match.group(3))
+            doc = discovery.openapi_v3_document(registry, group, version)
+            if doc is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return doc
+        match = re.fullmatch(r"/api/(v1)|/apis/([^/]+)/([^/]+)", path)
+        if match:
+            group, version = (match.group(2) or ""), (match.group(1) or match.group(3))
+            found = discovery.resource_list(registry, group, version)
+            if found is not None:
+                return found
+        match = re.fullmatch(r"/apis/([^/]+)", path)
+        if match:
+            found = discovery.api_group(registry, match.group(1))
+            if found is not None:
+                return found
+        return None
+
+    def _route(self, path: str) -> Target:
+        match = re.fullmatch(r"/api/(v1)/(.*)|/apis/([^/]+)/([^/]+)/(.*)", path)
+        if not match:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        group = match.group(3) or ""
+        version = match.group(1) or match.group(4)
+        parts = (match.group(2) if match.group(1) else match.group(5)).split("/")
+        namespace = None
+        if parts[0] == "namespaces" and len(parts) >= 3 and parts[2] not in ("status", "finalize") and not group:
+            namespace, parts = parts[1], parts[2:]
+        elif parts[0] == "namespaces" and len(parts) >= 3 and group:
+            namespace, parts = parts[1], parts[2:]
+        rt = self.cluster.rt(group, version, parts[0])
+        if rt.namespaced is False and namespace is not None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = parts[1] if len(parts) > 1 else None
+        subresource = parts[2] if len(parts) > 2 else ""
+        if subresource and subresource not in rt.subresources and not (rt.kind == "Namespace" and subresource in
+                                                                        ("status", "finalize")):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return Target(rt, version, namespace if rt.namespaced else None, name, subresource, "/".join(parts[3:]))
+
+    @staticmethod
+    def _verb(request: web.Request, target: Target) -> str:
+        if request.method == "GET":
+            if request.query.get("watch") in ("true", "1"):
+                return "watch"
+            return "get" if target.name else "list"
+        if request.method == "DELETE" and not target.name:
+            return "deletecollection"
+        return _VERBS_BY_METHOD.get(request.method, request.method.lower())
+
+    async def _inject(self, verb: str, resource: str) -> None:
+        for fault in self.controls.faults:
+            if fault.matches(verb, resource) and random.uniform(0, 100) < fault.percent:  # noqa: S311 - fault sampling
+                if fault.latency:
+                    await asyncio.sleep(fault.latency)
+                if fault.status:
+                    reason = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(fault.status, "InternalError")
+                    raise ApiError(fault.status, reason, f"injected fault: {fault.status} for {verb} {resource}")
+
+    async def _body(self, request: web.Request, target: Target) -> Any:
+        raw = await request.read()
+        content_type = request.content_type
+        try:
+            if content_type == "application/vnd.kubernetes.protobuf":
+                return decode_request(raw)
+            if content_type == "application/apply-patch+yaml":
+                return yaml.safe_load(raw.decode() or "null")
+            return json.loads(raw.decode() or "null")
+        except (ValueError, yaml.YAMLError, ProtobufError) as exc:
+            raise bad_request(f"the body of the request was in an unknown format: {exc}") from None
+
+    async def _dispatch(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
+        cluster, query = self.cluster, request.query
+        rt, version, ns, name = target.rt, target.version, target.namespace or "", target.name
+        manager = query.get("fieldManager") or _default_manager(request)
+        mode = query.get("fieldValidation") or "Warn"
+        dry_run = query.get("dryRun") == "All"
+        cluster.warnings = []
+        if verb == "watch":
+            return await self._watch(request, target)
+        if verb == "list":
+            return _json(cluster.list(rt, version, target.namespace, labels=query.get("labelSelector"),
+                                      field_selector=query.get("fieldSelector"), limit=int(query.get("limit", 0)),
+                                      cont=query.get("continue")))
+        if verb == "get":
+            if target.subresource == "scale":
+                return _json(_scale(cluster.get(rt, version, ns, name or "")))
+            if target.subresource in ("log", "proxy") and self.extra_routes:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json(cluster.get(rt, version, ns, name or ""))
+        if verb == "deletecollection":
+            return _json(self._delete_collection(request, target))
+        body = await self._body(request, target) if request.method != "DELETE" else None
+        if target.subresource == "scale":
+            return _json(self._scale_write(request, target, body, manager))
+        if verb == "create":
+            obj = cluster.create(rt, version, ns, body, manager=manager, mode=mode, dry_run=dry_run)
+            return _json(obj, status=201, headers=_warnings(cluster.warnings))
+        if verb == "update":
+            obj = cluster.update(rt, version, ns, name or "", body, manager=manager, subresource=target.subresource,
+                                 mode=mode, dry_run=dry_run)
+            return _json(obj, headers=_warnings(cluster.warnings))
+        if verb == "patch":
+            patch_type = _PATCH_TYPES.get(request.content_type)
+            if patch_type is None or patch_type == "apply-cbor":
+                raise ApiError(415, "UnsupportedMediaType",
+                               f'the body of the request was in an unknown format - accepted media types include: '
+                               f'{", ".join(k for k in _PATCH_TYPES if not k.endswith("cbor"))}')
+            existed = cluster.store.get(cluster.key(rt, ns, name or "")) is not None
+            obj = cluster.patch(rt, version, ns, name or "", patch_type, body,
+                                manager=query.get("fieldManager") or (None if patch_type == "apply" else manager),
+                                subresource=target.subresource, force=query.get("force") == "true",
+                                mode=query.get("fieldValidation") or ("Strict" if patch_type == "apply" else "Warn"),
+                                dry_run=dry_run)
+            return _json(obj, status=200 if existed else 201, headers=_warnings(cluster.warnings))
+        if verb == "delete":
+            options = await self._delete_options(request)
+            return _json(cluster.delete(rt, version, ns, name or "", options=options, dry_run=dry_run))
+        raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+
+    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if request.can_read_body:
+            body = await self._body(request, None)  # type: ignore[arg-type]
+            if isinstance(body, dict):
+                options = body
+        for key in ("propagationPolicy", "gracePeriodSeconds", "orphanDependents"):
+            if key in request.query:
+                options[key] = request.query[key]
+        if options.get("orphanDependents") in ("true", True):
+            options["orphanDependents"] = True
+        return options
+
+    def _delete_collection(self, request: web.Request, target: Target) -> dict[str, Any]:
+        listed = self.cluster.list(target.rt, target.version, target.namespace,
+                                   labels=request.query.get("labelSelector"),
+                                   field_selector=request.query.get("fieldSelector"))
+        for item in listed["items"]:
+            meta = item["metadata"]
+            self.cluster.delete(target.rt, target.version, meta.get("namespace", ""), meta["name"])
+        return listed
+
+    def _scale_write(self, request: web.Request, target: Target, body: Any, manager: str) -> dict[str, Any]:
+        cluster, rt = self.cluster, target.rt
+        current = cluster.get(rt, target.version, target.namespace or "", target.name or "")
+        scale = _scale(current)
+        if request.method == "PATCH":
+            patch_type = _PATCH_TYPES.get(request.content_type, "merge")
+            scale = json_patch(scale, body) if patch_type == "json" else merge_patch(scale, body)
+        else:
+            scale = body
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ApiError(422, "Invalid", f'Scale.autoscaling "{target.name}" is invalid: spec.replicas: Invalid '
+                                           f"value: {replicas}: must be greater than or equal to 0")
+        updated = cluster.patch(rt, target.version, target.namespace or "", target.name or "", "merge",
+                                {"spec": {"replicas": replicas}}, manager=manager)
+        return _scale(updated)
+
+    async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        query = request.query
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        events = watch(self.cluster, target.rt, target.version, target.namespace,
+                       resource_version=query.get("resourceVersion"), labels=query.get("labelSelector"),
+                       field_selector=_name_field(query.get("fieldSelector"), target.name), timeout=timeout,
+                       bookmarks=query.get("allowWatchBookmarks") == "true")
+        try:  # selector errors surface as a plain HTTP error, before the stream starts
+            label_matcher(query.get("labelSelector"))
+            field_matcher(query.get("fieldSelector"), target.rt.kind)
+        except SelectorError as exc:
+            raise bad_request(str(exc)) from None
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            async for event in events:
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            await events.aclose()
+        return response
+
+
+def _name_field(selector: str | None, name: str | None) -> str | None:
+    if not name:
+        return selector
+    return f"metadata.name={name}" + (f",{selector}" if selector else "")
+
+
+def _warnings(warnings: list[str]) -> dict[str, str] | None:
+    if not warnings:
+        return None
+    return {"Warning": ", ".join('299 - "' + w.replace('"', '\\"') + '"' for w in warnings)}
+
+
+def _default_manager(request: web.Request) -> str:
+    """kube-apiserver names an Update's manager after the user agent's program name."""
+    agent = request.headers.get("User-Agent", "unknown")
+    return agent.split("/", 1)[0] or "unknown"
+
+
+def _scale(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                     if k in meta},
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))},
+    }

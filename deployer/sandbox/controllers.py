@@ -1,0 +1,483 @@
+"""Simulated controllers: Deployment → ReplicaSet → Pods, Service → Endpoints, Jobs, namespace deletion and
+garbage collection. Deterministic and fast; every write goes through the same API paths clients use."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from deployer.sandbox.cluster import Cluster, now, random_suffix
+from deployer.sandbox.errors import ApiError
+from deployer.sandbox.resources import ResourceType
+from deployer.sandbox.runtime import PodRuntime
+from deployer.sandbox.selectors import match_labels_selector
+from deployer.sandbox.store import Event, Key
+
+MANAGER = "kube-controller-manager"
+REVISION = "deployment.kubernetes.io/revision"
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _owner_ref(owner: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _percent(value: Any, total: int, *, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        exact = int(value[:-1]) * total / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+    return int(value or 0)
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    return "".join("bcdfghjklmnpqrstvwxz2456789"[int(digest[i : i + 2], 16) % 27] for i in range(0, 20, 2))
+
+
+class Controllers:
+    """Reacts to store events by reconciling the affected objects, one at a time."""
+
+    def __init__(self, cluster: Cluster, runtime: PodRuntime) -> None:
+        self.cluster = cluster
+        self.runtime = runtime
+        self.queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        self.pending: set[tuple[str, str, str]] = set()
+        self.task: asyncio.Task[None] | None = None
+        cluster.store.subscribers.append(self.on_event)
+        runtime.on_change = lambda ns, name: self.enqueue("pods", ns, name)
+
+    def rt(self, plural: str) -> ResourceType:
+        group = {"deployments": "apps", "replicasets": "apps", "jobs": "batch"}.get(plural, "")
+        return self.cluster.rt(group, "v1", plural)
+
+    def enqueue(self, plural: str, namespace: str, name: str) -> None:
+        item = (plural, namespace, name)
+        if item not in self.pending:
+            self.pending.add(item)
+            self.queue.put_nowait(item)
+
+    def later(self, seconds: float, plural: str, namespace: str, name: str) -> None:
+        asyncio.get_running_loop().call_later(max(seconds, 0.0), self.enqueue, plural, namespace, name)
+
+    def start(self) -> None:
+        for key in list(self.cluster.store.objects):
+            self.on_event(Event(0, "ADDED", key, self.cluster.store.objects[key], None))
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            self.pending.discard(item)
+            try:
+                self.reconcile(*item)
+            except ApiError:
+                self.later(0.05, *item)  # a conflict with a client's write: try again shortly
+
+    # --- event routing ---------------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        group, plural, namespace, name = event.key
+        obj = event.obj
+        if (group, plural) in (("apps", "deployments"), ("apps", "replicasets"), ("batch", "jobs"), ("", "pods"),
+                               ("", "services"), ("", "namespaces")):
+            self.enqueue(plural, namespace, name)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            owner_plural = {"ReplicaSet": "replicasets", "Deployment": "deployments", "Job": "jobs"}.get(ref["kind"])
+            if owner_plural:
+                self.enqueue(owner_plural, namespace, ref["name"])
+        if plural == "pods":
+            for service in self.cluster.store.items("", "services", namespace):
+                self.enqueue("services", namespace, service["metadata"]["name"])
+        if event.type == "DELETED":
+            self._collect_garbage(event.key, obj)
+        elif obj["metadata"].get("deletionTimestamp"):
+            self._finalize(event.key, obj)
+
+    # --- reconcilers -----------------------------------------------------------------------------------------
+
+    def reconcile(self, plural: str, namespace: str, name: str) -> None:
+        handler: Callable[[str, str], None] = {
+            "deployments": self.deployment, "replicasets": self.replicaset, "pods": self.pod,
+            "services": self.endpoints, "jobs": self.job, "namespaces": self.namespace,
+        }[plural]
+        handler(namespace, name)
+
+    def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        rt = self.rt(plural)
+        return self.cluster.store.get(self.cluster.key(rt, namespace, name))
+
+    def _owned(self, plural: str, namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
+        rt = self.rt(plural)
+        return [o for o in self.cluster.store.items(rt.group, rt.plural, namespace)
+                if _owned_by(o, owner["metadata"]["uid"]) and not o["metadata"].get("deletionTimestamp")]
+
+    def _status(self, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        if obj.get("status") != status:
+            meta = obj["metadata"]
+            self.cluster.update(self.rt(plural), "v1", meta.get("namespace", ""), meta["name"],
+                                {**obj, "status": status}, manager=MANAGER, subresource="status")
+
+    def _scale(self, rs: dict[str, Any], replicas: int, **annotations: str) -> None:
+        meta = rs["metadata"]
+        current = dict(meta.get("annotations") or {})
+        wanted = {**current, **annotations}
+        if rs["spec"].get("replicas") != replicas or wanted != current:
+            patch = {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}}
+            self.cluster.patch(self.rt("replicasets"), "v1", meta["namespace"], meta["name"], "merge", patch,
+                               manager=MANAGER)
+
+    def deployment(self, namespace: str, name: str) -> None:
+        d = self._get("deployments", namespace, name)
+        if d is None or d["metadata"].get("deletionTimestamp"):
+            return
+        spec = d["spec"]
+        desired = spec.get("replicas", 1)
+        pod_hash = template_hash(spec["template"])
+        owned = self._owned("replicasets", namespace, d)
+        new = next((rs for rs in owned if rs["metadata"].get("labels", {}).get("pod-template-hash") == pod_hash), None)
+        old = [rs for rs in owned if rs is not new]
+        revision = max([int((rs["metadata"].get("annotations") or {}).get(REVISION, "0")) for rs in owned] + [0])
+        created = False
+        if new is None and not spec.get("paused"):
+            new = self._create_replicaset(d, pod_hash, revision + 1, desired if not old else 0)
+            created = True
+        strategy = spec.get("strategy") or {}
+        max_surge = _percent((strategy.get("rollingUpdate") or {}).get("maxSurge", "25%"), desired, round_up=True)
+        max_unavailable = _percent((strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"), desired,
+                                   round_up=False)
+        if max_surge == 0 and max_unavailable == 0:
+            max_unavailable = 1
+        if new is not None and not spec.get("paused"):
+            if strategy.get("type") == "Recreate":
+                self._recreate(new, old, desired)
+            else:
+                self._roll(new, old, desired, max_surge, max_unavailable)
+        self._deployment_status(d, new, old, desired, max_unavailable, created=created)
+
+    def _create_replicaset(self, d: dict[str, Any], pod_hash: str, revision: int, replicas: int) -> dict[str, Any]:
+        template = json.loads(json.dumps(d["spec"]["template"]))
+        template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = pod_hash
+        selector = json.loads(json.dumps(d["spec"]["selector"]))
+        selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
+        meta = d["metadata"]
+        rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+              "metadata": {"name": f"{meta['name']}-{pod_hash}", "namespace": meta["namespace"],
+                           "labels": template["metadata"]["labels"],
+                           "annotations": {REVISION: str(revision),
+                                           "deployment.kubernetes.io/desired-replicas": str(d["spec"]["replicas"])},
+                           "ownerReferences": [_owner_ref(d, "apps/v1", "Deployment")]},
+              "spec": {"replicas": replicas, "minReadySeconds": d["spec"].get("minReadySeconds", 0),
+                       "selector": selector, "template": template}}
+        return self.cluster.create(self.rt("replicasets"), "v1", meta["namespace"], rs, manager=MANAGER)
+
+    def _roll(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int, surge: int, unavailable: int) -> None:
+        total = sum(rs["spec"].get("replicas", 0) for rs in [new, *old])
+        new_target = new["spec"]["replicas"]
+        if new_target < desired:
+            new_target = min(desired, new_target + max(0, desired + surge - total))
+        elif new_target > desired:
+            new_target = desired
+        self._scale(new, new_target, **{"deployment.kubernetes.io/desired-replicas": str(desired)})
+        available = sum((rs.get("status") or {}).get("availableReplicas", 0) for rs in [new, *old])
+        removable = max(0, available - (desired - unavailable))
+        for rs in sorted(old, key=lambda r: r["metadata"]["creationTimestamp"]):
+            replicas = rs["spec"].get("replicas", 0)
+            unhealthy = replicas - (rs.get("status") or {}).get("availableReplicas", 0)
+            cut = min(replicas, removable + max(unhealthy, 0))
+            removable = max(0, removable - cut)
+            if cut:
+                self._scale(rs, replicas - cut)
+
+    def _recreate(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int) -> None:
+        for rs in old:
+            self._scale(rs, 0)
+        if all((rs.get("status") or {}).get("replicas", 0) == 0 for rs in old):
+            self._scale(new, desired)
+
+    def _deployment_status(self, d: dict[str, Any], new: dict[str, Any] | None, old: list[dict[str, Any]],
+                           desired: int, max_unavailable: int, *, created: bool) -> None:
+        sets = [rs for rs in [new, *old] if rs is not None]
+        stat = lambda rs, key: (rs.get("status") or {}).get(key, 0)  # noqa: E731
+        available = sum(stat(rs, "availableReplicas") for rs in sets)
+        total_spec = sum(rs["spec"].get("replicas", 0) for rs in sets)
+        status: dict[str, Any] = {
+            "observedGeneration": d["metadata"].get("generation", 1),
+            "replicas": sum(stat(rs, "replicas") for rs in sets),
+            "updatedReplicas": stat(new, "replicas") if new else 0,
+            "readyReplicas": sum(stat(rs, "readyReplicas") for rs in sets),
+            "availableReplicas": available,
+        }
+        if total_spec - available > 0:
+            status["unavailableReplicas"] = total_spec - available
+        status = {k: v for k, v in status.items() if v or k == "observedGeneration"}
+        previous = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or []}
+        conditions = [self._condition(previous.get("Available"), "Available",
+                                      *(("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+                                        if available >= desired - max_unavailable else
+                                        ("False", "MinimumReplicasUnavailable",
+                                         "Deployment does not have minimum availability.")))]
+        conditions.append(self._progressing(d, new, old, previous.get("Progressing"), status, desired, created))
+        status["conditions"] = conditions
+        self._status("deployments", d, status)
+        if new is not None:
+            revision = (new["metadata"].get("annotations") or {}).get(REVISION)
+            if revision and (d["metadata"].get("annotations") or {}).get(REVISION) != revision:
+                meta = d["metadata"]
+                self.cluster.patch(self.rt("deployments"), "v1", meta["namespace"], meta["name"], "merge",
+                                   {"metadata": {"annotations": {REVISION: revision}}}, manager=MANAGER)
+
+    def _progressing(self, d: dict[str, Any], new: dict[str, Any] | None, old: list[dict[str, Any]],
+                     previous: dict[str, Any] | None, status: dict[str, Any], desired: int,
+                     created: bool) -> dict[str, Any]:
+        rs_name = new["metadata"]["name"] if new else ""
+        old_pods = sum((rs.get("status") or {}).get("replicas", 0) for rs in old)
+        complete = (status.get("updatedReplicas", 0) == desired and status.get("replicas", 0) == desired
+                    and status.get("availableReplicas", 0) == desired and old_pods == 0)
+        deadline = d["spec"].get("progressDeadlineSeconds", 600)
+        if complete:
+            return self._condition(previous, "Progressing", "True", "NewReplicaSetAvailable",
+                                   f'ReplicaSet "{rs_name}" has successfully progressed.')
+        if previous and previous.get("reason") == "ProgressDeadlineExceeded":
+            return previous
+        before = d.get("status") or {}
+        fields_ = ("updatedReplicas", "availableReplicas", "replicas", "readyReplicas")
+        progress = previous is None or any(before.get(f) != status.get(f) for f in fields_)
+        if created:
+            cond = self._condition(previous, "Progressing", "True", "NewReplicaSetCreated",
+                                   f'Created new replica set "{rs_name}"', touch=True)
+        elif progress and previous is not None:
+            cond = self._condition(previous, "Progressing", "True", "ReplicaSetUpdated",
+                                   f'ReplicaSet "{rs_name}" is progressing.', touch=True)
+        else:
+            cond = previous or self._condition(None, "Progressing", "True", "FoundNewReplicaSet",
+                                               f'Found new replica set "{rs_name}"', touch=True)
+        last = _parse_time(cond["lastUpdateTime"])
+        if time.time() - last > deadline:
+            return self._condition(previous, "Progressing", "False", "ProgressDeadlineExceeded",
+                                   f'ReplicaSet "{rs_name}" has timed out progressing.')
+        meta = d["metadata"]
+        self.later(last + deadline - time.time() + 0.01, "deployments", meta["namespace"], meta["name"])
+        return cond
+
+    @staticmethod
+    def _condition(previous: dict[str, Any] | None, kind: str, status: str, reason: str, message: str, *,
+                   touch: bool = False) -> dict[str, Any]:
+        stamp = now()
+        if previous and previous["status"] == status and previous["reason"] == reason and not touch:
+            return previous
+        transition = previous["lastTransitionTime"] if previous and previous["status"] == status else stamp
+        return {"type": kind, "status": status, "lastUpdateTime": stamp, "lastTransitionTime": transition,
+                "reason": reason, "message": message}
+
+    def replicaset(self, namespace: str, name: str) -> None:
+        rs = self._get("replicasets", namespace, name)
+        if rs is None or rs["metadata"].get("deletionTimestamp"):
+            return
+        pods = self._owned("pods", namespace, rs)
+        wanted = rs["spec"].get("replicas", 1)
+        for _ in range(wanted - len(pods)):
+            self._create_pod(rs, "ReplicaSet", "apps/v1", rs["spec"]["template"])
+        if len(pods) > wanted:
+            doomed = sorted(pods, key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"]))[: len(pods) - wanted]
+            for pod in doomed:
+                self.cluster.delete(self.rt("pods"), "v1", namespace, pod["metadata"]["name"])
+            pods = [p for p in pods if p not in doomed]
+        ready = sum(1 for p in pods if _ready(p))
+        status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
+                  "availableReplicas": ready, "observedGeneration": rs["metadata"].get("generation", 1)}
+        self._status("replicasets", rs, {k: v for k, v in status.items() if v or k in ("replicas", "observedGeneration")})
+
+    def _create_pod(self, owner: dict[str, Any], kind: str, api_version: str, template: dict[str, Any]) -> None:
+        meta = owner["metadata"]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{meta['name']}-{random_suffix()}", "namespace": meta["namespace"],
+                            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                            "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                            "ownerReferences": [_owner_ref(owner, api_version, kind)]},
+               "spec": json.loads(json.dumps(template.get("spec") or {}))}
+        self.cluster.create(self.rt("pods"), "v1", meta["namespace"], pod, manager=MANAGER)
+
+    def pod(self, namespace: str, name: str) -> None:
+        pod = self._get("pods", namespace, name)
+        if pod is None:
+            self.runtime.forget(namespace, name)
+            return
+        status = self.runtime.status(pod)
+        if status is not None and status != pod.get("status"):
+            self.cluster.update(self.rt("pods"), "v1", namespace, name, {**pod, "status": status}, manager="kubelet",
+                                subresource="status")
+
+    def endpoints(self, namespace: str, name: str) -> None:
+        service = self._get("services", namespace, name)
+        selector = (service or {}).get("spec", {}).get("selector")
+        rt = self.cluster.rt("", "v1", "endpoints")
+        existing = self.cluster.store.get(self.cluster.key(rt, namespace, name))
+        if service is None or not selector:
+            return
+        match = match_labels_selector({"matchLabels": selector})
+        pods = [p for p in self.cluster.store.items("", "pods", namespace)
+                if match(p["metadata"].get("labels") or {}) and (p.get("status") or {}).get("podIP")
+                and not p["metadata"].get("deletionTimestamp")]
+        address = lambda p: {"ip": p["status"]["podIP"], "nodeName": "sandbox-node",  # noqa: E731
+                             "targetRef": {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"],
+                                           "uid": p["metadata"]["uid"]}}
+        ready = [address(p) for p in pods if _ready(p)]
+        not_ready = [address(p) for p in pods if not _ready(p)]
+        ports = [{"name": port.get("name"), "port": _target_port(port, pods), "protocol": port.get("protocol", "TCP")}
+                 for port in service["spec"].get("ports") or []]
+        subset: dict[str, Any] = {"ports": [{k: v for k, v in p.items() if v is not None} for p in ports]}
+        if ready:
+            subset["addresses"] = ready
+        if not_ready:
+            subset["notReadyAddresses"] = not_ready
+        body = {"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": name, "namespace": namespace, "labels": service["metadata"].get("labels") or {}},
+                "subsets": [subset] if pods else []}
+        if existing is None:
+            self.cluster.create(rt, "v1", namespace, body, manager=MANAGER)
+        elif existing.get("subsets") != body["subsets"]:
+            self.cluster.update(rt, "v1", namespace, name, {**existing, "subsets": body["subsets"]}, manager=MANAGER)
+
+    def job(self, namespace: str, name: str) -> None:
+        job = self._get("jobs", namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return
+        status = dict(job.get("status") or {})
+        if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions") or []):
+            return
+        pods = self._owned("pods", namespace, job)
+        phases = [(p.get("status") or {}).get("phase") for p in pods]
+        succeeded, failed = phases.count("Succeeded"), phases.count("Failed")
+        active = len(pods) - succeeded - failed
+        spec = job["spec"]
+        status.setdefault("startTime", now())
+        if succeeded >= spec.get("completions", 1):
+            stamp = now()
+            status.update(succeeded=succeeded, completionTime=stamp, conditions=[
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": stamp,
+                 "lastTransitionTime": stamp},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": stamp,
+                 "lastTransitionTime": stamp}])
+            status.pop("active", None)
+        elif failed > spec.get("backoffLimit", 6):
+            stamp = now()
+            status.update(failed=failed, conditions=[
+                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit", "lastProbeTime": stamp,
+                 "lastTransitionTime": stamp},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit", "lastProbeTime": stamp,
+                 "lastTransitionTime": stamp}])
+            status.pop("active", None)
+        else:
+            if active == 0:
+                self._create_pod(job, "Job", "batch/v1", spec["template"])
+                active = 1
+            status.update(active=active)
+            if failed:
+                status["failed"] = failed
+            if succeeded:
+                status["succeeded"] = succeeded
+        status["ready"] = sum(1 for p in pods if _ready(p))
+        self._status("jobs", job, status)
+
+    def namespace(self, namespace: str, name: str) -> None:
+        ns = self.cluster.store.get(("", "namespaces", "", name))
+        if ns is None or not ns["metadata"].get("deletionTimestamp"):
+            return
+        remaining = [k for k in self.cluster.store.objects if k[2] == name]
+        for key in remaining:
+            rt = self.cluster.registry.get(key[0], self.cluster.registry.groups()[key[0]][0], key[1])
+            if rt is not None and not self.cluster.store.objects[key]["metadata"].get("deletionTimestamp"):
+                self.cluster.delete(rt, rt.storage_version, name, key[3])
+        if not [k for k in self.cluster.store.objects if k[2] == name]:
+            self.cluster.store.delete(("", "namespaces", "", name))
+        else:
+            self.later(0.05, "namespaces", "", name)
+
+    # --- garbage collection and finalizers -------------------------------------------------------------------
+
+    def _dependents(self, uid: str) -> list[Key]:
+        return [k for k, o in self.cluster.store.objects.items() if _owned_by(o, uid)]
+
+    def _collect_garbage(self, key: Key, gone: dict[str, Any]) -> None:
+        uid = gone["metadata"].get("uid")
+        for dep_key in self._dependents(uid) if uid else []:
+            dep = self.cluster.store.objects.get(dep_key)
+            if dep is None:
+                continue
+            alive = [ref for ref in dep["metadata"]["ownerReferences"] if ref.get("uid") != uid
+                     and any(o["metadata"].get("uid") == ref.get("uid") for o in self.cluster.store.objects.values())]
+            rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0], dep_key[1])
+            if rt is not None and not alive:
+                self.cluster.delete(rt, rt.storage_version, dep_key[2], dep_key[3])
+
+    def _finalize(self, key: Key, obj: dict[str, Any]) -> None:
+        finalizers = list(obj["metadata"].get("finalizers") or [])
+        uid = obj["metadata"]["uid"]
+        rt = self.cluster.registry.get(key[0], self.cluster.registry.groups().get(key[0], ["v1"])[0], key[1])
+        if rt is None:
+            return
+        dependents = self._dependents(uid)
+        if "orphan" in finalizers:
+            for dep_key in dependents:
+                dep = self.cluster.store.objects[dep_key]
+                refs = [r for r in dep["metadata"]["ownerReferences"] if r.get("uid") != uid]
+                dep_rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0],
+                                                   dep_key[1])
+                if dep_rt is not None:
+                    self.cluster.patch(dep_rt, dep_rt.storage_version, dep_key[2], dep_key[3], "merge",
+                                       {"metadata": {"ownerReferences": refs or None}}, manager=MANAGER)
+            finalizers.remove("orphan")
+        elif "foregroundDeletion" in finalizers:
+            if dependents:
+                for dep_key in dependents:
+                    dep_rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0],
+                                                       dep_key[1])
+                    if dep_rt is not None and not self.cluster.store.objects[dep_key]["metadata"].get(
+                            "deletionTimestamp"):
+                        self.cluster.delete(dep_rt, dep_rt.storage_version, dep_key[2], dep_key[3],
+                                            options={"propagationPolicy": "Foreground"})
+                return
+            finalizers.remove("foregroundDeletion")
+        else:
+            return
+        self.cluster.patch(rt, rt.storage_version, key[2], key[3], "merge",
+                           {"metadata": {"finalizers": finalizers or None}}, manager=MANAGER)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _target_port(port: dict[str, Any], pods: list[dict[str, Any]]) -> int:
+    target = port.get("targetPort", port.get("port"))
+    if isinstance(target, int):
+        return target
+    for pod in pods:
+        for container in pod["spec"].get("containers") or []:
+            for declared in container.get("ports") or []:
+                if declared.get("name") == target:
+                    return int(declared["containerPort"])
+    return int(port.get("port", 0))
+
+
+def _parse_time(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone

@@ -1,0 +1,183 @@
+"""The resource types the sandbox serves: built-ins, Istio's networking CRDs, and CRDs applied at runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    """One resource (plural) of one group, served in one or more versions."""
+
+    group: str
+    versions: tuple[str, ...]
+    kind: str
+    plural: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    subresources: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    builtin: bool = True
+    crd_schemas: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def storage_version(self) -> str:
+        return self.versions[0]
+
+    def api_version(self, version: str | None = None) -> str:
+        version = version or self.storage_version
+        return f"{self.group}/{version}" if self.group else version
+
+    @property
+    def qualified(self) -> str:
+        """`deployments.apps`, as apiserver messages name a resource."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def has_status(self) -> bool:
+        return "status" in self.subresources
+
+
+def _r(gv: str, kind: str, plural: str, namespaced: bool = True, short: tuple[str, ...] = (),
+       sub: tuple[str, ...] = ("status",), cats: tuple[str, ...] = ()) -> ResourceType:
+    group, _, version = gv.rpartition("/")
+    return ResourceType(group=group, versions=(version,), kind=kind, plural=plural, namespaced=namespaced,
+                        short_names=short, subresources=sub, categories=cats)
+
+
+ALL = ("all",)
+BUILTINS: list[ResourceType] = [
+    _r("v1", "Namespace", "namespaces", False, ("ns",)),
+    _r("v1", "Node", "nodes", False, ("no",)),
+    _r("v1", "ConfigMap", "configmaps", short=("cm",), sub=()),
+    _r("v1", "Secret", "secrets", sub=()),
+    _r("v1", "Service", "services", short=("svc",), cats=ALL),
+    _r("v1", "ServiceAccount", "serviceaccounts", short=("sa",), sub=()),
+    _r("v1", "Pod", "pods", short=("po",), sub=("status", "log", "proxy"), cats=ALL),
+    _r("v1", "Event", "events", short=("ev",), sub=()),
+    _r("v1", "Endpoints", "endpoints", short=("ep",), sub=()),
+    _r("v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",)),
+    _r("v1", "LimitRange", "limitranges", short=("limits",), sub=()),
+    _r("v1", "ResourceQuota", "resourcequotas", short=("quota",)),
+    _r("apps/v1", "Deployment", "deployments", short=("deploy",), sub=("status", "scale"), cats=ALL),
+    _r("apps/v1", "ReplicaSet", "replicasets", short=("rs",), sub=("status", "scale"), cats=ALL),
+    _r("apps/v1", "StatefulSet", "statefulsets", short=("sts",), sub=("status", "scale"), cats=ALL),
+    _r("apps/v1", "DaemonSet", "daemonsets", short=("ds",), cats=ALL),
+    _r("batch/v1", "Job", "jobs", cats=ALL),
+    _r("batch/v1", "CronJob", "cronjobs", short=("cj",), cats=ALL),
+    _r("networking.k8s.io/v1", "Ingress", "ingresses", short=("ing",)),
+    _r("networking.k8s.io/v1", "IngressClass", "ingressclasses", False, sub=()),
+    _r("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", short=("netpol",), sub=()),
+    _r("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", sub=()),
+    _r("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", short=("pdb",)),
+    _r("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", short=("hpa",), cats=ALL),
+    _r("rbac.authorization.k8s.io/v1", "Role", "roles", sub=()),
+    _r("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", sub=()),
+    _r("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False, sub=()),
+    _r("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False, sub=()),
+    _r("coordination.k8s.io/v1", "Lease", "leases", sub=()),
+    _r("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", False, ("pc",), sub=()),
+    _r("storage.k8s.io/v1", "StorageClass", "storageclasses", False, ("sc",), sub=()),
+    _r("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False, ("crd", "crds")),
+]
+
+_OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _istio_crd(kind: str, plural: str, short: tuple[str, ...]) -> dict[str, Any]:
+    schema = {"openAPIV3Schema": {"type": "object", "properties": {"spec": _OPEN, "status": _OPEN}}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.networking.istio.io", "labels": {"app": "istio-pilot"}},
+        "spec": {
+            "group": "networking.istio.io",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                      "shortNames": list(short), "categories": ["istio-io", "networking-istio-io"]},
+            "scope": "Namespaced",
+            "versions": [
+                {"name": "v1", "served": True, "storage": True, "schema": schema, "subresources": {"status": {}}},
+                {"name": "v1beta1", "served": True, "storage": False, "schema": schema,
+                 "subresources": {"status": {}}},
+            ],
+        },
+    }
+
+
+PREINSTALLED_CRDS = [
+    _istio_crd("VirtualService", "virtualservices", ("vs",)),
+    _istio_crd("DestinationRule", "destinationrules", ("dr",)),
+    _istio_crd("Gateway", "gateways", ("gw",)),
+]
+
+
+def from_crd(crd: dict[str, Any]) -> ResourceType:
+    """The resource type a CustomResourceDefinition serves (storage version first)."""
+    spec = crd["spec"]
+    names = spec["names"]
+    served = [v for v in spec.get("versions", []) if v.get("served", True)]
+    served.sort(key=lambda v: not v.get("storage", False))
+    subresources = set()
+    for version in served:
+        subresources |= set((version.get("subresources") or {}).keys())
+    return ResourceType(
+        group=spec["group"], versions=tuple(v["name"] for v in served), kind=names["kind"], plural=names["plural"],
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced", short_names=tuple(names.get("shortNames", [])),
+        subresources=tuple(sorted(subresources)), categories=tuple(names.get("categories", [])), builtin=False,
+        crd_schemas={v["name"]: _with_root_fields((v.get("schema") or {}).get("openAPIV3Schema", _OPEN))
+                     for v in served},
+    )
+
+
+def _with_root_fields(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every custom resource has apiVersion, kind and ObjectMeta whatever its schema says."""
+    props = dict(schema.get("properties") or {})
+    props.update(apiVersion={"type": "string"}, kind={"type": "string"},
+                 metadata={"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"})
+    return {**schema, "properties": props}
+
+
+class Registry:
+    """Resource types by (group, plural) and by (group, version, kind)."""
+
+    def __init__(self) -> None:
+        self._by_plural: dict[tuple[str, str], ResourceType] = {}
+        for rt in BUILTINS:
+            self.add(rt)
+
+    def add(self, rt: ResourceType) -> None:
+        self._by_plural[(rt.group, rt.plural)] = rt
+
+    def remove(self, group: str, plural: str) -> None:
+        self._by_plural.pop((group, plural), None)
+
+    def get(self, group: str, version: str, plural: str) -> ResourceType | None:
+        rt = self._by_plural.get((group, plural))
+        return rt if rt is not None and version in rt.versions else None
+
+    def by_kind(self, api_version: str, kind: str) -> ResourceType | None:
+        group, _, version = api_version.rpartition("/")
+        for rt in self._by_plural.values():
+            if rt.group == group and rt.kind == kind and version in rt.versions:
+                return rt
+        return None
+
+    def all(self) -> list[ResourceType]:
+        return list(self._by_plural.values())
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group name → served versions (preferred first), for discovery; the core group is ''."""
+        out: dict[str, list[str]] = {}
+        for rt in self._by_plural.values():
+            versions = out.setdefault(rt.group, [])
+            for version in rt.versions:
+                if version not in versions:
+                    versions.append(version)
+        return out

@@ -1,0 +1,150 @@
+"""Pod runtimes: what runs a pod and reports its status as a kubelet would.
+
+The default, `SimulatedRuntime`, runs nothing: a pod becomes Ready after a short delay, a Job's pod
+Succeeds after it, and images can be told to crash, never become ready, become unready later, or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+BEHAVIOURS = ("ready", "crash", "never-ready", "unready-after", "fail")
+
+
+class PodRuntime(Protocol):
+    """Runs pods; the controllers ask it for each pod's status and it calls `on_change` when that moves."""
+
+    on_change: Callable[[str, str], None]
+
+    def status(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def forget(self, namespace: str, name: str) -> None: ...
+
+
+def _stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+@dataclass
+class _Run:
+    started: float
+    behaviour: str
+    after: float
+
+
+@dataclass
+class SimulatedRuntime:
+    """Pods that need no containers: deterministic timings, behaviour chosen per image."""
+
+    ready_delay: float = 0.2
+    crash_backoff: float = 1.0
+    behaviours: dict[str, tuple[str, float]] = field(default_factory=dict)
+    on_change: Callable[[str, str], None] = lambda namespace, name: None
+    _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
+
+    def set_behaviour(self, image: str, behaviour: str, after: float = 0.0) -> None:
+        """Make pods of `image` behave so from now on (`ready` restores the default)."""
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}")
+        self.behaviours[image] = (behaviour, after)
+        for (namespace, name), run in self._runs.items():
+            self.on_change(namespace, name)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._runs.pop((namespace, name), None)
+
+    def _wake(self, namespace: str, name: str, seconds: float) -> None:
+        asyncio.get_running_loop().call_later(max(seconds, 0.0) + 0.005, self.on_change, namespace, name)
+
+    def status(self, pod: dict[str, Any]) -> dict[str, Any] | None:
+        meta, spec = pod["metadata"], pod["spec"]
+        key = (meta["namespace"], meta["name"])
+        images = [c.get("image", "") for c in spec.get("containers") or []]
+        behaviour, after = next((self.behaviours[i] for i in images if i in self.behaviours), ("ready", 0.0))
+        run = self._runs.get(key)
+        if run is None:
+            run = self._runs[key] = _Run(time.time(), behaviour, after)
+        now = time.time()
+        elapsed = now - run.started
+        if elapsed < self.ready_delay:
+            self._wake(*key, self.ready_delay - elapsed)
+            return self._pending(pod, run)
+        finishing = spec.get("restartPolicy", "Always") != "Always"
+        if finishing:
+            return self._finished(pod, run, failed=behaviour in ("fail", "crash"))
+        if behaviour == "crash":
+            return self._crashing(pod, run, now)
+        ready = behaviour == "ready" or (behaviour == "unready-after" and elapsed < self.ready_delay + after)
+        if behaviour == "unready-after" and ready:
+            self._wake(*key, self.ready_delay + after - elapsed)
+        return self._running(pod, run, ready=ready)
+
+    def _base(self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None) -> dict[str, Any]:
+        stamp = _stamp(run.started)
+        ready_cond: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False",
+                                      "lastProbeTime": None, "lastTransitionTime": stamp}
+        containers_ready = dict(ready_cond, type="ContainersReady")
+        if reason:
+            ready_cond["reason"] = containers_ready["reason"] = reason
+        return {
+            "phase": phase, "hostIP": "10.0.0.1", "podIP": _pod_ip(pod), "podIPs": [{"ip": _pod_ip(pod)}],
+            "startTime": stamp, "qosClass": "BestEffort",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": None,
+                 "lastTransitionTime": stamp},
+                {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+                ready_cond, containers_ready,
+                {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+            ],
+        }
+
+    def _containers(self, pod: dict[str, Any], state: dict[str, Any], *, ready: bool, restarts: int = 0,
+                    last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": ready,
+                 "restartCount": restarts, "started": "running" in state, "state": state,
+                 "lastState": last or {}, "containerID": f"sandbox://{pod['metadata']['uid'][:12]}-{c['name']}"}
+                for c in pod["spec"].get("containers") or []]
+
+    def _pending(self, pod: dict[str, Any], run: _Run) -> dict[str, Any]:
+        status = self._base(pod, run, "Pending", ready=False, reason="ContainersNotReady")
+        status["containerStatuses"] = self._containers(pod, {"waiting": {"reason": "ContainerCreating"}}, ready=False)
+        return status
+
+    def _running(self, pod: dict[str, Any], run: _Run, *, ready: bool) -> dict[str, Any]:
+        status = self._base(pod, run, "Running", ready=ready, reason=None if ready else "ContainersNotReady")
+        state = {"running": {"startedAt": _stamp(run.started + self.ready_delay)}}
+        status["containerStatuses"] = self._containers(pod, state, ready=ready)
+        return status
+
+    def _crashing(self, pod: dict[str, Any], run: _Run, now: float) -> dict[str, Any]:
+        # Restarts at ready_delay + backoff * (1 + 2 + 4 + ...), capped as the kubelet caps at 5 minutes.
+        restarts, next_at, backoff = 0, run.started + self.ready_delay, self.crash_backoff
+        while next_at + backoff <= now:
+            next_at += backoff
+            restarts += 1
+            backoff = min(backoff * 2, 300 * self.crash_backoff)
+        self._wake(pod["metadata"]["namespace"], pod["metadata"]["name"], next_at + backoff - now)
+        status = self._base(pod, run, "Running", ready=False, reason="ContainersNotReady")
+        last = {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": _stamp(next_at - 0.1),
+                               "finishedAt": _stamp(next_at)}}
+        waiting = {"waiting": {"reason": "CrashLoopBackOff",
+                               "message": f"back-off {int(backoff)}s restarting failed container"}}
+        status["containerStatuses"] = self._containers(pod, waiting, ready=False, restarts=restarts + 1, last=last)
+        return status
+
+    def _finished(self, pod: dict[str, Any], run: _Run, *, failed: bool) -> dict[str, Any]:
+        status = self._base(pod, run, "Failed" if failed else "Succeeded", ready=False, reason="PodCompleted")
+        code = 1 if failed else 0
+        state = {"terminated": {"exitCode": code, "reason": "Error" if failed else "Completed",
+                                "startedAt": _stamp(run.started), "finishedAt": _stamp(run.started + self.ready_delay)}}
+        status["containerStatuses"] = self._containers(pod, state, ready=False)
+        return status
+
+
+def _pod_ip(pod: dict[str, Any]) -> str:
+    digest = int(pod["metadata"]["uid"].replace("-", "")[:6], 16)
+    return f"10.244.{(digest >> 8) % 256}.{digest % 254 + 1}"

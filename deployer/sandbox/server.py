@@ -1,0 +1,116 @@
+"""The sandbox as a program: an aiohttp server on 127.0.0.1, a kubeconfig, persistence and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from deployer.sandbox.api import Api, Controls
+from deployer.sandbox.cluster import Cluster
+from deployer.sandbox.controllers import Controllers
+from deployer.sandbox.runtime import BEHAVIOURS, SimulatedRuntime
+from deployer.sandbox.store import Store
+
+
+def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": context, "preferences": {},
+        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "users": [{"name": context, "user": {"token": "sandbox"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
+    }
+
+
+class Sandbox:
+    """A strict local Kubernetes API. `async with Sandbox() as sb:` serves on a random port until the block ends."""
+
+    def __init__(self, *, port: int = 0, state_dir: Path | None = None, kubeconfig_path: Path | None = None,
+                 ready_delay: float = 0.2, crash_backoff: float = 1.0, history: int = 10000) -> None:
+        self.port = port
+        self.state_dir = state_dir
+        self.kubeconfig_path = kubeconfig_path
+        self.store = Store(history=history, state_dir=state_dir)
+        self.cluster = Cluster(self.store)
+        self.runtime = SimulatedRuntime(ready_delay=ready_delay, crash_backoff=crash_backoff)
+        self.controllers = Controllers(self.cluster, self.runtime)
+        self.controls = Controls()
+        self.api = Api(self.cluster, self.controls, extra_routes=self._routes)
+        self._runner: web.AppRunner | None = None
+        self._saver: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_route("POST", "/sandbox/pods", self._pod_behaviour)
+
+    async def _pod_behaviour(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("behaviour") not in BEHAVIOURS or not body.get("image"):
+            return web.json_response({"error": f"need image and behaviour (one of {', '.join(BEHAVIOURS)})"},
+                                     status=400)
+        self.runtime.set_behaviour(body["image"], body["behaviour"], float(body.get("after", 0)))
+        return web.json_response({"image": body["image"], "behaviour": body["behaviour"]})
+
+    async def start(self) -> Sandbox:
+        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.api.address = f"127.0.0.1:{self.port}"
+        self.controllers.start()
+        if self.kubeconfig_path:
+            self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
+            self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.url)), encoding="utf-8")
+        if self.state_dir:
+            self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+        return self
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self.store.save()
+
+    async def stop(self) -> None:
+        if self._saver:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+        await self.controllers.stop()
+        self.store.drop_watches()
+        if self._runner:
+            await self._runner.cleanup()
+        self.store.save()
+
+    async def __aenter__(self) -> Sandbox:
+        return await self.start()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def serve(*, port: int, kubeconfig_path: Path, state_dir: Path | None, ready_delay: float) -> None:
+    """Run until cancelled (Ctrl-C), printing how to use the sandbox."""
+    sandbox = Sandbox(port=port, state_dir=state_dir, kubeconfig_path=kubeconfig_path, ready_delay=ready_delay)
+    await sandbox.start()
+    print(f"sandbox cluster serving on {sandbox.url}", flush=True)
+    print(f"  export KUBECONFIG={kubeconfig_path}", flush=True)
+    print("  kubectl get namespaces        # stop with Ctrl-C", flush=True)
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await sandbox.stop()

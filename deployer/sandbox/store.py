@@ -1,0 +1,115 @@
+"""The sandbox's storage: objects, one cluster-wide resourceVersion, an event history for watches, persistence.
+
+Like etcd behind kube-apiserver, every write gets the next resourceVersion, and watches can resume from any
+resourceVersion still in the history; an older one gets 410 Gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+
+
+@dataclass(frozen=True)
+class Event:
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    key: Key
+    obj: dict[str, Any]
+    old: dict[str, Any] | None
+
+
+class Store:
+    """Objects by key, with a monotonic resourceVersion and subscribers for every change."""
+
+    def __init__(self, *, history: int = 10000, state_dir: Path | None = None) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.rv = 0
+        self.history: deque[Event] = deque(maxlen=history)
+        self.subscribers: list[Callable[[Event], None]] = []
+        self.watch_queues: set[asyncio.Queue[Event | None]] = set()
+        self.state_file = state_dir / "objects.json" if state_dir else None
+        self._dirty = False
+        if self.state_file and self.state_file.exists():
+            self._load()
+
+    @property
+    def oldest_rv(self) -> int:
+        """The oldest resourceVersion a watch can still start from."""
+        return self.history[0].rv - 1 if self.history else self.rv
+
+    def next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        obj = self.objects.get(key)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def items(self, group: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Objects of one resource (in one namespace, or all), sorted by namespace and name."""
+        keys = sorted(k for k in self.objects if k[0] == group and k[1] == plural and namespace in (None, k[2]))
+        return [copy.deepcopy(self.objects[k]) for k in keys]
+
+    def put(self, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store a new or changed object, giving it the next resourceVersion."""
+        old = self.objects.get(key)
+        rv = self.next_rv()
+        obj = copy.deepcopy(obj)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
+        self.objects[key] = obj
+        self._emit(Event(rv, "MODIFIED" if old is not None else "ADDED", key, copy.deepcopy(obj), old))
+        return copy.deepcopy(obj)
+
+    def delete(self, key: Key) -> dict[str, Any] | None:
+        old = self.objects.pop(key, None)
+        if old is None:
+            return None
+        rv = self.next_rv()
+        gone = copy.deepcopy(old)
+        gone["metadata"]["resourceVersion"] = str(rv)
+        self._emit(Event(rv, "DELETED", key, gone, old))
+        return copy.deepcopy(gone)
+
+    def _emit(self, event: Event) -> None:
+        self.history.append(event)
+        self._dirty = True
+        for queue in list(self.watch_queues):
+            queue.put_nowait(event)
+        for subscriber in list(self.subscribers):
+            subscriber(event)
+
+    def drop_watches(self) -> int:
+        """End every open watch stream (fault injection); returns how many."""
+        count = len(self.watch_queues)
+        for queue in list(self.watch_queues):
+            queue.put_nowait(None)
+        return count
+
+    # --- persistence ---------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write every object and the resourceVersion counter to the state directory, atomically."""
+        if not self.state_file or not self._dirty:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        data = {"rv": self.rv, "objects": [[list(k), v] for k, v in self.objects.items()]}
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.state_file)
+        self._dirty = False
+
+    def _load(self) -> None:
+        assert self.state_file is not None
+        data = json.loads(self.state_file.read_text(encoding="utf-8"))
+        self.rv = int(data["rv"])
+        self.objects = {(k[0], k[1], k[2], k[3]): v for k, v in data["objects"]}

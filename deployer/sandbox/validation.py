@@ -1,0 +1,199 @@
+"""Admission as kube-apiserver does it: decoding (types, unknown fields), defaulting and validation.
+
+Type mismatches and, with fieldValidation=Strict, unknown fields are 400 BadRequest (decoding errors);
+unknown fields are otherwise dropped (with a warning under Warn, the default); semantic problems are 422.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployer.sandbox import schema as k8s
+from deployer.sandbox.errors import bad_request, invalid
+from deployer.sandbox.resources import ResourceType
+from deployer.sandbox.selectors import match_labels_selector
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i?|[mkMGTPE]|[munk]?)?$")
+_JSON_TYPE = {"integer": "number", "number": "number", "string": "string", "boolean": "bool", "object": "object",
+              "array": "array"}
+
+
+@dataclass
+class Decoded:
+    """Problems found while decoding one object against its schema."""
+
+    unknown: list[str] = field(default_factory=list)
+    type_errors: list[tuple[str, str, Any]] = field(default_factory=list)  # (path, wanted type, value)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    kinds = schema.get("type")
+    if kinds is None and "oneOf" in schema:
+        return [t for option in schema["oneOf"] for t in _types(option)]
+    if isinstance(kinds, str):
+        return [kinds]
+    return [t for t in (kinds or []) if t != "null"]
+
+
+def decode(value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool) -> Any:
+    """Check types and find unknown fields below `path`; with `prune`, return the value without them."""
+    schema = k8s.resolve(schema)
+    if schema is None or value is None:
+        return value
+    wanted = _types(schema)
+    if wanted and _json_type(value) not in {_JSON_TYPE.get(t, t) for t in wanted}:
+        out.type_errors.append((path, wanted[0], value))
+        return value
+    if "integer" in wanted and "number" not in wanted and isinstance(value, float) and not value.is_integer():
+        out.type_errors.append((path, "integer", value))
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return value
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        result = {}
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                result[key] = decode(item, props[key], sub, out, prune=prune)
+            elif isinstance(extra, dict):
+                result[key] = decode(item, extra, sub, out, prune=prune)
+            elif props is None and extra is None:
+                result[key] = item
+            else:
+                out.unknown.append(sub)
+                if not prune:
+                    result[key] = item
+        return result
+    if isinstance(value, list):
+        return [decode(item, schema.get("items"), f"{path}[{i}]", out, prune=prune) for i, item in enumerate(value)]
+    return value
+
+
+def _go_type(wanted: str) -> str:
+    return {"integer": "int32", "number": "float64", "string": "string", "boolean": "bool", "object": "object",
+            "array": "slice"}.get(wanted, wanted)
+
+
+def admit_decoding(rt: ResourceType, version: str, obj: dict[str, Any], *, mode: str) -> tuple[dict[str, Any], list[str]]:
+    """Decode `obj` as the apiserver does; return the (pruned) object and any warnings."""
+    if rt.builtin:
+        definition = k8s.definition_for(rt.group, version, rt.kind)
+        schema = k8s.definitions().get(definition) if definition else None
+    else:
+        schema = rt.crd_schemas.get(version)
+    result = Decoded()
+    pruned = decode(obj, schema, "", result, prune=mode != "Strict")
+    result.unknown = [u for u in result.unknown if u not in ("apiVersion", "kind")]
+    if result.type_errors:
+        path, wanted, value = result.type_errors[0]
+        if rt.builtin:
+            raise bad_request(
+                f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: json: cannot unmarshal '
+                f"{_json_type(value)} into Go struct field .{path} of type {_go_type(wanted)}"
+            )
+        raise invalid(rt.kind, obj.get("metadata", {}).get("name", ""), rt.group, [
+            ("FieldValueTypeInvalid", path, f'Invalid value: "{_json_type(value)}": {path} in body must be of type '
+                                            f'{wanted}: "{_json_type(value)}"')])
+    if result.unknown and mode == "Strict":
+        fields = ", ".join(f'unknown field "{u}"' for u in result.unknown)
+        raise bad_request(f"strict decoding error: {fields}")
+    warnings = [f'unknown field "{u}"' for u in result.unknown] if mode == "Warn" else []
+    return pruned, warnings
+
+
+def check_name(rt: ResourceType, name: str) -> None:
+    """metadata.name rules per kind (DNS-1123 subdomain; namespaces a label; services a DNS-1035 label)."""
+    if rt.kind in ("Namespace",):
+        pattern, limit, rule = DNS1123_LABEL, 63, "a lowercase RFC 1123 label"
+    elif rt.kind == "Service":
+        pattern, limit, rule = DNS1035_LABEL, 63, "a DNS-1035 label"
+    else:
+        pattern, limit, rule = DNS1123_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain"
+    if not pattern.match(name) or len(name) > limit:
+        raise invalid(rt.kind, name, rt.group, [(
+            "FieldValueInvalid", "metadata.name",
+            f'Invalid value: "{name}": {rule} must consist of lower case alphanumeric characters, \'-\' or \'.\', '
+            f"and must start and end with an alphanumeric character (at most {limit} characters)",
+        )])
+
+
+def _pod_spec_causes(spec: dict[str, Any] | None, prefix: str) -> list[tuple[str, str, str]]:
+    causes = []
+    containers = (spec or {}).get("containers") or []
+    if not containers:
+        causes.append(("FieldValueRequired", f"{prefix}.containers", "Required value"))
+    for index, container in enumerate(containers):
+        where = f"{prefix}.containers[{index}]"
+        if not DNS1123_LABEL.match(str(container.get("name", ""))):
+            causes.append(("FieldValueRequired" if not container.get("name") else "FieldValueInvalid",
+                           f"{where}.name", "Required value" if not container.get("name") else "Invalid value"))
+        if not container.get("image"):
+            causes.append(("FieldValueRequired", f"{where}.image", "Required value"))
+        for p_index, port in enumerate(container.get("ports") or []):
+            number = port.get("containerPort")
+            if not isinstance(number, int) or not 1 <= number <= 65535:
+                causes.append(("FieldValueInvalid", f"{where}.ports[{p_index}].containerPort",
+                               f"Invalid value: {number}: must be between 1 and 65535, inclusive"))
+        for resources in ("limits", "requests"):
+            for name, quantity in ((container.get("resources") or {}).get(resources) or {}).items():
+                if not _QUANTITY.match(str(quantity)):
+                    raise bad_request(f"quantities must match the regular expression "
+                                      f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' ({name}: {quantity!r})")
+    return causes
+
+
+def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """Semantic validation (422) for the kinds the deployer and its tests use."""
+    spec = obj.get("spec") or {}
+    causes: list[tuple[str, str, str]] = []
+    if rt.kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
+        template = spec.get("template") or {}
+        selector = spec.get("selector")
+        if rt.kind != "Job" and not selector:
+            causes.append(("FieldValueRequired", "spec.selector", "Required value"))
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if selector and not match_labels_selector(selector)(labels):
+            causes.append(("FieldValueInvalid", "spec.template.metadata.labels",
+                           f"Invalid value: {labels}: `selector` does not match template `labels`"))
+        if isinstance(spec.get("replicas"), int) and spec["replicas"] < 0:
+            causes.append(("FieldValueInvalid", "spec.replicas",
+                           f"Invalid value: {spec['replicas']}: must be greater than or equal to 0"))
+        causes += _pod_spec_causes(template.get("spec"), "spec.template.spec")
+        if rt.kind == "Job" and (template.get("spec") or {}).get("restartPolicy") not in ("Never", "OnFailure"):
+            causes.append(("FieldValueRequired", "spec.template.spec.restartPolicy",
+                           'Required value: valid values: "OnFailure", "Never"'))
+        if old is not None and (old.get("spec") or {}).get("selector") != selector:
+            causes.append(("FieldValueInvalid", "spec.selector", "Invalid value: field is immutable"))
+    elif rt.kind == "Pod":
+        causes += _pod_spec_causes(spec, "spec")
+    elif rt.kind == "Service":
+        for index, port in enumerate(spec.get("ports") or []):
+            if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
+                causes.append(("FieldValueInvalid", f"spec.ports[{index}].port",
+                               f"Invalid value: {port.get('port')}: must be between 1 and 65535, inclusive"))
+        if not spec.get("ports") and spec.get("clusterIP") != "None" and spec.get("type") != "ExternalName":
+            causes.append(("FieldValueRequired", "spec.ports", "Required value"))
+        if old is not None and (old.get("spec") or {}).get("clusterIP") not in (None, spec.get("clusterIP")):
+            causes.append(("FieldValueInvalid", "spec.clusterIP", "Invalid value: field is immutable"))
+    if causes:
+        raise invalid(rt.kind, obj["metadata"].get("name", ""), rt.group, causes)
