@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -29,6 +30,7 @@ _PATCH_TYPES = {
     "application/apply-patch+yaml": "apply",
     "application/apply-patch+cbor": "apply-cbor",
 }
+log = logging.getLogger("deployer.sandbox")
 _VERBS_BY_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -126,6 +128,9 @@ class Api:
             return await self._dispatch(request, target, verb)
         except ApiError as exc:
             return _error(exc)
+        except Exception as exc:  # a sandbox bug: answer as the apiserver answers its own, and log it
+            log.exception("internal error serving %s %s", request.method, request.path)
+            return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
 
     def _static(self, path: str) -> dict[str, Any] | None:
         registry = self.cluster.registry
@@ -203,6 +208,7 @@ class Api:
     async def _body(self, request: web.Request, target: Target) -> Any:
         raw = await request.read()
         content_type = request.content_type
+        log.debug("body %s %s: %s", request.method, request.path, content_type)
         try:
             if content_type == "application/vnd.kubernetes.protobuf":
                 return decode_request(raw)
@@ -306,7 +312,13 @@ class Api:
         events = watch(self.cluster, target.rt, target.version, target.namespace,
                        resource_version=query.get("resourceVersion"), labels=query.get("labelSelector"),
                        field_selector=_name_field(query.get("fieldSelector"), target.name), timeout=timeout,
-                       bookmarks=query.get("allowWatchBookmarks") == "true")
+                       bookmarks=query.get("allowWatchBookmarks") == "true",
+                       send_initial=query.get("sendInitialEvents") == "true")
+        if query.get("sendInitialEvents") == "true" and (query.get("resourceVersionMatch") != "NotOlderThan"
+                                                         or query.get("allowWatchBookmarks") != "true"):
+            raise ApiError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: "
+                                           "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan "
+                                           "and allowWatchBookmarks to true")
         try:  # selector errors surface as a plain HTTP error, before the stream starts
             label_matcher(query.get("labelSelector"))
             field_matcher(query.get("fieldSelector"), target.rt.kind)

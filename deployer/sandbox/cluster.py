@@ -244,15 +244,18 @@ class Cluster:
         entries = [dict(e) for e in (base["metadata"].get("managedFields") or [])]
         mine = next((e for e in entries if (e["manager"], e["operation"], e.get("subresource", "")) ==
                      (manager, "Apply", subresource)), None)
-        others = {f'{e["manager"]}': fields.from_fields_v1(e.get("fieldsV1", {})) for e in entries if e is not mine
-                  and e.get("subresource", "") == subresource}
+        others: dict[tuple[str, str], set[fields.Path]] = {}
+        for entry in entries:
+            if entry is not mine and entry.get("subresource", "") == subresource:
+                owner = (entry["manager"], entry.get("apiVersion", ""))
+                others[owner] = others.get(owner, set()) | fields.from_fields_v1(entry.get("fieldsV1", {}))
         found = fields.conflicts(self._view(rt, base, subresource), applied_view, applied_set, others)
         if found and not force:
             text = "; ".join(c.describe() for c in found)
             raise ApiError(409, "Conflict", f"Apply failed with {len(found)} conflict{'s' if len(found) > 1 else ''}: "
                                             f"{text}", details={"causes": [
                                                 {"reason": "FieldManagerConflict", "message": c.describe(),
-                                                 "field": c.describe().split(": ", 1)[1]} for c in found]})
+                                                 "field": c.field} for c in found]})
         merged = fields.apply_merge(base, applied, schema)
         previously = fields.from_fields_v1(mine["fieldsV1"]) if mine else set()
         owned_by_others = set().union(*others.values()) if others else set()

@@ -153,18 +153,23 @@ def apply_merge(live: Any, applied: Any, schema: dict[str, Any] | None) -> Any:
 @dataclass(frozen=True)
 class Conflict:
     manager: str
+    api_version: str
     path: Path
 
+    @property
+    def field(self) -> str:
+        return "." + ".".join(e[2:] if e.startswith("f:") else f"[{e[2:]}]" for e in self.path if e != ".")
+
     def describe(self) -> str:
-        shown = ".".join(e[2:] if e.startswith("f:") else f"[{e[2:]}]" for e in self.path if e != ".")
-        return f'conflict with "{self.manager}": .{shown}'
+        return f'conflict with "{self.manager}" using {self.api_version}: {self.field}'
 
 
-def conflicts(live: Any, applied: Any, applied_set: set[Path], owners: dict[str, set[Path]]) -> list[Conflict]:
-    """Fields the applied configuration would change that another manager owns."""
+def conflicts(live: Any, applied: Any, applied_set: set[Path],
+              owners: dict[tuple[str, str], set[Path]]) -> list[Conflict]:
+    """Leaf fields the applied configuration would change that another manager owns."""
     found = []
-    for manager, owned in owners.items():
+    for (manager, api_version), owned in owners.items():
         for path in sorted(owned & applied_set):
-            if value_at(live, path) != value_at(applied, path):
-                found.append(Conflict(manager, path))
+            if path[-1] != "." and value_at(live, path) != value_at(applied, path):
+                found.append(Conflict(manager, api_version, path))
     return found

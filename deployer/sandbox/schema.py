@@ -106,7 +106,7 @@ def _openapi_schema(node: Any) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key == "$ref":
+            if key == "$ref" and isinstance(value, str):
                 match = _REF.match(value)
                 out[key] = f"#/components/schemas/{match.group(1)}" if match else value
             elif key == "type" and isinstance(value, list):

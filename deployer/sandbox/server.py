@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 from pathlib import Path
 from types import TracebackType
@@ -61,7 +63,10 @@ class Sandbox:
         return web.json_response({"image": body["image"], "behaviour": body["behaviour"]})
 
     async def start(self) -> Sandbox:
-        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        access = logging.getLogger("deployer.sandbox.access") if os.environ.get("DEPLOYER_SANDBOX_ACCESS_LOG") else None
+        if access is not None:
+            logging.basicConfig(level=logging.INFO)
+        self._runner = web.AppRunner(self.api.app(), access_log=access, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()

@@ -23,7 +23,8 @@ def _expired(rv: int, oldest: int) -> dict[str, Any]:
 
 async def watch(cluster: Cluster, rt: ResourceType, version: str, namespace: str | None, *,
                 resource_version: str | None, labels: str | None, field_selector: str | None,
-                timeout: float, bookmarks: bool = False, name: str | None = None) -> AsyncIterator[dict[str, Any]]:
+                timeout: float, bookmarks: bool = False, send_initial: bool = False,
+                name: str | None = None) -> AsyncIterator[dict[str, Any]]:
     """Yield watch events (dicts with type and object) until the timeout or the stream is dropped."""
     try:
         by_labels, by_fields = label_matcher(labels), field_matcher(field_selector, rt.kind)
@@ -57,10 +58,14 @@ async def watch(cluster: Cluster, rt: ResourceType, version: str, namespace: str
     store.watch_queues.add(queue)
     try:
         last = store.rv
-        if resource_version in (None, "", "0"):
+        if resource_version in (None, "", "0") or send_initial:
             for obj in store.items(rt.group, rt.plural, namespace if rt.namespaced else None):
                 if selected(obj):
                     yield {"type": "ADDED", "object": cluster.present(rt, version, obj)}
+            if send_initial:  # the watch-list protocol (KEP-3157): a bookmark marks the end of the initial state
+                yield {"type": "BOOKMARK", "object": {
+                    "kind": rt.kind, "apiVersion": rt.api_version(version),
+                    "metadata": {"resourceVersion": str(last), "annotations": {"k8s.io/initial-events-end": "true"}}}}
         else:
             try:
                 start = int(resource_version)
