@@ -1,0 +1,241 @@
+"""The sandbox answers as kube-apiserver does, through the official Python client: verbs, status codes,
+metadata, validation, selectors, pagination, patches and server-side apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ConflictError
+from waiting import raw
+
+pytestmark = pytest.mark.cluster
+
+
+def deployment(name: str = "web", replicas: int = 2, image: str = "nginx:1.27") -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "web", "image": image,
+                                                           "env": [{"name": "A", "value": "1"}],
+                                                           "ports": [{"containerPort": 80}]}]}}}}
+
+
+def status_of(call: Any) -> client.ApiException:
+    with pytest.raises(client.ApiException) as info:
+        call()
+    return info.value
+
+
+def test_create_answers_201_with_server_set_metadata(api: client.ApiClient, namespace: str) -> None:
+    data, code, _ = client.AppsV1Api(api).create_namespaced_deployment_with_http_info(namespace, deployment())
+    assert code == 201
+    meta = data.metadata
+    assert meta.uid and meta.creation_timestamp and meta.generation == 1
+    assert int(meta.resource_version) > 0
+    assert data.spec.strategy.rolling_update.max_surge == "25%"  # defaulted as the apiserver does
+    assert data.spec.template.spec.containers[0].image_pull_policy == "IfNotPresent"
+
+
+def test_create_twice_is_409_already_exists(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"name": "cfg"}, "data": {"a": "b"}}
+    core.create_namespaced_config_map(namespace, body)
+    error = status_of(lambda: core.create_namespaced_config_map(namespace, body))
+    assert (error.status, error.reason) == (409, "Conflict")
+    assert '"reason": "AlreadyExists"' in error.body.replace('":"', '": "')
+
+
+def test_object_in_a_missing_namespace_is_404(api: client.ApiClient) -> None:
+    error = status_of(lambda: client.CoreV1Api(api).create_namespaced_config_map("nope", {"metadata": {"name": "c"}}))
+    assert error.status == 404
+    assert 'namespaces \\"nope\\" not found' in error.body
+
+
+def test_invalid_name_is_422(api: client.ApiClient, namespace: str) -> None:
+    error = status_of(lambda: client.CoreV1Api(api).create_namespaced_config_map(namespace,
+                                                                                  {"metadata": {"name": "Bad_Name"}}))
+    assert error.status == 422
+    assert "metadata.name: Invalid value: \\\"Bad_Name\\\"" in error.body
+    assert '"reason": "Invalid"' in error.body.replace('":"', '": "')
+
+
+def test_schema_violations_are_refused(api: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(api)
+    bad_type = deployment()
+    bad_type["spec"]["replicas"] = "three"  # the typed client would refuse it; the dynamic one sends it as is
+    dyn = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+    with pytest.raises(client.ApiException) as info:
+        dyn.create(body=bad_type, namespace=namespace)
+    error = info.value
+    assert error.status == 400
+    assert "cannot unmarshal string into Go struct field .spec.replicas of type int32" in str(error.body)
+    no_containers = deployment()
+    no_containers["spec"]["template"]["spec"]["containers"] = []
+    error = status_of(lambda: apps.create_namespaced_deployment(namespace, no_containers))
+    assert error.status == 422
+    assert "spec.template.spec.containers: Required value" in error.body
+    mismatch = deployment()
+    mismatch["spec"]["selector"]["matchLabels"] = {"app": "other"}
+    error = status_of(lambda: apps.create_namespaced_deployment(namespace, mismatch))
+    assert error.status == 422
+    assert "`selector` does not match template `labels`" in error.body
+
+
+def test_unknown_fields_strict_is_400_default_drops_with_warning(api: client.ApiClient, namespace: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "dataa": {"x": "y"}}
+    code, _, status = raw(api, "POST", path, body=body, query={"fieldValidation": "Strict"})
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert status["message"] == 'strict decoding error: unknown field "dataa"'
+    code, headers, created = raw(api, "POST", path, body=body)
+    assert code == 201
+    assert headers["Warning"] == '299 - "unknown field \\"dataa\\""'
+    assert "dataa" not in created
+
+
+def test_stale_update_is_409(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    created = core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"a": "1"}})
+    created.data = {"a": "2"}
+    core.replace_namespaced_config_map("cfg", namespace, created)
+    created.data = {"a": "3"}
+    error = status_of(lambda: core.replace_namespaced_config_map("cfg", namespace, created))
+    assert error.status == 409
+    assert "the object has been modified" in error.body
+    assert core.read_namespaced_config_map("cfg", namespace).data == {"a": "2"}
+
+
+def test_generation_moves_on_spec_changes_only(api: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment(namespace, deployment())
+    labelled = apps.patch_namespaced_deployment("web", namespace, {"metadata": {"labels": {"team": "a"}}})
+    assert labelled.metadata.generation == 1
+    scaled = apps.patch_namespaced_deployment("web", namespace, {"spec": {"replicas": 3}})
+    assert scaled.metadata.generation == 2
+    assert int(scaled.metadata.resource_version) > int(labelled.metadata.resource_version)
+
+
+def test_status_lives_in_its_own_subresource(api: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(api)
+    created = apps.create_namespaced_deployment(namespace, deployment(replicas=0)).to_dict()
+    body = api.sanitize_for_serialization(apps.read_namespaced_deployment("web", namespace))
+    body["status"] = {"replicas": 42}
+    code, _, replaced = raw(api, "PUT", f"/apis/apps/v1/namespaces/{namespace}/deployments/web", body=body)
+    assert code == 200
+    assert (replaced.get("status") or {}).get("replicas") != 42
+    patched = apps.patch_namespaced_deployment_status("web", namespace, {"status": {"observedGeneration": 7}})
+    assert patched.status.observed_generation == 7
+    assert patched.metadata.generation == created["metadata"]["generation"]
+
+
+def test_label_and_field_selectors(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    for name, labels in [("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "db", "env": "prod"}),
+                         ("c", {"tier": "web"})]:
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": labels}})
+
+    def names(**kwargs: str) -> list[str]:
+        return [i.metadata.name for i in core.list_namespaced_config_map(namespace, **kwargs).items]
+
+    assert names(label_selector="tier=web") == ["a", "c"]
+    assert names(label_selector="tier==web,env=prod") == ["a"]
+    assert names(label_selector="tier!=web") == ["b"]
+    assert names(label_selector="tier in (db, cache)") == ["b"]
+    assert names(label_selector="tier notin (db)") == ["a", "c"]
+    assert names(label_selector="env") == ["a", "b"]
+    assert names(label_selector="!env") == ["c"]
+    assert names(field_selector="metadata.name=b") == ["b"]
+    assert names(field_selector="metadata.name!=b,metadata.namespace=" + namespace) == ["a", "c"]
+    error = status_of(lambda: names(field_selector="data.a=1"))
+    assert error.status == 400
+    assert "field label not supported: data.a" in error.body
+
+
+def test_list_pagination_with_limit_and_continue(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    for index in range(7):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": f"c{index}"}})
+    seen, token, pages = [], None, 0
+    while True:
+        page = core.list_namespaced_config_map(namespace, limit=3, _continue=token)
+        seen += [i.metadata.name for i in page.items]
+        pages += 1
+        token = page.metadata._continue
+        if not token:
+            break
+        assert page.metadata.remaining_item_count == 7 - len(seen)
+    assert (seen, pages) == ([f"c{i}" for i in range(7)], 3)
+
+
+def test_patch_types(api: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment(namespace, deployment())
+    # strategic merge patch: containers merge by name, env by name, ports by containerPort
+    smp = {"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 81}]},
+        {"name": "sidecar", "image": "busybox:1"}]}}}}
+    patched = apps.patch_namespaced_deployment("web", namespace, smp)
+    containers = {c.name: c for c in patched.spec.template.spec.containers}
+    assert sorted(containers) == ["sidecar", "web"]
+    assert [e.name for e in containers["web"].env] == ["A", "B"]
+    assert [p.container_port for p in containers["web"].ports] == [80, 81]
+    delete = {"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "$patch": "delete"}]}}}}
+    patched = apps.patch_namespaced_deployment("web", namespace, delete)
+    assert [c.name for c in patched.spec.template.spec.containers] == ["web"]
+    # JSON merge patch replaces lists
+    api.call_api  # noqa: B018 - the typed API picks the patch type from the body; use the dynamic client below
+    dyn = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+    merged = dyn.patch(name="web", namespace=namespace, content_type="application/merge-patch+json",
+                       body={"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}})
+    assert [c["image"] for c in merged.to_dict()["spec"]["template"]["spec"]["containers"]] == ["nginx:2"]
+    # JSON patch
+    patched = apps.patch_namespaced_deployment("web", namespace, [{"op": "replace", "path": "/spec/replicas",
+                                                                   "value": 5}])
+    assert patched.spec.replicas == 5
+    error = status_of(lambda: apps.patch_namespaced_deployment("web", namespace, [
+        {"op": "test", "path": "/spec/replicas", "value": 6}]))
+    assert error.status == 422
+
+
+def test_server_side_apply_creates_records_owners_conflicts_and_forces(api: client.ApiClient, namespace: str) -> None:
+    dyn = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+    body = deployment()
+    body["metadata"]["namespace"] = namespace
+    created = dyn.server_side_apply(body=body, name="web", namespace=namespace, field_manager="deployer").to_dict()
+    owners = {(m["manager"], m["operation"]) for m in created["metadata"]["managedFields"]}
+    assert owners == {("deployer", "Apply")}
+    assert "f:replicas" in created["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]
+    other = {**body, "spec": {**body["spec"], "replicas": 5}}
+    with pytest.raises(ConflictError) as info:
+        dyn.server_side_apply(body=other, name="web", namespace=namespace, field_manager="scaler")
+    assert 'conflict with \\"deployer\\" using apps/v1: .spec.replicas' in str(info.value.body)
+    forced = dyn.server_side_apply(body=other, name="web", namespace=namespace, field_manager="scaler",
+                                   force_conflicts=True).to_dict()
+    assert forced["spec"]["replicas"] == 5
+    scaler = next(m for m in forced["metadata"]["managedFields"] if m["manager"] == "scaler")
+    deployer = next(m for m in forced["metadata"]["managedFields"] if m["manager"] == "deployer")
+    assert "f:replicas" in scaler["fieldsV1"]["f:spec"]
+    assert "f:replicas" not in deployer["fieldsV1"]["f:spec"]
+
+
+def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: client.ApiClient, namespace: str) -> None:
+    dyn = DynamicClient(api).resources.get(api_version="v1", kind="ConfigMap")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": namespace,
+                                                                 "labels": {"a": "1", "b": "2"}},
+            "data": {"x": "1", "y": "2"}}
+    dyn.server_side_apply(body=body, name="cfg", namespace=namespace, field_manager="deployer")
+    body["data"] = {"x": "1"}
+    body["metadata"]["labels"] = {"a": "1"}
+    applied = dyn.server_side_apply(body=body, name="cfg", namespace=namespace, field_manager="deployer").to_dict()
+    assert applied["data"] == {"x": "1"}
+    assert applied["metadata"]["labels"] == {"a": "1"}
+
+
+def test_server_side_apply_needs_a_field_manager(api: client.ApiClient, namespace: str) -> None:
+    code, _, status = raw(api, "PATCH", f"/api/v1/namespaces/{namespace}/configmaps/cfg",
+                          body={"apiVersion": "v1", "kind": "ConfigMap"}, content_type="application/apply-patch+yaml")
+    assert code == 400
+    assert "fieldManager: Required value" in status["message"]
