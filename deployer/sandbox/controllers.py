@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from deployer.sandbox.selectors import match_labels_selector
 from deployer.sandbox.store import Event, Key
 
 MANAGER = "kube-controller-manager"
+log = logging.getLogger("deployer.sandbox.controllers")
 REVISION = "deployment.kubernetes.io/revision"
 
 
@@ -86,6 +88,9 @@ class Controllers:
                 self.reconcile(*item)
             except ApiError:
                 self.later(0.05, *item)  # a conflict with a client's write: try again shortly
+            except Exception:  # a sandbox bug must not stop every controller: log it, retry later
+                log.exception("controller failed on %s %s/%s", *item)
+                self.later(1.0, *item)
 
     # --- event routing ---------------------------------------------------------------------------------------
 
@@ -103,9 +108,11 @@ class Controllers:
             for service in self.cluster.store.items("", "services", namespace):
                 self.enqueue("services", namespace, service["metadata"]["name"])
         if event.type == "DELETED":
-            self._collect_garbage(event.key, obj)
+            self.enqueue("gc", obj["metadata"].get("uid", ""), "")
+            for ref in obj["metadata"].get("ownerReferences") or []:  # an owner may wait for its last dependent
+                self.enqueue("finalize-uid", ref.get("uid", ""), "")
         elif obj["metadata"].get("deletionTimestamp"):
-            self._finalize(event.key, obj)
+            self.enqueue("finalize-uid", obj["metadata"].get("uid", ""), "")
 
     # --- reconcilers -----------------------------------------------------------------------------------------
 
@@ -113,6 +120,7 @@ class Controllers:
         handler: Callable[[str, str], None] = {
             "deployments": self.deployment, "replicasets": self.replicaset, "pods": self.pod,
             "services": self.endpoints, "jobs": self.job, "namespaces": self.namespace,
+            "gc": self._collect_garbage, "finalize-uid": self._finalize_uid,
         }[plural]
         handler(namespace, name)
 
@@ -416,8 +424,13 @@ class Controllers:
     def _dependents(self, uid: str) -> list[Key]:
         return [k for k, o in self.cluster.store.objects.items() if _owned_by(o, uid)]
 
-    def _collect_garbage(self, key: Key, gone: dict[str, Any]) -> None:
-        uid = gone["metadata"].get("uid")
+    def _finalize_uid(self, uid: str, _: str) -> None:
+        found = next(((k, o) for k, o in self.cluster.store.objects.items() if o["metadata"].get("uid") == uid), None)
+        if found is not None and found[1]["metadata"].get("deletionTimestamp"):
+            self._finalize(found[0], found[1])
+
+    def _collect_garbage(self, uid: str, _: str) -> None:
+        """Delete the dependents of a deleted owner that have no owner left (background propagation)."""
         for dep_key in self._dependents(uid) if uid else []:
             dep = self.cluster.store.objects.get(dep_key)
             if dep is None:
