@@ -193,22 +193,35 @@ class Controllers:
         return self.cluster.create(self.rt("replicasets"), "v1", meta["namespace"], rs, manager=MANAGER)
 
     def _roll(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int, surge: int, unavailable: int) -> None:
-        total = sum(rs["spec"].get("replicas", 0) for rs in [new, *old])
-        new_target = new["spec"]["replicas"]
-        if new_target < desired:
-            new_target = min(desired, new_target + max(0, desired + surge - total))
-        elif new_target > desired:
-            new_target = desired
-        self._scale(new, new_target, **{"deployment.kubernetes.io/desired-replicas": str(desired)})
-        available = sum((rs.get("status") or {}).get("availableReplicas", 0) for rs in [new, *old])
-        removable = max(0, available - (desired - unavailable))
-        for rs in sorted(old, key=lambda r: r["metadata"]["creationTimestamp"]):
-            replicas = rs["spec"].get("replicas", 0)
-            unhealthy = replicas - (rs.get("status") or {}).get("availableReplicas", 0)
-            cut = min(replicas, removable + max(unhealthy, 0))
-            removable = max(0, removable - cut)
-            if cut:
-                self._scale(rs, replicas - cut)
+        """One step of kube's rolling update: scale the new set up within maxSurge, then old sets down within
+        maxUnavailable, unhealthy old pods first."""
+        specs = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in [new, *old]}
+
+        def available(rs: dict[str, Any]) -> int:  # never more than the set's size: its status may lag a scale-down
+            return min(specs[rs["metadata"]["name"]], (rs.get("status") or {}).get("availableReplicas", 0))
+
+        name = new["metadata"]["name"]
+        target = specs[name]
+        if target < desired:
+            target = min(desired, target + max(0, desired + surge - sum(specs.values())))
+        target = min(target, desired)
+        self._scale(new, target, **{"deployment.kubernetes.io/desired-replicas": str(desired)})
+        specs[name] = target
+        min_available = desired - unavailable
+        budget = sum(specs.values()) - min_available - (target - available(new))
+        oldest_first = sorted(old, key=lambda r: r["metadata"]["creationTimestamp"])
+        for rs in oldest_first:
+            unhealthy = specs[rs["metadata"]["name"]] - available(rs)
+            cut = min(max(budget, 0), max(unhealthy, 0))
+            specs[rs["metadata"]["name"]] -= cut
+            budget -= cut
+        spare = sum(available(rs) for rs in [new, *old]) - min_available
+        for rs in oldest_first:
+            cut = min(specs[rs["metadata"]["name"]], max(spare, 0))
+            specs[rs["metadata"]["name"]] -= cut
+            spare -= cut
+            if specs[rs["metadata"]["name"]] != rs["spec"].get("replicas", 0):
+                self._scale(rs, specs[rs["metadata"]["name"]])
 
     def _recreate(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int) -> None:
         for rs in old:
