@@ -44,7 +44,8 @@ class Running:
         return response.json()
 
     def stop(self) -> None:
-        if self.sandbox and self.loop and self.thread:
+        """Stop the sandbox (persisting its state) and its thread; stopping twice is harmless."""
+        if self.sandbox and self.loop and self.thread and self.thread.is_alive():
             asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self.loop).result(timeout=30)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=30)
