@@ -49,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", help="run a local, strict Kubernetes API (the sandbox cluster)")
     sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    sandbox.add_argument("--kubeconfig", type=Path, default=Path(".state/sandbox/kubeconfig"),
-                         help="where to write the kubeconfig (default: .state/sandbox/kubeconfig)")
+    sandbox.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=Path(".state/sandbox/kubeconfig"),
+        help="where to write the kubeconfig (default: .state/sandbox/kubeconfig)",
+    )
     sandbox.add_argument("--state", type=Path, help="keep objects in this directory across restarts")
     sandbox.add_argument("--ready-delay", type=float, default=0.5, help="seconds until a simulated pod is Ready")
     return parser
@@ -120,11 +124,17 @@ async def _validate(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from deployer.sandbox import serve  # a separate program: loaded only when asked for
+    from deployer.sandbox import serve  # noqa: PLC0415 - a separate program, loaded only when asked for
 
     try:
-        asyncio.run(serve(port=args.port, kubeconfig_path=args.kubeconfig.resolve(), state_dir=args.state,
-                          ready_delay=args.ready_delay))
+        asyncio.run(
+            serve(
+                port=args.port,
+                kubeconfig_path=args.kubeconfig.resolve(),
+                state_dir=args.state,
+                ready_delay=args.ready_delay,
+            )
+        )
     except OSError as exc:
         raise DeployError(f"cannot serve: {exc.strerror or exc}", where=f"sandbox --port {args.port}") from None
     except KeyboardInterrupt:

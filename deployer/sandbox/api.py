@@ -97,8 +97,13 @@ class Api:
     # --- sandbox-only endpoints ------------------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json({"requests": dict(sorted(self.controls.stats.items())), "objects": len(self.cluster.store.objects),
-                      "resourceVersion": self.cluster.store.rv})
+        return _json(
+            {
+                "requests": dict(sorted(self.controls.stats.items())),
+                "objects": len(self.cluster.store.objects),
+                "resourceVersion": self.cluster.store.rv,
+            }
+        )
 
     async def add_fault(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -133,36 +138,31 @@ class Api:
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
 
     def _static(self, path: str) -> dict[str, Any] | None:
+        """Discovery, OpenAPI and health documents; None when `path` names a resource instead."""
         registry = self.cluster.registry
-        if path == "/version":
-            return discovery.VERSION
-        if path == "/api":
-            return discovery.api_versions(self.address)
-        if path == "/apis":
-            return discovery.api_group_list(registry)
-        if path == "/openapi/v3":
-            return discovery.openapi_v3_index(registry)
-        if path == "/healthz" or path == "/readyz" or path == "/livez":
-            return {"status": "ok"}
+        exact: dict[str, Any] = {
+            "/version": lambda: discovery.VERSION,
+            "/api": lambda: discovery.api_versions(self.address),
+            "/apis": lambda: discovery.api_group_list(registry),
+            "/openapi/v3": lambda: discovery.openapi_v3_index(registry),
+            "/healthz": lambda: {"status": "ok"},
+            "/readyz": lambda: {"status": "ok"},
+            "/livez": lambda: {"status": "ok"},
+        }
+        if path in exact:
+            document: dict[str, Any] = exact[path]()
+            return document
         match = re.fullmatch(r"/openapi/v3/(?:api/(v1)|apis/([^/]+)/([^/]+))", path)
         if match:
-            group, version = (match.group(2) or ""), (match.group(1) or match.group(3))
-            doc = discovery.openapi_v3_document(registry, group, version)
-            if doc is None:
+            found = discovery.openapi_v3_document(registry, match.group(2) or "", match.group(1) or match.group(3))
+            if found is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            return doc
+            return found
         match = re.fullmatch(r"/api/(v1)|/apis/([^/]+)/([^/]+)", path)
         if match:
-            group, version = (match.group(2) or ""), (match.group(1) or match.group(3))
-            found = discovery.resource_list(registry, group, version)
-            if found is not None:
-                return found
+            return discovery.resource_list(registry, match.group(2) or "", match.group(1) or match.group(3))
         match = re.fullmatch(r"/apis/([^/]+)", path)
-        if match:
-            found = discovery.api_group(registry, match.group(1))
-            if found is not None:
-                return found
-        return None
+        return discovery.api_group(registry, match.group(1)) if match else None
 
     def _route(self, path: str) -> Target:
         match = re.fullmatch(r"/api/(v1)/(.*)|/apis/([^/]+)/([^/]+)/(.*)", path)
@@ -172,17 +172,19 @@ class Api:
         version = match.group(1) or match.group(4)
         parts = (match.group(2) if match.group(1) else match.group(5)).split("/")
         namespace = None
-        if parts[0] == "namespaces" and len(parts) >= 3 and parts[2] not in ("status", "finalize") and not group:
-            namespace, parts = parts[1], parts[2:]
-        elif parts[0] == "namespaces" and len(parts) >= 3 and group:
+        # /api/v1/namespaces/NAME/status is the namespace's own subresource, not a resource in it
+        if parts[0] == "namespaces" and len(parts) >= 3 and (group or parts[2] not in ("status", "finalize")):
             namespace, parts = parts[1], parts[2:]
         rt = self.cluster.rt(group, version, parts[0])
         if rt.namespaced is False and namespace is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = parts[1] if len(parts) > 1 else None
         subresource = parts[2] if len(parts) > 2 else ""
-        if subresource and subresource not in rt.subresources and not (rt.kind == "Namespace" and subresource in
-                                                                        ("status", "finalize")):
+        if (
+            subresource
+            and subresource not in rt.subresources
+            and not (rt.kind == "Namespace" and subresource in ("status", "finalize"))
+        ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return Target(rt, version, namespace if rt.namespaced else None, name, subresource, "/".join(parts[3:]))
 
@@ -219,53 +221,115 @@ class Api:
             raise bad_request(f"the body of the request was in an unknown format: {exc}") from None
 
     async def _dispatch(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
-        cluster, query = self.cluster, request.query
-        rt, version, ns, name = target.rt, target.version, target.namespace or "", target.name
-        manager = query.get("fieldManager") or _default_manager(request)
-        mode = query.get("fieldValidation") or "Warn"
-        dry_run = query.get("dryRun") == "All"
-        cluster.warnings = []
-        if verb == "watch":
-            return await self._watch(request, target)
-        if verb == "list":
-            return _json(cluster.list(rt, version, target.namespace, labels=query.get("labelSelector"),
-                                      field_selector=query.get("fieldSelector"), limit=int(query.get("limit", 0)),
-                                      cont=query.get("continue")))
-        if verb == "get":
-            if target.subresource == "scale":
-                return _json(_scale(cluster.get(rt, version, ns, name or "")))
-            if target.subresource in ("log", "proxy") and self.extra_routes:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            return _json(cluster.get(rt, version, ns, name or ""))
-        if verb == "deletecollection":
-            return _json(self._delete_collection(request, target))
-        body = await self._body(request, target) if request.method != "DELETE" else None
-        if target.subresource == "scale":
-            return _json(self._scale_write(request, target, body, manager))
-        if verb == "create":
-            obj = cluster.create(rt, version, ns, body, manager=manager, mode=mode, dry_run=dry_run)
-            return _json(obj, status=201, headers=_warnings(cluster.warnings))
-        if verb == "update":
-            obj = cluster.update(rt, version, ns, name or "", body, manager=manager, subresource=target.subresource,
-                                 mode=mode, dry_run=dry_run)
-            return _json(obj, headers=_warnings(cluster.warnings))
-        if verb == "patch":
-            patch_type = _PATCH_TYPES.get(request.content_type)
-            if patch_type is None or patch_type == "apply-cbor":
-                raise ApiError(415, "UnsupportedMediaType",
-                               f'the body of the request was in an unknown format - accepted media types include: '
-                               f'{", ".join(k for k in _PATCH_TYPES if not k.endswith("cbor"))}')
-            existed = cluster.store.get(cluster.key(rt, ns, name or "")) is not None
-            obj = cluster.patch(rt, version, ns, name or "", patch_type, body,
-                                manager=query.get("fieldManager") or (None if patch_type == "apply" else manager),
-                                subresource=target.subresource, force=query.get("force") == "true",
-                                mode=query.get("fieldValidation") or ("Strict" if patch_type == "apply" else "Warn"),
-                                dry_run=dry_run)
-            return _json(obj, status=200 if existed else 201, headers=_warnings(cluster.warnings))
-        if verb == "delete":
-            options = await self._delete_options(request)
-            return _json(cluster.delete(rt, version, ns, name or "", options=options, dry_run=dry_run))
-        raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        self.cluster.warnings = []
+        handler = {
+            "watch": self._watch,
+            "list": self._list,
+            "get": self._get,
+            "deletecollection": self._collection,
+            "create": self._create,
+            "update": self._update,
+            "patch": self._patch,
+            "delete": self._delete,
+        }.get(verb)
+        if handler is None:
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        if target.subresource == "scale" and verb in ("update", "patch"):
+            return _json(self._scale_write(request, target, await self._body(request, target)))
+        return await handler(request, target)
+
+    async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
+        query = request.query
+        return _json(
+            self.cluster.list(
+                t.rt,
+                t.version,
+                t.namespace,
+                labels=query.get("labelSelector"),
+                field_selector=query.get("fieldSelector"),
+                limit=int(query.get("limit", 0)),
+                cont=query.get("continue"),
+            )
+        )
+
+    async def _get(self, request: web.Request, t: Target) -> web.StreamResponse:
+        obj = self.cluster.get(t.rt, t.version, t.namespace or "", t.name or "")
+        if t.subresource == "scale":
+            return _json(_scale(obj))
+        if t.subresource in ("log", "proxy"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return _json(obj)
+
+    async def _collection(self, request: web.Request, t: Target) -> web.StreamResponse:
+        return _json(self._delete_collection(request, t))
+
+    async def _create(self, request: web.Request, t: Target) -> web.StreamResponse:
+        query = request.query
+        obj = self.cluster.create(
+            t.rt,
+            t.version,
+            t.namespace or "",
+            await self._body(request, t),
+            manager=query.get("fieldManager") or _default_manager(request),
+            mode=query.get("fieldValidation") or "Warn",
+            dry_run=query.get("dryRun") == "All",
+        )
+        return _json(obj, status=201, headers=_warnings(self.cluster.warnings))
+
+    async def _update(self, request: web.Request, t: Target) -> web.StreamResponse:
+        query = request.query
+        obj = self.cluster.update(
+            t.rt,
+            t.version,
+            t.namespace or "",
+            t.name or "",
+            await self._body(request, t),
+            manager=query.get("fieldManager") or _default_manager(request),
+            subresource=t.subresource,
+            mode=query.get("fieldValidation") or "Warn",
+            dry_run=query.get("dryRun") == "All",
+        )
+        return _json(obj, headers=_warnings(self.cluster.warnings))
+
+    async def _patch(self, request: web.Request, t: Target) -> web.StreamResponse:
+        query, cluster = request.query, self.cluster
+        patch_type = _PATCH_TYPES.get(request.content_type)
+        if patch_type is None or patch_type == "apply-cbor":
+            accepted = ", ".join(k for k in _PATCH_TYPES if not k.endswith("cbor"))
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+            )
+        existed = cluster.store.get(cluster.key(t.rt, t.namespace or "", t.name or "")) is not None
+        manager = query.get("fieldManager") or (None if patch_type == "apply" else _default_manager(request))
+        obj = cluster.patch(
+            t.rt,
+            t.version,
+            t.namespace or "",
+            t.name or "",
+            patch_type=patch_type,
+            body=await self._body(request, t),
+            manager=manager,
+            subresource=t.subresource,
+            force=query.get("force") == "true",
+            mode=query.get("fieldValidation") or ("Strict" if patch_type == "apply" else "Warn"),
+            dry_run=query.get("dryRun") == "All",
+        )
+        return _json(obj, status=200 if existed else 201, headers=_warnings(cluster.warnings))
+
+    async def _delete(self, request: web.Request, t: Target) -> web.StreamResponse:
+        options = await self._delete_options(request)
+        return _json(
+            self.cluster.delete(
+                t.rt,
+                t.version,
+                t.namespace or "",
+                t.name or "",
+                options=options,
+                dry_run=request.query.get("dryRun") == "All",
+            )
+        )
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -281,15 +345,19 @@ class Api:
         return options
 
     def _delete_collection(self, request: web.Request, target: Target) -> dict[str, Any]:
-        listed = self.cluster.list(target.rt, target.version, target.namespace,
-                                   labels=request.query.get("labelSelector"),
-                                   field_selector=request.query.get("fieldSelector"))
+        listed = self.cluster.list(
+            target.rt,
+            target.version,
+            target.namespace,
+            labels=request.query.get("labelSelector"),
+            field_selector=request.query.get("fieldSelector"),
+        )
         for item in listed["items"]:
             meta = item["metadata"]
             self.cluster.delete(target.rt, target.version, meta.get("namespace", ""), meta["name"])
         return listed
 
-    def _scale_write(self, request: web.Request, target: Target, body: Any, manager: str) -> dict[str, Any]:
+    def _scale_write(self, request: web.Request, target: Target, body: Any) -> dict[str, Any]:
         cluster, rt = self.cluster, target.rt
         current = cluster.get(rt, target.version, target.namespace or "", target.name or "")
         scale = _scale(current)
@@ -300,25 +368,48 @@ class Api:
             scale = body
         replicas = (scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
-            raise ApiError(422, "Invalid", f'Scale.autoscaling "{target.name}" is invalid: spec.replicas: Invalid '
-                                           f"value: {replicas}: must be greater than or equal to 0")
-        updated = cluster.patch(rt, target.version, target.namespace or "", target.name or "", "merge",
-                                {"spec": {"replicas": replicas}}, manager=manager)
+            raise ApiError(
+                422,
+                "Invalid",
+                f'Scale.autoscaling "{target.name}" is invalid: spec.replicas: Invalid '
+                f"value: {replicas}: must be greater than or equal to 0",
+            )
+        updated = cluster.patch(
+            rt,
+            target.version,
+            target.namespace or "",
+            target.name or "",
+            patch_type="merge",
+            body={"spec": {"replicas": replicas}},
+            manager=request.query.get("fieldManager") or _default_manager(request),
+        )
         return _scale(updated)
 
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
         timeout = float(query.get("timeoutSeconds") or 1800)
-        events = watch(self.cluster, target.rt, target.version, target.namespace,
-                       resource_version=query.get("resourceVersion"), labels=query.get("labelSelector"),
-                       field_selector=_name_field(query.get("fieldSelector"), target.name), timeout=timeout,
-                       bookmarks=query.get("allowWatchBookmarks") == "true",
-                       send_initial=query.get("sendInitialEvents") == "true")
-        if query.get("sendInitialEvents") == "true" and (query.get("resourceVersionMatch") != "NotOlderThan"
-                                                         or query.get("allowWatchBookmarks") != "true"):
-            raise ApiError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: "
-                                           "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan "
-                                           "and allowWatchBookmarks to true")
+        events = watch(
+            self.cluster,
+            target.rt,
+            target.version,
+            target.namespace,
+            resource_version=query.get("resourceVersion"),
+            labels=query.get("labelSelector"),
+            field_selector=_name_field(query.get("fieldSelector"), target.name),
+            timeout=timeout,
+            bookmarks=query.get("allowWatchBookmarks") == "true",
+            send_initial=query.get("sendInitialEvents") == "true",
+        )
+        if query.get("sendInitialEvents") == "true" and (
+            query.get("resourceVersionMatch") != "NotOlderThan" or query.get("allowWatchBookmarks") != "true"
+        ):
+            raise ApiError(
+                422,
+                "Invalid",
+                'ListOptions.meta.k8s.io "" is invalid: sendInitialEvents: Forbidden: '
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan "
+                "and allowWatchBookmarks to true",
+            )
         try:  # selector errors surface as a plain HTTP error, before the stream starts
             label_matcher(query.get("labelSelector"))
             field_matcher(query.get("fieldSelector"), target.rt.kind)
@@ -359,10 +450,14 @@ def _scale(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     return {
-        "kind": "Scale", "apiVersion": "autoscaling/v1",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                     if k in meta},
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+        },
         "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
-        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
-                   "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())),
+        },
     }

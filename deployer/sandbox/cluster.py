@@ -26,8 +26,16 @@ from deployer.sandbox.validation import admit_decoding, check_name, validate
 
 CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-_META_KEEP = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation",
-              "namespace", "name", "managedFields")
+_META_KEEP = (
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "namespace",
+    "name",
+    "managedFields",
+)
 
 
 def now() -> str:
@@ -44,6 +52,7 @@ class Cluster:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.registry = Registry()
+        self.warnings: list[str] = []  # of the last write, read by the HTTP layer right after the call
         for crd in [o for k, o in store.objects.items() if k[:2] == CRD]:
             self.registry.add(from_crd(crd))
         for crd in PREINSTALLED_CRDS:
@@ -67,8 +76,11 @@ class Cluster:
     @staticmethod
     def present(rt: ResourceType, version: str, obj: dict[str, Any]) -> dict[str, Any]:
         """The stored object as served in `version`."""
-        return {"apiVersion": rt.api_version(version), "kind": rt.kind, **{k: v for k, v in obj.items()
-                                                                           if k not in ("apiVersion", "kind")}}
+        return {
+            "apiVersion": rt.api_version(version),
+            "kind": rt.kind,
+            **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")},
+        }
 
     def _existing(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]:
         obj = self.store.get(self.key(rt, namespace, name))
@@ -83,8 +95,12 @@ class Cluster:
         if ns is None:
             raise not_found("namespaces", namespace, "", "namespaces")
         if ns["metadata"].get("deletionTimestamp"):
-            raise ApiError(403, "Forbidden", f"{rt.qualified} is forbidden: unable to create new content in "
-                                             f"namespace {namespace} because it is being terminated")
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"{rt.qualified} is forbidden: unable to create new content in "
+                f"namespace {namespace} because it is being terminated",
+            )
 
     def _schema(self, rt: ResourceType, version: str) -> dict[str, Any] | None:
         if not rt.builtin:
@@ -105,15 +121,27 @@ class Cluster:
     def get(self, rt: ResourceType, version: str, namespace: str, name: str) -> dict[str, Any]:
         return self.present(rt, version, self._existing(rt, namespace, name))
 
-    def list(self, rt: ResourceType, version: str, namespace: str | None, *, labels: str | None = None,
-             field_selector: str | None = None, limit: int = 0, cont: str | None = None) -> dict[str, Any]:
+    def list(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str | None,
+        *,
+        labels: str | None = None,
+        field_selector: str | None = None,
+        limit: int = 0,
+        cont: str | None = None,
+    ) -> dict[str, Any]:
         """A List object: filtered, sorted by namespace and name, paginated with limit/continue."""
         try:
             by_labels, by_fields = label_matcher(labels), field_matcher(field_selector, rt.kind)
         except SelectorError as exc:
             raise bad_request(str(exc)) from None
-        items = [o for o in self.store.items(rt.group, rt.plural, namespace if rt.namespaced else None)
-                 if by_labels(o["metadata"].get("labels") or {}) and by_fields(o)]
+        items = [
+            o
+            for o in self.store.items(rt.group, rt.plural, namespace if rt.namespaced else None)
+            if by_labels(o["metadata"].get("labels") or {}) and by_fields(o)
+        ]
         list_rv = str(self.store.rv)
         if cont:
             try:
@@ -122,15 +150,20 @@ class Cluster:
             except (ValueError, KeyError, TypeError):
                 raise bad_request("continue key is not valid") from None
             if int(token["rv"]) < self.store.oldest_rv:
-                raise ApiError(410, "Expired", "The provided continue parameter is too old to display a consistent "
-                                               "list result. You can start a new list without the continue parameter.")
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent "
+                    "list result. You can start a new list without the continue parameter.",
+                )
             list_rv = token["rv"]
             items = [o for o in items if [o["metadata"].get("namespace", ""), o["metadata"]["name"]] > start]
         meta: dict[str, Any] = {"resourceVersion": list_rv}
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]
-            meta["continue"] = base64.urlsafe_b64encode(json.dumps(
-                {"rv": list_rv, "start": [last.get("namespace", ""), last["name"]]}).encode()).decode()
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"rv": list_rv, "start": [last.get("namespace", ""), last["name"]]}).encode()
+            ).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
         shown = [self.present(rt, version, o) for o in items]
@@ -138,23 +171,39 @@ class Cluster:
 
     # --- writes ----------------------------------------------------------------------------------------------
 
-    def create(self, rt: ResourceType, version: str, namespace: str, body: Any, *, manager: str | None,
-               mode: str = "Warn", dry_run: bool = False) -> dict[str, Any]:
+    def create(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str,
+        body: Any,
+        *,
+        manager: str | None,
+        mode: str = "Warn",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """POST: 201 with the stored object; 409 if it exists; 404 if the namespace does not."""
         body = self._decode_body(rt, version, body)
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise ApiError(422, "Invalid", f'{rt.kind} "" is invalid: metadata.name: Required value: name or '
-                                               "generateName is required")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{rt.kind} "" is invalid: metadata.name: Required value: name or generateName is required',
+                )
             meta["name"] = meta["generateName"] + random_suffix()
         self._place(rt, namespace, meta)
         check_name(rt, meta["name"])
         self._check_namespace(rt, namespace)
         key = self.key(rt, namespace, meta["name"])
         if self.store.get(key) is not None:
-            raise ApiError(409, "AlreadyExists", f'{rt.qualified} "{meta["name"]}" already exists',
-                           details={"name": meta["name"], "group": rt.group, "kind": rt.plural})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{rt.qualified} "{meta["name"]}" already exists',
+                details={"name": meta["name"], "group": rt.group, "kind": rt.plural},
+            )
         obj, self.warnings = admit_decoding(rt, version, body, mode=mode)
         apply_defaults(rt.kind, obj)
         if rt.has_status and rt.kind != "Namespace":
@@ -175,8 +224,19 @@ class Cluster:
             self.registry.add(from_crd(stored))
         return self.present(rt, version, stored)
 
-    def update(self, rt: ResourceType, version: str, namespace: str, name: str, body: Any, *, manager: str,
-               subresource: str = "", mode: str = "Warn", dry_run: bool = False) -> dict[str, Any]:
+    def update(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str,
+        name: str,
+        body: Any,
+        *,
+        manager: str,
+        subresource: str = "",
+        mode: str = "Warn",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """PUT: 409 on a stale resourceVersion; the main resource ignores status and vice versa."""
         old = self._existing(rt, namespace, name)
         body = self._decode_body(rt, version, body)
@@ -185,21 +245,49 @@ class Cluster:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
         wanted_rv = meta.get("resourceVersion")
         if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(rt.qualified, name, rt.group, rt.plural,
-                           "the object has been modified; please apply your changes to the latest version and try again")
+            raise conflict(
+                rt.qualified,
+                name,
+                rt.group,
+                rt.plural,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         body, self.warnings = admit_decoding(rt, version, body, mode=mode)
         return self._commit(rt, version, old, body, manager=manager, subresource=subresource, dry_run=dry_run)
 
-    def patch(self, rt: ResourceType, version: str, namespace: str, name: str, patch_type: str, body: Any, *,
-              manager: str | None, subresource: str = "", force: bool = False, mode: str = "Warn",
-              dry_run: bool = False) -> dict[str, Any]:
+    def patch(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str,
+        name: str,
+        *,
+        patch_type: str,
+        body: Any,
+        manager: str | None,
+        subresource: str = "",
+        force: bool = False,
+        mode: str = "Warn",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """PATCH with json-patch, merge-patch, strategic-merge-patch or server-side apply."""
         if patch_type == "apply":
             if not manager:
-                raise bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is "
-                                  "required for apply patch")
-            return self.apply(rt, version, namespace, name, body, manager=manager, force=force,
-                              subresource=subresource, mode=mode, dry_run=dry_run)
+                raise bad_request(
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch'
+                )
+            return self.apply(
+                rt,
+                version,
+                namespace,
+                name,
+                body,
+                manager=manager,
+                force=force,
+                subresource=subresource,
+                mode=mode,
+                dry_run=dry_run,
+            )
         old = self._existing(rt, namespace, name)
         current = self.present(rt, version, old)
         try:
@@ -209,8 +297,11 @@ class Cluster:
                 patched = merge_patch(current, body)
             elif patch_type == "strategic":
                 if not rt.builtin:
-                    raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for custom "
-                                                                "resources; use a JSON merge patch")
+                    raise ApiError(
+                        415,
+                        "UnsupportedMediaType",
+                        "strategic merge patch is not supported for custom resources; use a JSON merge patch",
+                    )
                 patched = strategic_merge_patch(current, body, self._schema(rt, version))
             else:
                 raise ApiError(415, "UnsupportedMediaType", f"the patch type {patch_type!r} is not supported")
@@ -220,21 +311,40 @@ class Cluster:
             raise bad_request("the patch produced something other than an object")
         wanted_rv = (patched.get("metadata") or {}).get("resourceVersion")
         if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(rt.qualified, name, rt.group, rt.plural,
-                           "the object has been modified; please apply your changes to the latest version and try again")
+            raise conflict(
+                rt.qualified,
+                name,
+                rt.group,
+                rt.plural,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         patched, self.warnings = admit_decoding(rt, version, patched, mode=mode)
-        return self._commit(rt, version, old, patched, manager=manager or "unknown", subresource=subresource,
-                            dry_run=dry_run)
+        return self._commit(
+            rt, version, old, patched, manager=manager or "unknown", subresource=subresource, dry_run=dry_run
+        )
 
-    def apply(self, rt: ResourceType, version: str, namespace: str, name: str, body: Any, *, manager: str,
-              force: bool, subresource: str = "", mode: str = "Strict", dry_run: bool = False) -> dict[str, Any]:
+    def apply(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str,
+        name: str,
+        body: Any,
+        *,
+        manager: str,
+        force: bool,
+        subresource: str = "",
+        mode: str = "Strict",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """Server-side apply: creates if missing, merges owned fields, 409 on conflicts unless forced."""
         if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
             raise bad_request("apply patches must specify apiVersion and kind")
         body = self._decode_body(rt, version, body)
         if body.setdefault("metadata", {}).setdefault("name", name) != name:
-            raise bad_request(f"the name of the object ({body['metadata']['name']}) does not match the name on "
-                              f"the URL ({name})")
+            raise bad_request(
+                f"the name of the object ({body['metadata']['name']}) does not match the name on the URL ({name})"
+            )
         applied, self.warnings = admit_decoding(rt, version, body, mode=mode)
         schema = self._schema(rt, version)
         applied_view = self._view(rt, applied, subresource)
@@ -242,8 +352,14 @@ class Cluster:
         old = self.store.get(self.key(rt, namespace, name))
         base = old or {"apiVersion": rt.api_version(version), "kind": rt.kind, "metadata": {"name": name}}
         entries = [dict(e) for e in (base["metadata"].get("managedFields") or [])]
-        mine = next((e for e in entries if (e["manager"], e["operation"], e.get("subresource", "")) ==
-                     (manager, "Apply", subresource)), None)
+        mine = next(
+            (
+                e
+                for e in entries
+                if (e["manager"], e["operation"], e.get("subresource", "")) == (manager, "Apply", subresource)
+            ),
+            None,
+        )
         others: dict[tuple[str, str], set[fields.Path]] = {}
         for entry in entries:
             if entry is not mine and entry.get("subresource", "") == subresource:
@@ -252,10 +368,16 @@ class Cluster:
         found = fields.conflicts(self._view(rt, base, subresource), applied_view, applied_set, others)
         if found and not force:
             text = "; ".join(c.describe() for c in found)
-            raise ApiError(409, "Conflict", f"Apply failed with {len(found)} conflict{'s' if len(found) > 1 else ''}: "
-                                            f"{text}", details={"causes": [
-                                                {"reason": "FieldManagerConflict", "message": c.describe(),
-                                                 "field": c.field} for c in found]})
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Apply failed with {len(found)} conflict{'s' if len(found) > 1 else ''}: {text}",
+                details={
+                    "causes": [
+                        {"reason": "FieldManagerConflict", "message": c.describe(), "field": c.field} for c in found
+                    ]
+                },
+            )
         merged = fields.apply_merge(base, applied, schema)
         previously = fields.from_fields_v1(mine["fieldsV1"]) if mine else set()
         owned_by_others = set().union(*others.values()) if others else set()
@@ -272,20 +394,38 @@ class Cluster:
             return self.create(rt, version, namespace, merged, manager=None, mode="Ignore", dry_run=dry_run)
         return self._commit(rt, version, old, merged, manager=None, subresource=subresource, dry_run=dry_run)
 
-    def delete(self, rt: ResourceType, version: str, namespace: str, name: str, *,
-               options: dict[str, Any] | None = None, dry_run: bool = False) -> dict[str, Any]:
+    def delete(
+        self,
+        rt: ResourceType,
+        version: str,
+        namespace: str,
+        name: str,
+        *,
+        options: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """DELETE: preconditions, finalizers and propagation policies (Foreground, Background, Orphan)."""
         options = options or {}
         obj = self._existing(rt, namespace, name)
         meta = obj["metadata"]
         pre = options.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != meta["uid"]:
-            raise conflict(rt.qualified, name, rt.group, rt.plural,
-                           f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}")
+            raise conflict(
+                rt.qualified,
+                name,
+                rt.group,
+                rt.plural,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
-            raise conflict(rt.qualified, name, rt.group, rt.plural,
-                           f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
-                           f"ResourceVersion in object meta: {meta['resourceVersion']}")
+            raise conflict(
+                rt.qualified,
+                name,
+                rt.group,
+                rt.plural,
+                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                f"ResourceVersion in object meta: {meta['resourceVersion']}",
+            )
         if dry_run:
             return self.present(rt, version, obj)
         policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
@@ -309,8 +449,6 @@ class Cluster:
 
     # --- internals -------------------------------------------------------------------------------------------
 
-    warnings: list[str] = []  # noqa: RUF012 - per request, read by the HTTP layer right after the call
-
     def _decode_body(self, rt: ResourceType, version: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise bad_request(f"Object '{rt.kind}' is missing or not an object")
@@ -318,8 +456,10 @@ class Cluster:
         if kind and kind != rt.kind:
             raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
         if api_version and api_version != rt.api_version(version):
-            raise bad_request(f"the API version in the data ({api_version}) does not match the expected API "
-                              f"version ({rt.api_version(version)})")
+            raise bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({rt.api_version(version)})"
+            )
         return copy.deepcopy(body)
 
     def _admit_new(self, rt: ResourceType, obj: dict[str, Any]) -> None:
@@ -335,8 +475,12 @@ class Cluster:
                 spec.setdefault("ipFamilyPolicy", "SingleStack")
         if rt.kind == "Job" and isinstance(spec, dict) and not spec.get("manualSelector"):
             uid, name = obj["metadata"]["uid"], obj["metadata"]["name"]
-            labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                      "controller-uid": uid, "job-name": name}
+            labels = {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }
             spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
             template = spec.setdefault("template", {})
             template.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
@@ -347,14 +491,24 @@ class Cluster:
     def _place(rt: ResourceType, namespace: str, meta: dict[str, Any]) -> None:
         if rt.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
-                raise bad_request("the namespace of the provided object does not match the namespace sent on the "
-                                  "request")
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
 
-    def _commit(self, rt: ResourceType, version: str, old: dict[str, Any], new: dict[str, Any], *,
-                manager: str | None, subresource: str, dry_run: bool) -> dict[str, Any]:
+    def _commit(
+        self,
+        rt: ResourceType,
+        version: str,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        manager: str | None,
+        subresource: str,
+        dry_run: bool,
+    ) -> dict[str, Any]:
         """Store `new` over `old`: keep what clients cannot change, bump generation, record ownership."""
         meta = new.setdefault("metadata", {})
         for key in _META_KEEP:
@@ -362,16 +516,13 @@ class Cluster:
                 meta[key] = copy.deepcopy(old["metadata"][key])
             elif key != "managedFields":
                 meta.pop(key, None)
-        new = {**new, "apiVersion": old.get("apiVersion", new.get("apiVersion")), "kind": rt.kind}
-        if subresource == "status":
-            new = {**old, "status": new.get("status")} if "status" in new else {**old}
-            if "status" in new and new["status"] is None:
-                del new["status"]
-            new["metadata"] = meta if manager is None else {**old["metadata"]}
-        elif rt.has_status:
-            new.pop("status", None)
-            if "status" in old:
-                new["status"] = old["status"]
+        new = self._split_status(
+            rt,
+            old,
+            {**new, "apiVersion": old.get("apiVersion", new.get("apiVersion")), "kind": rt.kind},
+            subresource=subresource,
+            keep_meta=manager is None,
+        )
         apply_defaults(rt.kind, new)
         if subresource != "status":
             validate(rt, new, old)
@@ -381,33 +532,72 @@ class Cluster:
             self._record_update(rt, version, old, new, manager=manager, subresource=subresource)
         if dry_run:
             return self.present(rt, version, new)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") \
-                and rt.kind != "Namespace":
-            gone = self.store.delete(self.key(rt, meta.get("namespace", ""), meta["name"]))
+        return self.present(rt, version, self._store(rt, old, new))
+
+    @staticmethod
+    def _split_status(
+        rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *, subresource: str, keep_meta: bool
+    ) -> dict[str, Any]:
+        """A status write changes only status; a main-resource write keeps the old status (if it has its own)."""
+        if subresource == "status":
+            merged = (
+                {**old, "status": new["status"]}
+                if new.get("status") is not None
+                else {k: v for k, v in old.items() if k != "status"}
+            )
+            merged["metadata"] = new["metadata"] if keep_meta else {**old["metadata"]}
+            return merged
+        if rt.has_status:
+            new = {k: v for k, v in new.items() if k != "status"}
+            if "status" in old:
+                new["status"] = old["status"]
+        return new
+
+    def _store(self, rt: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Write `new`, or delete it when its last finalizer went; an unchanged object is not written."""
+        meta = new["metadata"]
+        key = self.key(rt, meta.get("namespace", ""), meta["name"])
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and rt.kind != "Namespace":
+            gone = self.store.delete(key)
             self._after_delete(rt, gone)
-            return self.present(rt, version, gone or new)
+            return gone or new
         if new == old:
-            return self.present(rt, version, old)
-        stored = self.store.put(self.key(rt, meta.get("namespace", ""), meta["name"]), new)
+            return old
+        stored = self.store.put(key, new)
         if (rt.group, rt.plural) == CRD:
             self.registry.add(from_crd(stored))
-        return self.present(rt, version, stored)
+        return stored
 
     @staticmethod
     def _spec_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
         skip = ("metadata", "status", "apiVersion", "kind")
         return {k: v for k, v in old.items() if k not in skip} != {k: v for k, v in new.items() if k not in skip}
 
-    def _entry(self, manager: str, operation: str, api_version: str, paths: set[fields.Path],
-               subresource: str) -> dict[str, Any]:
-        entry = {"manager": manager, "operation": operation, "apiVersion": api_version, "time": now(),
-                 "fieldsType": "FieldsV1", "fieldsV1": fields.to_fields_v1(paths)}
+    def _entry(
+        self, manager: str, operation: str, api_version: str, paths: set[fields.Path], subresource: str
+    ) -> dict[str, Any]:
+        entry = {
+            "manager": manager,
+            "operation": operation,
+            "apiVersion": api_version,
+            "time": now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields.to_fields_v1(paths),
+        }
         if subresource:
             entry["subresource"] = subresource
         return entry
 
-    def _record_update(self, rt: ResourceType, version: str, old: dict[str, Any] | None, new: dict[str, Any], *,
-                       manager: str, subresource: str) -> None:
+    def _record_update(
+        self,
+        rt: ResourceType,
+        version: str,
+        old: dict[str, Any] | None,
+        new: dict[str, Any],
+        *,
+        manager: str,
+        subresource: str,
+    ) -> None:
         """An Update operation: the manager takes the fields it changed; removed fields leave every set."""
         schema = self._schema(rt, version)
         old_view = self._view(rt, old or {}, subresource)
@@ -420,8 +610,9 @@ class Cluster:
         mine = next((e for e in entries if (e["manager"], e["operation"], e.get("subresource", "")) == key), None)
         for entry in entries:
             if entry.get("subresource", "") == subresource and entry is not mine:
-                entry["fieldsV1"] = fields.to_fields_v1(fields.from_fields_v1(entry.get("fieldsV1", {}))
-                                                        - removed - changed)
+                entry["fieldsV1"] = fields.to_fields_v1(
+                    fields.from_fields_v1(entry.get("fieldsV1", {})) - removed - changed
+                )
         entries = [e for e in entries if e is not mine and e.get("fieldsV1")]
         owned = (fields.from_fields_v1(mine["fieldsV1"]) if mine else set()) - removed | changed
         if owned:

@@ -29,8 +29,14 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 
 
 def _owner_ref(owner: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
-    return {"apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _percent(value: Any, total: int, *, round_up: bool) -> int:
@@ -55,7 +61,7 @@ class Controllers:
         self.pending: set[tuple[str, str, str]] = set()
         self.task: asyncio.Task[None] | None = None
         cluster.store.subscribers.append(self.on_event)
-        runtime.on_change = lambda ns, name: self.enqueue("pods", ns, name)
+        runtime.bind(lambda namespace, name: self.enqueue("pods", namespace, name))
 
     def rt(self, plural: str) -> ResourceType:
         group = {"deployments": "apps", "replicasets": "apps", "jobs": "batch"}.get(plural, "")
@@ -97,8 +103,14 @@ class Controllers:
     def on_event(self, event: Event) -> None:
         group, plural, namespace, name = event.key
         obj = event.obj
-        if (group, plural) in (("apps", "deployments"), ("apps", "replicasets"), ("batch", "jobs"), ("", "pods"),
-                               ("", "services"), ("", "namespaces")):
+        if (group, plural) in (
+            ("apps", "deployments"),
+            ("apps", "replicasets"),
+            ("batch", "jobs"),
+            ("", "pods"),
+            ("", "services"),
+            ("", "namespaces"),
+        ):
             self.enqueue(plural, namespace, name)
         for ref in obj["metadata"].get("ownerReferences") or []:
             owner_plural = {"ReplicaSet": "replicasets", "Deployment": "deployments", "Job": "jobs"}.get(ref["kind"])
@@ -118,9 +130,14 @@ class Controllers:
 
     def reconcile(self, plural: str, namespace: str, name: str) -> None:
         handler: Callable[[str, str], None] = {
-            "deployments": self.deployment, "replicasets": self.replicaset, "pods": self.pod,
-            "services": self.endpoints, "jobs": self.job, "namespaces": self.namespace,
-            "gc": self._collect_garbage, "finalize-uid": self._finalize_uid,
+            "deployments": self.deployment,
+            "replicasets": self.replicaset,
+            "pods": self.pod,
+            "services": self.endpoints,
+            "jobs": self.job,
+            "namespaces": self.namespace,
+            "gc": self._collect_garbage,
+            "finalize-uid": self._finalize_uid,
         }[plural]
         handler(namespace, name)
 
@@ -130,14 +147,24 @@ class Controllers:
 
     def _owned(self, plural: str, namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
         rt = self.rt(plural)
-        return [o for o in self.cluster.store.items(rt.group, rt.plural, namespace)
-                if _owned_by(o, owner["metadata"]["uid"]) and not o["metadata"].get("deletionTimestamp")]
+        return [
+            o
+            for o in self.cluster.store.items(rt.group, rt.plural, namespace)
+            if _owned_by(o, owner["metadata"]["uid"]) and not o["metadata"].get("deletionTimestamp")
+        ]
 
     def _status(self, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
         if obj.get("status") != status:
             meta = obj["metadata"]
-            self.cluster.update(self.rt(plural), "v1", meta.get("namespace", ""), meta["name"],
-                                {**obj, "status": status}, manager=MANAGER, subresource="status")
+            self.cluster.update(
+                self.rt(plural),
+                "v1",
+                meta.get("namespace", ""),
+                meta["name"],
+                {**obj, "status": status},
+                manager=MANAGER,
+                subresource="status",
+            )
 
     def _scale(self, rs: dict[str, Any], replicas: int, **annotations: str) -> None:
         meta = rs["metadata"]
@@ -145,8 +172,15 @@ class Controllers:
         wanted = {**current, **annotations}
         if rs["spec"].get("replicas") != replicas or wanted != current:
             patch = {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}}
-            self.cluster.patch(self.rt("replicasets"), "v1", meta["namespace"], meta["name"], "merge", patch,
-                               manager=MANAGER)
+            self.cluster.patch(
+                self.rt("replicasets"),
+                "v1",
+                meta["namespace"],
+                meta["name"],
+                patch_type="merge",
+                body=patch,
+                manager=MANAGER,
+            )
 
     def deployment(self, namespace: str, name: str) -> None:
         d = self._get("deployments", namespace, name)
@@ -165,8 +199,9 @@ class Controllers:
             created = True
         strategy = spec.get("strategy") or {}
         max_surge = _percent((strategy.get("rollingUpdate") or {}).get("maxSurge", "25%"), desired, round_up=True)
-        max_unavailable = _percent((strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"), desired,
-                                   round_up=False)
+        max_unavailable = _percent(
+            (strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"), desired, round_up=False
+        )
         if max_surge == 0 and max_unavailable == 0:
             max_unavailable = 1
         if new is not None and not spec.get("paused"):
@@ -174,7 +209,7 @@ class Controllers:
                 self._recreate(new, old, desired)
             else:
                 self._roll(new, old, desired, max_surge, max_unavailable)
-        self._deployment_status(d, new, old, desired, max_unavailable, created=created)
+        self._deployment_status(d, new, old, max_unavailable=max_unavailable, created=created)
 
     def _create_replicaset(self, d: dict[str, Any], pod_hash: str, revision: int, replicas: int) -> dict[str, Any]:
         template = json.loads(json.dumps(d["spec"]["template"]))
@@ -182,23 +217,35 @@ class Controllers:
         selector = json.loads(json.dumps(d["spec"]["selector"]))
         selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
         meta = d["metadata"]
-        rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-              "metadata": {"name": f"{meta['name']}-{pod_hash}", "namespace": meta["namespace"],
-                           "labels": template["metadata"]["labels"],
-                           "annotations": {REVISION: str(revision),
-                                           "deployment.kubernetes.io/desired-replicas": str(d["spec"]["replicas"])},
-                           "ownerReferences": [_owner_ref(d, "apps/v1", "Deployment")]},
-              "spec": {"replicas": replicas, "minReadySeconds": d["spec"].get("minReadySeconds", 0),
-                       "selector": selector, "template": template}}
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": f"{meta['name']}-{pod_hash}",
+                "namespace": meta["namespace"],
+                "labels": template["metadata"]["labels"],
+                "annotations": {
+                    REVISION: str(revision),
+                    "deployment.kubernetes.io/desired-replicas": str(d["spec"]["replicas"]),
+                },
+                "ownerReferences": [_owner_ref(d, "apps/v1", "Deployment")],
+            },
+            "spec": {
+                "replicas": replicas,
+                "minReadySeconds": d["spec"].get("minReadySeconds", 0),
+                "selector": selector,
+                "template": template,
+            },
+        }
         return self.cluster.create(self.rt("replicasets"), "v1", meta["namespace"], rs, manager=MANAGER)
 
     def _roll(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int, surge: int, unavailable: int) -> None:
         """One step of kube's rolling update: scale the new set up within maxSurge, then old sets down within
         maxUnavailable, unhealthy old pods first."""
-        specs = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in [new, *old]}
+        specs: dict[str, int] = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in [new, *old]}
 
         def available(rs: dict[str, Any]) -> int:  # never more than the set's size: its status may lag a scale-down
-            return min(specs[rs["metadata"]["name"]], (rs.get("status") or {}).get("availableReplicas", 0))
+            return min(specs[rs["metadata"]["name"]], int((rs.get("status") or {}).get("availableReplicas", 0)))
 
         name = new["metadata"]["name"]
         target = specs[name]
@@ -229,10 +276,22 @@ class Controllers:
         if all((rs.get("status") or {}).get("replicas", 0) == 0 for rs in old):
             self._scale(new, desired)
 
-    def _deployment_status(self, d: dict[str, Any], new: dict[str, Any] | None, old: list[dict[str, Any]],
-                           desired: int, max_unavailable: int, *, created: bool) -> None:
+    def _deployment_status(
+        self,
+        d: dict[str, Any],
+        new: dict[str, Any] | None,
+        old: list[dict[str, Any]],
+        *,
+        max_unavailable: int,
+        created: bool,
+    ) -> None:
+        """Status as the deployment controller's calculateStatus sets it."""
+        desired = d["spec"].get("replicas", 1)
         sets = [rs for rs in [new, *old] if rs is not None]
-        stat = lambda rs, key: (rs.get("status") or {}).get(key, 0)  # noqa: E731
+
+        def stat(rs: dict[str, Any], key: str) -> int:
+            return int((rs.get("status") or {}).get(key, 0))
+
         available = sum(stat(rs, "availableReplicas") for rs in sets)
         total_spec = sum(rs["spec"].get("replicas", 0) for rs in sets)
         status: dict[str, Any] = {
@@ -246,63 +305,86 @@ class Controllers:
             status["unavailableReplicas"] = total_spec - available
         status = {k: v for k, v in status.items() if v or k == "observedGeneration"}
         previous = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or []}
-        conditions = [self._condition(previous.get("Available"), "Available",
-                                      *(("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
-                                        if available >= desired - max_unavailable else
-                                        ("False", "MinimumReplicasUnavailable",
-                                         "Deployment does not have minimum availability.")))]
-        conditions.append(self._progressing(d, new, old, previous.get("Progressing"), status, desired, created))
+        minimum = available >= desired - max_unavailable
+        availability = (
+            ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+            if minimum
+            else ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        )
+        conditions = [
+            _condition(previous.get("Available"), "Available", availability),
+            self._progressing(d, new, old, previous=previous.get("Progressing"), status=status, created=created),
+        ]
         status["conditions"] = conditions
         self._status("deployments", d, status)
         if new is not None:
             revision = (new["metadata"].get("annotations") or {}).get(REVISION)
             if revision and (d["metadata"].get("annotations") or {}).get(REVISION) != revision:
                 meta = d["metadata"]
-                self.cluster.patch(self.rt("deployments"), "v1", meta["namespace"], meta["name"], "merge",
-                                   {"metadata": {"annotations": {REVISION: revision}}}, manager=MANAGER)
+                self.cluster.patch(
+                    self.rt("deployments"),
+                    "v1",
+                    meta["namespace"],
+                    meta["name"],
+                    patch_type="merge",
+                    body={"metadata": {"annotations": {REVISION: revision}}},
+                    manager=MANAGER,
+                )
 
-    def _progressing(self, d: dict[str, Any], new: dict[str, Any] | None, old: list[dict[str, Any]],
-                     previous: dict[str, Any] | None, status: dict[str, Any], desired: int,
-                     created: bool) -> dict[str, Any]:
+    def _progressing(
+        self,
+        d: dict[str, Any],
+        new: dict[str, Any] | None,
+        old: list[dict[str, Any]],
+        *,
+        previous: dict[str, Any] | None,
+        status: dict[str, Any],
+        created: bool,
+    ) -> dict[str, Any]:
+        """The Progressing condition, with the reasons and the deadline the deployment controller uses."""
+        desired = d["spec"].get("replicas", 1)
         rs_name = new["metadata"]["name"] if new else ""
         old_pods = sum((rs.get("status") or {}).get("replicas", 0) for rs in old)
-        complete = (status.get("updatedReplicas", 0) == desired and status.get("replicas", 0) == desired
-                    and status.get("availableReplicas", 0) == desired and old_pods == 0)
-        deadline = d["spec"].get("progressDeadlineSeconds", 600)
-        if complete:
-            return self._condition(previous, "Progressing", "True", "NewReplicaSetAvailable",
-                                   f'ReplicaSet "{rs_name}" has successfully progressed.')
+        counts = ("updatedReplicas", "replicas", "availableReplicas")
+        if all(status.get(f, 0) == desired for f in counts) and old_pods == 0:
+            return _condition(
+                previous,
+                "Progressing",
+                ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'),
+            )
         if previous and previous.get("reason") == "ProgressDeadlineExceeded":
             return previous
         before = d.get("status") or {}
-        fields_ = ("updatedReplicas", "availableReplicas", "replicas", "readyReplicas")
-        progress = previous is None or any(before.get(f) != status.get(f) for f in fields_)
+        moved = any(before.get(f) != status.get(f) for f in (*counts, "readyReplicas"))
         if created:
-            cond = self._condition(previous, "Progressing", "True", "NewReplicaSetCreated",
-                                   f'Created new replica set "{rs_name}"', touch=True)
-        elif progress and previous is not None:
-            cond = self._condition(previous, "Progressing", "True", "ReplicaSetUpdated",
-                                   f'ReplicaSet "{rs_name}" is progressing.', touch=True)
+            cond = _condition(
+                previous,
+                "Progressing",
+                ("True", "NewReplicaSetCreated", f'Created new replica set "{rs_name}"'),
+                touch=True,
+            )
+        elif moved and previous is not None:
+            cond = _condition(
+                previous,
+                "Progressing",
+                ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.'),
+                touch=True,
+            )
         else:
-            cond = previous or self._condition(None, "Progressing", "True", "FoundNewReplicaSet",
-                                               f'Found new replica set "{rs_name}"', touch=True)
+            cond = previous or _condition(
+                None, "Progressing", ("True", "FoundNewReplicaSet", f'Found new replica set "{rs_name}"')
+            )
+        deadline = d["spec"].get("progressDeadlineSeconds", 600)
         last = _parse_time(cond["lastUpdateTime"])
         if time.time() - last > deadline:
-            return self._condition(previous, "Progressing", "False", "ProgressDeadlineExceeded",
-                                   f'ReplicaSet "{rs_name}" has timed out progressing.')
+            return _condition(
+                previous,
+                "Progressing",
+                ("False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.'),
+            )
         meta = d["metadata"]
         self.later(last + deadline - time.time() + 0.01, "deployments", meta["namespace"], meta["name"])
         return cond
-
-    @staticmethod
-    def _condition(previous: dict[str, Any] | None, kind: str, status: str, reason: str, message: str, *,
-                   touch: bool = False) -> dict[str, Any]:
-        stamp = now()
-        if previous and previous["status"] == status and previous["reason"] == reason and not touch:
-            return previous
-        transition = previous["lastTransitionTime"] if previous and previous["status"] == status else stamp
-        return {"type": kind, "status": status, "lastUpdateTime": stamp, "lastTransitionTime": transition,
-                "reason": reason, "message": message}
 
     def replicaset(self, namespace: str, name: str) -> None:
         rs = self._get("replicasets", namespace, name)
@@ -318,18 +400,31 @@ class Controllers:
                 self.cluster.delete(self.rt("pods"), "v1", namespace, pod["metadata"]["name"])
             pods = [p for p in pods if p not in doomed]
         ready = sum(1 for p in pods if _ready(p))
-        status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
-                  "availableReplicas": ready, "observedGeneration": rs["metadata"].get("generation", 1)}
-        self._status("replicasets", rs, {k: v for k, v in status.items() if v or k in ("replicas", "observedGeneration")})
+        status = {
+            "replicas": len(pods),
+            "fullyLabeledReplicas": len(pods),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": rs["metadata"].get("generation", 1),
+        }
+        self._status(
+            "replicasets", rs, {k: v for k, v in status.items() if v or k in ("replicas", "observedGeneration")}
+        )
 
     def _create_pod(self, owner: dict[str, Any], kind: str, api_version: str, template: dict[str, Any]) -> None:
         meta = owner["metadata"]
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{meta['name']}-{random_suffix()}", "namespace": meta["namespace"],
-                            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                            "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
-                            "ownerReferences": [_owner_ref(owner, api_version, kind)]},
-               "spec": json.loads(json.dumps(template.get("spec") or {}))}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{random_suffix()}",
+                "namespace": meta["namespace"],
+                "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                "ownerReferences": [_owner_ref(owner, api_version, kind)],
+            },
+            "spec": json.loads(json.dumps(template.get("spec") or {})),
+        }
         self.cluster.create(self.rt("pods"), "v1", meta["namespace"], pod, manager=MANAGER)
 
     def pod(self, namespace: str, name: str) -> None:
@@ -339,8 +434,15 @@ class Controllers:
             return
         status = self.runtime.status(pod)
         if status is not None and status != pod.get("status"):
-            self.cluster.update(self.rt("pods"), "v1", namespace, name, {**pod, "status": status}, manager="kubelet",
-                                subresource="status")
+            self.cluster.update(
+                self.rt("pods"),
+                "v1",
+                namespace,
+                name,
+                {**pod, "status": status},
+                manager="kubelet",
+                subresource="status",
+            )
 
     def endpoints(self, namespace: str, name: str) -> None:
         service = self._get("services", namespace, name)
@@ -350,24 +452,35 @@ class Controllers:
         if service is None or not selector:
             return
         match = match_labels_selector({"matchLabels": selector})
-        pods = [p for p in self.cluster.store.items("", "pods", namespace)
-                if match(p["metadata"].get("labels") or {}) and (p.get("status") or {}).get("podIP")
-                and not p["metadata"].get("deletionTimestamp")]
-        address = lambda p: {"ip": p["status"]["podIP"], "nodeName": "sandbox-node",  # noqa: E731
-                             "targetRef": {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"],
-                                           "uid": p["metadata"]["uid"]}}
+        pods = [
+            p
+            for p in self.cluster.store.items("", "pods", namespace)
+            if match(p["metadata"].get("labels") or {})
+            and (p.get("status") or {}).get("podIP")
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
+        def address(p: dict[str, Any]) -> dict[str, Any]:
+            ref = {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
+            return {"ip": p["status"]["podIP"], "nodeName": "sandbox-node", "targetRef": ref}
+
         ready = [address(p) for p in pods if _ready(p)]
         not_ready = [address(p) for p in pods if not _ready(p)]
-        ports = [{"name": port.get("name"), "port": _target_port(port, pods), "protocol": port.get("protocol", "TCP")}
-                 for port in service["spec"].get("ports") or []]
+        ports = [
+            {"name": port.get("name"), "port": _target_port(port, pods), "protocol": port.get("protocol", "TCP")}
+            for port in service["spec"].get("ports") or []
+        ]
         subset: dict[str, Any] = {"ports": [{k: v for k, v in p.items() if v is not None} for p in ports]}
         if ready:
             subset["addresses"] = ready
         if not_ready:
             subset["notReadyAddresses"] = not_ready
-        body = {"apiVersion": "v1", "kind": "Endpoints",
-                "metadata": {"name": name, "namespace": namespace, "labels": service["metadata"].get("labels") or {}},
-                "subsets": [subset] if pods else []}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": namespace, "labels": service["metadata"].get("labels") or {}},
+            "subsets": [subset] if pods else [],
+        }
         if existing is None:
             self.cluster.create(rt, "v1", namespace, body, manager=MANAGER)
         elif existing.get("subsets") != body["subsets"]:
@@ -388,23 +501,52 @@ class Controllers:
         status.setdefault("startTime", now())
         if succeeded >= spec.get("completions", 1):
             stamp = now()
-            status.update(succeeded=succeeded, completionTime=stamp, conditions=[
-                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                 "message": "Reached expected number of succeeded pods", "lastProbeTime": stamp,
-                 "lastTransitionTime": stamp},
-                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                 "message": "Reached expected number of succeeded pods", "lastProbeTime": stamp,
-                 "lastTransitionTime": stamp}])
+            status.update(
+                succeeded=succeeded,
+                completionTime=stamp,
+                conditions=[
+                    {
+                        "type": "SuccessCriteriaMet",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "message": "Reached expected number of succeeded pods",
+                        "lastProbeTime": stamp,
+                        "lastTransitionTime": stamp,
+                    },
+                    {
+                        "type": "Complete",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "message": "Reached expected number of succeeded pods",
+                        "lastProbeTime": stamp,
+                        "lastTransitionTime": stamp,
+                    },
+                ],
+            )
             status.pop("active", None)
         elif failed > spec.get("backoffLimit", 6):
             stamp = now()
-            status.update(failed=failed, conditions=[
-                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit", "lastProbeTime": stamp,
-                 "lastTransitionTime": stamp},
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit", "lastProbeTime": stamp,
-                 "lastTransitionTime": stamp}])
+            status.update(
+                failed=failed,
+                conditions=[
+                    {
+                        "type": "FailureTarget",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                        "lastProbeTime": stamp,
+                        "lastTransitionTime": stamp,
+                    },
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                        "lastProbeTime": stamp,
+                        "lastTransitionTime": stamp,
+                    },
+                ],
+            )
             status.pop("active", None)
         else:
             if active == 0:
@@ -448,8 +590,12 @@ class Controllers:
             dep = self.cluster.store.objects.get(dep_key)
             if dep is None:
                 continue
-            alive = [ref for ref in dep["metadata"]["ownerReferences"] if ref.get("uid") != uid
-                     and any(o["metadata"].get("uid") == ref.get("uid") for o in self.cluster.store.objects.values())]
+            alive = [
+                ref
+                for ref in dep["metadata"]["ownerReferences"]
+                if ref.get("uid") != uid
+                and any(o["metadata"].get("uid") == ref.get("uid") for o in self.cluster.store.objects.values())
+            ]
             rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0], dep_key[1])
             if rt is not None and not alive:
                 self.cluster.delete(rt, rt.storage_version, dep_key[2], dep_key[3])
@@ -465,32 +611,75 @@ class Controllers:
             for dep_key in dependents:
                 dep = self.cluster.store.objects[dep_key]
                 refs = [r for r in dep["metadata"]["ownerReferences"] if r.get("uid") != uid]
-                dep_rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0],
-                                                   dep_key[1])
+                dep_rt = self.cluster.registry.get(
+                    dep_key[0], self.cluster.registry.groups()[dep_key[0]][0], dep_key[1]
+                )
                 if dep_rt is not None:
-                    self.cluster.patch(dep_rt, dep_rt.storage_version, dep_key[2], dep_key[3], "merge",
-                                       {"metadata": {"ownerReferences": refs or None}}, manager=MANAGER)
+                    self.cluster.patch(
+                        dep_rt,
+                        dep_rt.storage_version,
+                        dep_key[2],
+                        dep_key[3],
+                        patch_type="merge",
+                        body={"metadata": {"ownerReferences": refs or None}},
+                        manager=MANAGER,
+                    )
             finalizers.remove("orphan")
         elif "foregroundDeletion" in finalizers:
             if dependents:
                 for dep_key in dependents:
-                    dep_rt = self.cluster.registry.get(dep_key[0], self.cluster.registry.groups()[dep_key[0]][0],
-                                                       dep_key[1])
+                    dep_rt = self.cluster.registry.get(
+                        dep_key[0], self.cluster.registry.groups()[dep_key[0]][0], dep_key[1]
+                    )
                     if dep_rt is not None and not self.cluster.store.objects[dep_key]["metadata"].get(
-                            "deletionTimestamp"):
-                        self.cluster.delete(dep_rt, dep_rt.storage_version, dep_key[2], dep_key[3],
-                                            options={"propagationPolicy": "Foreground"})
+                        "deletionTimestamp"
+                    ):
+                        self.cluster.delete(
+                            dep_rt,
+                            dep_rt.storage_version,
+                            dep_key[2],
+                            dep_key[3],
+                            options={"propagationPolicy": "Foreground"},
+                        )
                 return
             finalizers.remove("foregroundDeletion")
         else:
             return
-        self.cluster.patch(rt, rt.storage_version, key[2], key[3], "merge",
-                           {"metadata": {"finalizers": finalizers or None}}, manager=MANAGER)
+        self.cluster.patch(
+            rt,
+            rt.storage_version,
+            key[2],
+            key[3],
+            patch_type="merge",
+            body={"metadata": {"finalizers": finalizers or None}},
+            manager=MANAGER,
+        )
+
+
+def _condition(
+    previous: dict[str, Any] | None, kind: str, state: tuple[str, str, str], *, touch: bool = False
+) -> dict[str, Any]:
+    """A condition in state (status, reason, message); times move as the controllers move them."""
+    status, reason, message = state
+    if previous and previous["status"] == status and previous["reason"] == reason and not touch:
+        return previous
+    stamp = now()
+    transition = previous["lastTransitionTime"] if previous and previous["status"] == status else stamp
+    return {
+        "type": kind,
+        "status": status,
+        "lastUpdateTime": stamp,
+        "lastTransitionTime": transition,
+        "reason": reason,
+        "message": message,
+    }
 
 
 def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def _target_port(port: dict[str, Any], pods: list[dict[str, Any]]) -> int:

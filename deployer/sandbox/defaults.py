@@ -17,8 +17,12 @@ def _container(container: dict[str, Any]) -> None:
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if isinstance(container.get(probe), dict):
             spec = container[probe]
-            for key, value in (("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1),
-                               ("failureThreshold", 3)):
+            for key, value in (
+                ("timeoutSeconds", 1),
+                ("periodSeconds", 10),
+                ("successThreshold", 1),
+                ("failureThreshold", 3),
+            ):
                 spec.setdefault(key, value)
             if isinstance(spec.get("httpGet"), dict):
                 spec["httpGet"].setdefault("scheme", "HTTP")

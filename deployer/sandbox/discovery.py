@@ -9,9 +9,17 @@ from typing import Any
 from deployer.sandbox import schema as k8s
 from deployer.sandbox.resources import VERBS, Registry, ResourceType
 
-VERSION = {"major": "1", "minor": k8s.KUBERNETES_VERSION.split(".")[1], "gitVersion": f"v{k8s.KUBERNETES_VERSION}.0",
-           "gitCommit": "sandbox", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
-           "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}
+VERSION = {
+    "major": "1",
+    "minor": k8s.KUBERNETES_VERSION.split(".")[1],
+    "gitVersion": f"v{k8s.KUBERNETES_VERSION}.0",
+    "gitCommit": "sandbox",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.25",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 
 def _hash(text: str) -> str:
@@ -19,8 +27,11 @@ def _hash(text: str) -> str:
 
 
 def api_versions(address: str) -> dict[str, Any]:
-    return {"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}]}
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}],
+    }
 
 
 def _group(name: str, versions: list[str]) -> dict[str, Any]:
@@ -39,17 +50,27 @@ def api_group(registry: Registry, name: str) -> dict[str, Any] | None:
 
 
 def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
-    main = {"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced, "kind": rt.kind,
-            "verbs": VERBS if rt.kind != "Namespace" else [v for v in VERBS if v != "deletecollection"],
-            "storageVersionHash": _hash(rt.qualified)}
+    main = {
+        "name": rt.plural,
+        "singularName": rt.singular,
+        "namespaced": rt.namespaced,
+        "kind": rt.kind,
+        "verbs": VERBS if rt.kind != "Namespace" else [v for v in VERBS if v != "deletecollection"],
+        "storageVersionHash": _hash(rt.qualified),
+    }
     if rt.short_names:
         main["shortNames"] = list(rt.short_names)
     if rt.categories:
         main["categories"] = list(rt.categories)
     out = [main]
     for sub in rt.subresources:
-        entry: dict[str, Any] = {"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                                 "kind": rt.kind, "verbs": ["get", "patch", "update"]}
+        entry: dict[str, Any] = {
+            "name": f"{rt.plural}/{sub}",
+            "singularName": "",
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": ["get", "patch", "update"],
+        }
         if sub == "scale":
             entry.update(kind="Scale", group="autoscaling", version="v1")
         elif sub == "log":
@@ -84,19 +105,29 @@ def openapi_v3_index(registry: Registry) -> dict[str, Any]:
 
 def _patch_operation(rt: ResourceType, version: str) -> dict[str, Any]:
     gvk = {"group": rt.group, "version": version, "kind": rt.kind}
-    params = [{"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
-              for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
-    return {"operationId": f"patch{rt.kind}", "parameters": params, "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": gvk, "responses": {"200": {"description": "OK"}}}
+    params = [
+        {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+        for n in ("dryRun", "fieldManager", "fieldValidation", "force")
+    ]
+    return {
+        "operationId": f"patch{rt.kind}",
+        "parameters": params,
+        "x-kubernetes-action": "patch",
+        "x-kubernetes-group-version-kind": gvk,
+        "responses": {"200": {"description": "OK"}},
+    }
 
 
 def _crd_component(rt: ResourceType, version: str) -> tuple[str, dict[str, Any]]:
     name = f"{'.'.join(reversed(rt.group.split('.')))}.{version}.{rt.kind}"
     body = json.loads(json.dumps(rt.crd_schemas.get(version) or {"type": "object"}))
-    body.setdefault("properties", {}).update({
-        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-        "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
-    })
+    body.setdefault("properties", {}).update(
+        {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        }
+    )
     body["x-kubernetes-group-version-kind"] = [{"group": rt.group, "version": version, "kind": rt.kind}]
     return name, body
 
@@ -109,7 +140,9 @@ def openapi_v3_document(registry: Registry, group: str, version: str) -> dict[st
     extra: dict[str, Any] = {}
     for rt in types:
         base = f"/{_gv_path(group, version)}"
-        item = f"{base}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced else f"{base}/{rt.plural}/{{name}}"
+        item = (
+            f"{base}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced else f"{base}/{rt.plural}/{{name}}"
+        )
         paths[item] = {"patch": _patch_operation(rt, version)}
         if not rt.builtin:
             name, body = _crd_component(rt, version)

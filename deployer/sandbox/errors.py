@@ -16,21 +16,33 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                "message": self.message, "reason": self.reason, "code": self.code}
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details is not None:
             body["details"] = self.details
         return body
 
 
 def not_found(qualified: str, name: str, group: str, plural: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{qualified} "{name}" not found',
-                    details={"name": name, "group": group, "kind": plural})
+    return ApiError(
+        404, "NotFound", f'{qualified} "{name}" not found', details={"name": name, "group": group, "kind": plural}
+    )
 
 
 def conflict(qualified: str, name: str, group: str, plural: str, why: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
-                    details={"name": name, "group": group, "kind": plural})
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+        details={"name": name, "group": group, "kind": plural},
+    )
 
 
 def invalid(kind: str, name: str, group: str, causes: list[tuple[str, str, str]]) -> ApiError:
@@ -38,9 +50,17 @@ def invalid(kind: str, name: str, group: str, causes: list[tuple[str, str, str]]
     text = ", ".join(f"{field}: {message}" if field else message for _, field, message in causes)
     count = f"[{text}]" if len(causes) > 1 else text
     qualified = f"{kind}.{group}" if group else kind
-    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {count}',
-                    details={"name": name, "group": group, "kind": kind,
-                             "causes": [{"reason": r, "message": m, "field": f} for r, f, m in causes]})
+    return ApiError(
+        422,
+        "Invalid",
+        f'{qualified} "{name}" is invalid: {count}',
+        details={
+            "name": name,
+            "group": group,
+            "kind": kind,
+            "causes": [{"reason": r, "message": m, "field": f} for r, f, m in causes],
+        },
+    )
 
 
 def bad_request(message: str) -> ApiError:

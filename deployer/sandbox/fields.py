@@ -15,8 +15,16 @@ from deployer.sandbox import schema as k8s
 
 Path = tuple[str, ...]
 # Fields the apiserver owns, never a manager.
-_IGNORED_META = {"managedFields", "resourceVersion", "uid", "creationTimestamp", "generation", "selfLink",
-                 "deletionTimestamp", "deletionGracePeriodSeconds"}
+_IGNORED_META = {
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+}
 
 
 def _item_key(item: dict[str, Any], keys: list[str]) -> str:
@@ -63,8 +71,9 @@ def value_at(obj: Any, path: Path) -> Any:
             node = node[element[2:]]
         elif element.startswith("k:") and isinstance(node, list):
             wanted = json.loads(element[2:])
-            node = next((i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())),
-                        _MISSING)
+            node = next(
+                (i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())), _MISSING
+            )
         elif element.startswith("v:") and isinstance(node, list):
             value = json.loads(element[2:])
             return value if value in node else _MISSING
@@ -164,8 +173,9 @@ class Conflict:
         return f'conflict with "{self.manager}" using {self.api_version}: {self.field}'
 
 
-def conflicts(live: Any, applied: Any, applied_set: set[Path],
-              owners: dict[tuple[str, str], set[Path]]) -> list[Conflict]:
+def conflicts(
+    live: Any, applied: Any, applied_set: set[Path], owners: dict[tuple[str, str], set[Path]]
+) -> list[Conflict]:
     """Leaf fields the applied configuration would change that another manager owns."""
     found = []
     for (manager, api_version), owned in owners.items():

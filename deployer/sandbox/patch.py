@@ -19,6 +19,7 @@ class PatchError(ValueError):
 
 # --- JSON patch ------------------------------------------------------------------------------------------
 
+
 def _pointer(path: str) -> list[str]:
     if path == "":
         return []
@@ -109,6 +110,7 @@ def json_patch(doc: Any, operations: Any) -> Any:
 
 # --- JSON merge patch ------------------------------------------------------------------------------------
 
+
 def merge_patch(doc: Any, patch: Any) -> Any:
     """RFC 7386: maps merge, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -123,6 +125,7 @@ def merge_patch(doc: Any, patch: Any) -> Any:
 
 
 # --- strategic merge patch -------------------------------------------------------------------------------
+
 
 def strategic_merge_patch(doc: Any, patch: Any, schema: dict[str, Any] | None) -> Any:
     """Kubernetes' strategic merge patch of `doc` by `patch`, lists merged as `schema` says."""

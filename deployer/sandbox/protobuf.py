@@ -33,8 +33,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def fields(data: bytes) -> list[tuple[int, int, Any]]:
     """(field number, wire type, value) for every field of one message."""
-    out = []
+    out: list[tuple[int, int, Any]] = []
     pos = 0
+    value: Any
     while pos < len(data):
         tag, pos = _varint(data, pos)
         number, wire = tag >> 3, tag & 7
@@ -58,31 +59,67 @@ def fields(data: bytes) -> list[tuple[int, int, Any]]:
 Spec = dict[int, tuple[str, Any, bool]]
 
 TIME: Spec = {1: ("seconds", int, False), 2: ("nanos", int, False)}
-OWNER: Spec = {1: ("kind", str, False), 3: ("name", str, False), 4: ("uid", str, False), 5: ("apiVersion", str, False),
-               6: ("controller", bool, False), 7: ("blockOwnerDeletion", bool, False)}
-MANAGED: Spec = {1: ("manager", str, False), 2: ("operation", str, False), 3: ("apiVersion", str, False),
-                 4: ("time", TIME, False), 6: ("fieldsType", str, False), 7: ("fieldsV1", {1: ("Raw", bytes, False)},
-                                                                              False), 8: ("subresource", str, False)}
+OWNER: Spec = {
+    1: ("kind", str, False),
+    3: ("name", str, False),
+    4: ("uid", str, False),
+    5: ("apiVersion", str, False),
+    6: ("controller", bool, False),
+    7: ("blockOwnerDeletion", bool, False),
+}
+MANAGED: Spec = {
+    1: ("manager", str, False),
+    2: ("operation", str, False),
+    3: ("apiVersion", str, False),
+    4: ("time", TIME, False),
+    6: ("fieldsType", str, False),
+    7: ("fieldsV1", {1: ("Raw", bytes, False)}, False),
+    8: ("subresource", str, False),
+}
 META: Spec = {
-    1: ("name", str, False), 2: ("generateName", str, False), 3: ("namespace", str, False), 4: ("selfLink", str, False),
-    5: ("uid", str, False), 6: ("resourceVersion", str, False), 7: ("generation", int, False),
-    8: ("creationTimestamp", TIME, False), 9: ("deletionTimestamp", TIME, False),
-    10: ("deletionGracePeriodSeconds", int, False), 11: ("labels", ("map", str), False),
-    12: ("annotations", ("map", str), False), 13: ("ownerReferences", OWNER, True), 14: ("finalizers", str, True),
+    1: ("name", str, False),
+    2: ("generateName", str, False),
+    3: ("namespace", str, False),
+    4: ("selfLink", str, False),
+    5: ("uid", str, False),
+    6: ("resourceVersion", str, False),
+    7: ("generation", int, False),
+    8: ("creationTimestamp", TIME, False),
+    9: ("deletionTimestamp", TIME, False),
+    10: ("deletionGracePeriodSeconds", int, False),
+    11: ("labels", ("map", str), False),
+    12: ("annotations", ("map", str), False),
+    13: ("ownerReferences", OWNER, True),
+    14: ("finalizers", str, True),
     17: ("managedFields", MANAGED, True),
 }
 KINDS: dict[str, Spec] = {
-    "Secret": {1: ("metadata", META, False), 2: ("data", ("map", bytes), False), 3: ("type", str, False),
-               4: ("stringData", ("map", str), False), 5: ("immutable", bool, False)},
-    "ConfigMap": {1: ("metadata", META, False), 2: ("data", ("map", str), False),
-                  3: ("binaryData", ("map", bytes), False), 4: ("immutable", bool, False)},
-    "Namespace": {1: ("metadata", META, False), 2: ("spec", {1: ("finalizers", str, True)}, False),
-                  3: ("status", {1: ("phase", str, False)}, False)},
+    "Secret": {
+        1: ("metadata", META, False),
+        2: ("data", ("map", bytes), False),
+        3: ("type", str, False),
+        4: ("stringData", ("map", str), False),
+        5: ("immutable", bool, False),
+    },
+    "ConfigMap": {
+        1: ("metadata", META, False),
+        2: ("data", ("map", str), False),
+        3: ("binaryData", ("map", bytes), False),
+        4: ("immutable", bool, False),
+    },
+    "Namespace": {
+        1: ("metadata", META, False),
+        2: ("spec", {1: ("finalizers", str, True)}, False),
+        3: ("status", {1: ("phase", str, False)}, False),
+    },
     "ServiceAccount": {1: ("metadata", META, False), 3: ("automountServiceAccountToken", bool, False)},
-    "DeleteOptions": {1: ("gracePeriodSeconds", int, False),
-                      2: ("preconditions", {1: ("uid", str, False), 2: ("resourceVersion", str, False)}, False),
-                      3: ("orphanDependents", bool, False), 4: ("propagationPolicy", str, False),
-                      5: ("dryRun", str, True)},
+    "DeleteOptions": {
+        1: ("gracePeriodSeconds", int, False),
+        2: ("preconditions", {1: ("uid", str, False), 2: ("resourceVersion", str, False)}, False),
+        3: ("orphanDependents", bool, False),
+        4: ("propagationPolicy", str, False),
+        5: ("dryRun", str, True),
+    },
 }
 
 
@@ -134,7 +171,7 @@ def decode_request(body: bytes) -> dict[str, Any]:
     """A protobuf request body → the object dict (apiVersion, kind and fields)."""
     if not body.startswith(MAGIC):
         raise ProtobufError("missing the k8s protobuf magic prefix")
-    envelope = {n: v for n, _, v in fields(body[len(MAGIC):])}
+    envelope = {n: v for n, _, v in fields(body[len(MAGIC) :])}
     type_meta = {n: bytes(v).decode() for n, _, v in fields(envelope.get(1, b""))}
     api_version, kind = type_meta.get(1, ""), type_meta.get(2, "")
     spec = KINDS.get(kind)

@@ -45,17 +45,33 @@ class ResourceType:
         return "status" in self.subresources
 
 
-def _r(gv: str, kind: str, plural: str, namespaced: bool = True, short: tuple[str, ...] = (),
-       sub: tuple[str, ...] = ("status",), cats: tuple[str, ...] = ()) -> ResourceType:
+def _r(
+    gv: str,
+    kind: str,
+    plural: str,
+    *,
+    namespaced: bool = True,
+    short: tuple[str, ...] = (),
+    sub: tuple[str, ...] = ("status",),
+    cats: tuple[str, ...] = (),
+) -> ResourceType:
     group, _, version = gv.rpartition("/")
-    return ResourceType(group=group, versions=(version,), kind=kind, plural=plural, namespaced=namespaced,
-                        short_names=short, subresources=sub, categories=cats)
+    return ResourceType(
+        group=group,
+        versions=(version,),
+        kind=kind,
+        plural=plural,
+        namespaced=namespaced,
+        short_names=short,
+        subresources=sub,
+        categories=cats,
+    )
 
 
 ALL = ("all",)
 BUILTINS: list[ResourceType] = [
-    _r("v1", "Namespace", "namespaces", False, ("ns",)),
-    _r("v1", "Node", "nodes", False, ("no",)),
+    _r("v1", "Namespace", "namespaces", namespaced=False, short=("ns",)),
+    _r("v1", "Node", "nodes", namespaced=False, short=("no",)),
     _r("v1", "ConfigMap", "configmaps", short=("cm",), sub=()),
     _r("v1", "Secret", "secrets", sub=()),
     _r("v1", "Service", "services", short=("svc",), cats=ALL),
@@ -73,19 +89,25 @@ BUILTINS: list[ResourceType] = [
     _r("batch/v1", "Job", "jobs", cats=ALL),
     _r("batch/v1", "CronJob", "cronjobs", short=("cj",), cats=ALL),
     _r("networking.k8s.io/v1", "Ingress", "ingresses", short=("ing",)),
-    _r("networking.k8s.io/v1", "IngressClass", "ingressclasses", False, sub=()),
+    _r("networking.k8s.io/v1", "IngressClass", "ingressclasses", namespaced=False, sub=()),
     _r("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", short=("netpol",), sub=()),
     _r("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", sub=()),
     _r("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", short=("pdb",)),
     _r("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", short=("hpa",), cats=ALL),
     _r("rbac.authorization.k8s.io/v1", "Role", "roles", sub=()),
     _r("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", sub=()),
-    _r("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False, sub=()),
-    _r("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False, sub=()),
+    _r("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False, sub=()),
+    _r("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False, sub=()),
     _r("coordination.k8s.io/v1", "Lease", "leases", sub=()),
-    _r("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", False, ("pc",), sub=()),
-    _r("storage.k8s.io/v1", "StorageClass", "storageclasses", False, ("sc",), sub=()),
-    _r("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False, ("crd", "crds")),
+    _r("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",), sub=()),
+    _r("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",), sub=()),
+    _r(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        namespaced=False,
+        short=("crd", "crds"),
+    ),
 ]
 
 _OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -99,13 +121,18 @@ def _istio_crd(kind: str, plural: str, short: tuple[str, ...]) -> dict[str, Any]
         "metadata": {"name": f"{plural}.networking.istio.io", "labels": {"app": "istio-pilot"}},
         "spec": {
             "group": "networking.istio.io",
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
-                      "shortNames": list(short), "categories": ["istio-io", "networking-istio-io"]},
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": list(short),
+                "categories": ["istio-io", "networking-istio-io"],
+            },
             "scope": "Namespaced",
             "versions": [
                 {"name": "v1", "served": True, "storage": True, "schema": schema, "subresources": {"status": {}}},
-                {"name": "v1beta1", "served": True, "storage": False, "schema": schema,
-                 "subresources": {"status": {}}},
+                {"name": "v1beta1", "served": True, "storage": False, "schema": schema, "subresources": {"status": {}}},
             ],
         },
     }
@@ -128,19 +155,29 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
     for version in served:
         subresources |= set((version.get("subresources") or {}).keys())
     return ResourceType(
-        group=spec["group"], versions=tuple(v["name"] for v in served), kind=names["kind"], plural=names["plural"],
-        namespaced=spec.get("scope", "Namespaced") == "Namespaced", short_names=tuple(names.get("shortNames", [])),
-        subresources=tuple(sorted(subresources)), categories=tuple(names.get("categories", [])), builtin=False,
-        crd_schemas={v["name"]: _with_root_fields((v.get("schema") or {}).get("openAPIV3Schema", _OPEN))
-                     for v in served},
+        group=spec["group"],
+        versions=tuple(v["name"] for v in served),
+        kind=names["kind"],
+        plural=names["plural"],
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+        short_names=tuple(names.get("shortNames", [])),
+        subresources=tuple(sorted(subresources)),
+        categories=tuple(names.get("categories", [])),
+        builtin=False,
+        crd_schemas={
+            v["name"]: _with_root_fields((v.get("schema") or {}).get("openAPIV3Schema", _OPEN)) for v in served
+        },
     )
 
 
 def _with_root_fields(schema: dict[str, Any]) -> dict[str, Any]:
     """Every custom resource has apiVersion, kind and ObjectMeta whatever its schema says."""
     props = dict(schema.get("properties") or {})
-    props.update(apiVersion={"type": "string"}, kind={"type": "string"},
-                 metadata={"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"})
+    props.update(
+        apiVersion={"type": "string"},
+        kind={"type": "string"},
+        metadata={"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+    )
     return {**schema, "properties": props}
 
 

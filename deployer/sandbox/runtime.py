@@ -16,9 +16,9 @@ BEHAVIOURS = ("ready", "crash", "never-ready", "unready-after", "fail")
 
 
 class PodRuntime(Protocol):
-    """Runs pods; the controllers ask it for each pod's status and it calls `on_change` when that moves."""
+    """Runs pods; the controllers ask it for each pod's status, and it calls back when that may have moved."""
 
-    on_change: Callable[[str, str], None]
+    def bind(self, on_change: Callable[[str, str], None]) -> None: ...
 
     def status(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -46,12 +46,15 @@ class SimulatedRuntime:
     on_change: Callable[[str, str], None] = lambda namespace, name: None
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
 
+    def bind(self, on_change: Callable[[str, str], None]) -> None:
+        self.on_change = on_change
+
     def set_behaviour(self, image: str, behaviour: str, after: float = 0.0) -> None:
         """Make pods of `image` behave so from now on (`ready` restores the default)."""
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}")
         self.behaviours[image] = (behaviour, after)
-        for (namespace, name), run in self._runs.items():
+        for namespace, name in list(self._runs):
             self.on_change(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -83,31 +86,63 @@ class SimulatedRuntime:
             self._wake(*key, self.ready_delay + after - elapsed)
         return self._running(pod, run, ready=ready)
 
-    def _base(self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None) -> dict[str, Any]:
+    def _base(
+        self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None
+    ) -> dict[str, Any]:
         stamp = _stamp(run.started)
-        ready_cond: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False",
-                                      "lastProbeTime": None, "lastTransitionTime": stamp}
+        ready_cond: dict[str, Any] = {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": stamp,
+        }
         containers_ready = dict(ready_cond, type="ContainersReady")
         if reason:
             ready_cond["reason"] = containers_ready["reason"] = reason
         return {
-            "phase": phase, "hostIP": "10.0.0.1", "podIP": _pod_ip(pod), "podIPs": [{"ip": _pod_ip(pod)}],
-            "startTime": stamp, "qosClass": "BestEffort",
+            "phase": phase,
+            "hostIP": "10.0.0.1",
+            "podIP": _pod_ip(pod),
+            "podIPs": [{"ip": _pod_ip(pod)}],
+            "startTime": stamp,
+            "qosClass": "BestEffort",
             "conditions": [
-                {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": None,
-                 "lastTransitionTime": stamp},
+                {
+                    "type": "PodReadyToStartContainers",
+                    "status": "True",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": stamp,
+                },
                 {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
-                ready_cond, containers_ready,
+                ready_cond,
+                containers_ready,
                 {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
             ],
         }
 
-    def _containers(self, pod: dict[str, Any], state: dict[str, Any], *, ready: bool, restarts: int = 0,
-                    last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": ready,
-                 "restartCount": restarts, "started": "running" in state, "state": state,
-                 "lastState": last or {}, "containerID": f"sandbox://{pod['metadata']['uid'][:12]}-{c['name']}"}
-                for c in pod["spec"].get("containers") or []]
+    def _containers(
+        self,
+        pod: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        ready: bool,
+        restarts: int = 0,
+        last: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": ready,
+                "restartCount": restarts,
+                "started": "running" in state,
+                "state": state,
+                "lastState": last or {},
+                "containerID": f"sandbox://{pod['metadata']['uid'][:12]}-{c['name']}",
+            }
+            for c in pod["spec"].get("containers") or []
+        ]
 
     def _pending(self, pod: dict[str, Any], run: _Run) -> dict[str, Any]:
         status = self._base(pod, run, "Pending", ready=False, reason="ContainersNotReady")
@@ -129,18 +164,34 @@ class SimulatedRuntime:
             backoff = min(backoff * 2, 300 * self.crash_backoff)
         self._wake(pod["metadata"]["namespace"], pod["metadata"]["name"], next_at + backoff - now)
         status = self._base(pod, run, "Running", ready=False, reason="ContainersNotReady")
-        last = {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": _stamp(next_at - 0.1),
-                               "finishedAt": _stamp(next_at)}}
-        waiting = {"waiting": {"reason": "CrashLoopBackOff",
-                               "message": f"back-off {int(backoff)}s restarting failed container"}}
+        last = {
+            "terminated": {
+                "exitCode": 1,
+                "reason": "Error",
+                "startedAt": _stamp(next_at - 0.1),
+                "finishedAt": _stamp(next_at),
+            }
+        }
+        waiting = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {int(backoff)}s restarting failed container",
+            }
+        }
         status["containerStatuses"] = self._containers(pod, waiting, ready=False, restarts=restarts + 1, last=last)
         return status
 
     def _finished(self, pod: dict[str, Any], run: _Run, *, failed: bool) -> dict[str, Any]:
         status = self._base(pod, run, "Failed" if failed else "Succeeded", ready=False, reason="PodCompleted")
         code = 1 if failed else 0
-        state = {"terminated": {"exitCode": code, "reason": "Error" if failed else "Completed",
-                                "startedAt": _stamp(run.started), "finishedAt": _stamp(run.started + self.ready_delay)}}
+        state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Error" if failed else "Completed",
+                "startedAt": _stamp(run.started),
+                "finishedAt": _stamp(run.started + self.ready_delay),
+            }
+        }
         status["containerStatuses"] = self._containers(pod, state, ready=False)
         return status
 

@@ -52,7 +52,7 @@ def _strict_registry() -> Registry[Any]:
 @functools.cache
 def strict_validator(group: str, version: str, kind: str) -> Any:
     """A strict (unknown fields are errors) validator for a built-in kind, or None."""
-    group_version = f"{group.split('.')[0]}-{version}" if group else version
+    group_version = f"{group.split('.', 1)[0]}-{version}" if group else version
     path = _bundle(True) / f"{kind.lower()}-{group_version}.json"
     if not path.is_file():
         return None
@@ -97,14 +97,17 @@ def is_set_list(schema: dict[str, Any] | None) -> bool:
     """A list of scalars merged as a set (e.g. finalizers)."""
     return schema is not None and (
         schema.get("x-kubernetes-list-type") == "set"
-        or ("merge" in str(schema.get("x-kubernetes-patch-strategy", "")) and "x-kubernetes-patch-merge-key" not in schema)
+        or (
+            "merge" in str(schema.get("x-kubernetes-patch-strategy", ""))
+            and "x-kubernetes-patch-merge-key" not in schema
+        )
     )
 
 
 def _openapi_schema(node: Any) -> Any:
     """JSON Schema (type arrays with null, $defs refs) → OpenAPI 3.0 (nullable, components refs)."""
     if isinstance(node, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str):
                 match = _REF.match(value)
@@ -130,5 +133,9 @@ def openapi_document(*, title: str, paths: dict[str, Any], extra: dict[str, Any]
     """An OpenAPI v3 document for one group-version, as /openapi/v3/apis/GROUP/VERSION serves it."""
     schemas = copy.copy(openapi_components())
     schemas.update(extra or {})
-    return {"openapi": "3.0.0", "info": {"title": title, "version": f"v{KUBERNETES_VERSION}.0"}, "paths": paths,
-            "components": {"schemas": schemas}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": title, "version": f"v{KUBERNETES_VERSION}.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -9,11 +9,29 @@ from typing import Any
 Matcher = Callable[[dict[str, Any]], bool]
 
 _FIELDS_BY_KIND = {
-    "Pod": {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase",
-            "status.podIP", "status.nominatedNodeName", "spec.hostNetwork"},
-    "Event": {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-              "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
-              "reportingComponent", "source", "type"},
+    "Pod": {
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+        "spec.hostNetwork",
+    },
+    "Event": {
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    },
     "Secret": {"type"},
     "Namespace": {"status.phase"},
     "ReplicaSet": {"status.replicas"},
@@ -70,21 +88,31 @@ def label_matcher(selector: str | None) -> Matcher:
     return lambda labels: all(r(labels) for r in requirements)
 
 
+def _label_equals(key: str, value: Any) -> Matcher:
+    return lambda labels: labels.get(key) == value
+
+
+def _expression(key: str, operator: str, values: set[str]) -> Matcher:
+    if operator == "In":
+        return lambda labels: labels.get(key) in values
+    if operator == "NotIn":
+        return lambda labels: labels.get(key) not in values
+    if operator == "Exists":
+        return lambda labels: key in labels
+    if operator == "DoesNotExist":
+        return lambda labels: key not in labels
+    return lambda labels: False
+
+
 def match_labels_selector(selector: dict[str, Any] | None) -> Matcher:
     """A LabelSelector object (matchLabels, matchExpressions) as a matcher; an empty one matches all."""
     if not selector:
         return lambda labels: True
-    checks: list[Matcher] = []
-    for key, value in (selector.get("matchLabels") or {}).items():
-        checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), set(expr.get("values") or [])
-        checks.append({
-            "In": lambda labels, k=key, v=values: labels.get(k) in v,
-            "NotIn": lambda labels, k=key, v=values: labels.get(k) not in v,
-            "Exists": lambda labels, k=key: k in labels,
-            "DoesNotExist": lambda labels, k=key: k not in labels,
-        }.get(op, lambda labels: False))
+    checks = [_label_equals(k, v) for k, v in (selector.get("matchLabels") or {}).items()]
+    checks += [
+        _expression(str(e.get("key")), str(e.get("operator")), set(e.get("values") or []))
+        for e in selector.get("matchExpressions") or []
+    ]
     return lambda labels: all(c(labels) for c in checks)
 
 
@@ -102,14 +130,17 @@ def field_matcher(selector: str | None, kind: str) -> Callable[[dict[str, Any]],
     if not selector:
         return lambda obj: True
     allowed = {"metadata.name", "metadata.namespace"} | _FIELDS_BY_KIND.get(kind, set())
-    checks = []
+    checks: list[Callable[[dict[str, Any]], bool]] = []
     for part in _split_top(selector):
         match = re.fullmatch(r"([A-Za-z0-9.]+)\s*(==|=|!=)\s*(.*)", part)
         if not match:
             raise SelectorError(f"invalid selector: {part!r}; can't understand {part!r}")
         path, op, value = match.groups()
         if path not in allowed:
-            raise SelectorError(f'field label not supported: {path}')
-        negate = op == "!="
-        checks.append(lambda obj, p=path, v=value, n=negate: (_field(obj, p) == v) != n)
+            raise SelectorError(f"field label not supported: {path}")
+        checks.append(_field_check(path, value, negate=op == "!="))
     return lambda obj: all(c(obj) for c in checks)
+
+
+def _field_check(path: str, value: str, *, negate: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (_field(obj, path) == value) != negate

@@ -23,7 +23,10 @@ from deployer.sandbox.store import Store
 
 def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": context, "preferences": {},
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": context,
+        "preferences": {},
         "clusters": [{"name": context, "cluster": {"server": server}}],
         "users": [{"name": context, "user": {"token": "sandbox"}}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
@@ -33,8 +36,16 @@ def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
 class Sandbox:
     """A strict local Kubernetes API. `async with Sandbox() as sb:` serves on a random port until the block ends."""
 
-    def __init__(self, *, port: int = 0, state_dir: Path | None = None, kubeconfig_path: Path | None = None,
-                 ready_delay: float = 0.2, crash_backoff: float = 1.0, history: int = 10000) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        state_dir: Path | None = None,
+        kubeconfig_path: Path | None = None,
+        ready_delay: float = 0.2,
+        crash_backoff: float = 1.0,
+        history: int = 10000,
+    ) -> None:
         self.port = port
         self.state_dir = state_dir
         self.kubeconfig_path = kubeconfig_path
@@ -57,8 +68,9 @@ class Sandbox:
     async def _pod_behaviour(self, request: web.Request) -> web.Response:
         body = await request.json()
         if body.get("behaviour") not in BEHAVIOURS or not body.get("image"):
-            return web.json_response({"error": f"need image and behaviour (one of {', '.join(BEHAVIOURS)})"},
-                                     status=400)
+            return web.json_response(
+                {"error": f"need image and behaviour (one of {', '.join(BEHAVIOURS)})"}, status=400
+            )
         self.runtime.set_behaviour(body["image"], body["behaviour"], float(body.get("after", 0)))
         return web.json_response({"image": body["image"], "behaviour": body["behaviour"]})
 
@@ -70,9 +82,7 @@ class Sandbox:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
         self.api.address = f"127.0.0.1:{self.port}"
         self.controllers.start()
         if self.kubeconfig_path:
@@ -101,8 +111,9 @@ class Sandbox:
     async def __aenter__(self) -> Sandbox:
         return await self.start()
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
 

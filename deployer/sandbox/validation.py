@@ -19,8 +19,14 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i?|[mkMGTPE]|[munk]?)?$")
-_JSON_TYPE = {"integer": "number", "number": "number", "string": "string", "boolean": "bool", "object": "object",
-              "array": "array"}
+_JSON_TYPE = {
+    "integer": "number",
+    "number": "number",
+    "string": "string",
+    "boolean": "bool",
+    "object": "object",
+    "array": "array",
+}
 
 
 @dataclass
@@ -90,11 +96,19 @@ def decode(value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *
 
 
 def _go_type(wanted: str) -> str:
-    return {"integer": "int32", "number": "float64", "string": "string", "boolean": "bool", "object": "object",
-            "array": "slice"}.get(wanted, wanted)
+    return {
+        "integer": "int32",
+        "number": "float64",
+        "string": "string",
+        "boolean": "bool",
+        "object": "object",
+        "array": "slice",
+    }.get(wanted, wanted)
 
 
-def admit_decoding(rt: ResourceType, version: str, obj: dict[str, Any], *, mode: str) -> tuple[dict[str, Any], list[str]]:
+def admit_decoding(
+    rt: ResourceType, version: str, obj: dict[str, Any], *, mode: str
+) -> tuple[dict[str, Any], list[str]]:
     """Decode `obj` as the apiserver does; return the (pruned) object and any warnings."""
     if rt.builtin:
         definition = k8s.definition_for(rt.group, version, rt.kind)
@@ -111,9 +125,19 @@ def admit_decoding(rt: ResourceType, version: str, obj: dict[str, Any], *, mode:
                 f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: json: cannot unmarshal '
                 f"{_json_type(value)} into Go struct field .{path} of type {_go_type(wanted)}"
             )
-        raise invalid(rt.kind, obj.get("metadata", {}).get("name", ""), rt.group, [
-            ("FieldValueTypeInvalid", path, f'Invalid value: "{_json_type(value)}": {path} in body must be of type '
-                                            f'{wanted}: "{_json_type(value)}"')])
+        raise invalid(
+            rt.kind,
+            obj.get("metadata", {}).get("name", ""),
+            rt.group,
+            [
+                (
+                    "FieldValueTypeInvalid",
+                    path,
+                    f'Invalid value: "{_json_type(value)}": {path} in body must be of type '
+                    f'{wanted}: "{_json_type(value)}"',
+                )
+            ],
+        )
     if result.unknown and mode == "Strict":
         fields = ", ".join(f'unknown field "{u}"' for u in result.unknown)
         raise bad_request(f"strict decoding error: {fields}")
@@ -130,11 +154,19 @@ def check_name(rt: ResourceType, name: str) -> None:
     else:
         pattern, limit, rule = DNS1123_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain"
     if not pattern.match(name) or len(name) > limit:
-        raise invalid(rt.kind, name, rt.group, [(
-            "FieldValueInvalid", "metadata.name",
-            f'Invalid value: "{name}": {rule} must consist of lower case alphanumeric characters, \'-\' or \'.\', '
-            f"and must start and end with an alphanumeric character (at most {limit} characters)",
-        )])
+        raise invalid(
+            rt.kind,
+            name,
+            rt.group,
+            [
+                (
+                    "FieldValueInvalid",
+                    "metadata.name",
+                    f'Invalid value: "{name}": {rule} must consist of lower case alphanumeric characters, '
+                    f"'-' or '.', and must start and end with an alphanumeric character (at most {limit} characters)",
+                )
+            ],
+        )
 
 
 def _pod_spec_causes(spec: dict[str, Any] | None, prefix: str) -> list[tuple[str, str, str]]:
@@ -145,55 +177,101 @@ def _pod_spec_causes(spec: dict[str, Any] | None, prefix: str) -> list[tuple[str
     for index, container in enumerate(containers):
         where = f"{prefix}.containers[{index}]"
         if not DNS1123_LABEL.match(str(container.get("name", ""))):
-            causes.append(("FieldValueRequired" if not container.get("name") else "FieldValueInvalid",
-                           f"{where}.name", "Required value" if not container.get("name") else "Invalid value"))
+            causes.append(
+                (
+                    "FieldValueRequired" if not container.get("name") else "FieldValueInvalid",
+                    f"{where}.name",
+                    "Required value" if not container.get("name") else "Invalid value",
+                )
+            )
         if not container.get("image"):
             causes.append(("FieldValueRequired", f"{where}.image", "Required value"))
         for p_index, port in enumerate(container.get("ports") or []):
             number = port.get("containerPort")
             if not isinstance(number, int) or not 1 <= number <= 65535:
-                causes.append(("FieldValueInvalid", f"{where}.ports[{p_index}].containerPort",
-                               f"Invalid value: {number}: must be between 1 and 65535, inclusive"))
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        f"{where}.ports[{p_index}].containerPort",
+                        f"Invalid value: {number}: must be between 1 and 65535, inclusive",
+                    )
+                )
         for resources in ("limits", "requests"):
             for name, quantity in ((container.get("resources") or {}).get(resources) or {}).items():
                 if not _QUANTITY.match(str(quantity)):
-                    raise bad_request(f"quantities must match the regular expression "
-                                      f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' ({name}: {quantity!r})")
+                    raise bad_request(
+                        f"quantities must match the regular expression "
+                        f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' ({name}: {quantity!r})"
+                    )
+    return causes
+
+
+Cause = tuple[str, str, str]  # (reason, field, message), as a Status cause
+
+
+def _workload_causes(kind: str, spec: dict[str, Any], old: dict[str, Any] | None) -> list[Cause]:
+    template = spec.get("template") or {}
+    selector = spec.get("selector")
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    causes: list[Cause] = []
+    if kind != "Job" and not selector:
+        causes.append(("FieldValueRequired", "spec.selector", "Required value"))
+    if selector and not match_labels_selector(selector)(labels):
+        causes.append(
+            (
+                "FieldValueInvalid",
+                "spec.template.metadata.labels",
+                f"Invalid value: {labels}: `selector` does not match template `labels`",
+            )
+        )
+    if isinstance(spec.get("replicas"), int) and spec["replicas"] < 0:
+        causes.append(
+            (
+                "FieldValueInvalid",
+                "spec.replicas",
+                f"Invalid value: {spec['replicas']}: must be greater than or equal to 0",
+            )
+        )
+    causes += _pod_spec_causes(template.get("spec"), "spec.template.spec")
+    if kind == "Job" and (template.get("spec") or {}).get("restartPolicy") not in ("Never", "OnFailure"):
+        causes.append(
+            (
+                "FieldValueRequired",
+                "spec.template.spec.restartPolicy",
+                'Required value: valid values: "OnFailure", "Never"',
+            )
+        )
+    if old is not None and (old.get("spec") or {}).get("selector") != selector:
+        causes.append(("FieldValueInvalid", "spec.selector", "Invalid value: field is immutable"))
+    return causes
+
+
+def _service_causes(spec: dict[str, Any], old: dict[str, Any] | None) -> list[Cause]:
+    causes: list[Cause] = [
+        (
+            "FieldValueInvalid",
+            f"spec.ports[{index}].port",
+            f"Invalid value: {port.get('port')}: must be between 1 and 65535, inclusive",
+        )
+        for index, port in enumerate(spec.get("ports") or [])
+        if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535
+    ]
+    if not spec.get("ports") and spec.get("clusterIP") != "None" and spec.get("type") != "ExternalName":
+        causes.append(("FieldValueRequired", "spec.ports", "Required value"))
+    if old is not None and (old.get("spec") or {}).get("clusterIP") not in (None, spec.get("clusterIP")):
+        causes.append(("FieldValueInvalid", "spec.clusterIP", "Invalid value: field is immutable"))
     return causes
 
 
 def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
     """Semantic validation (422) for the kinds the deployer and its tests use."""
     spec = obj.get("spec") or {}
-    causes: list[tuple[str, str, str]] = []
+    causes: list[Cause] = []
     if rt.kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
-        template = spec.get("template") or {}
-        selector = spec.get("selector")
-        if rt.kind != "Job" and not selector:
-            causes.append(("FieldValueRequired", "spec.selector", "Required value"))
-        labels = (template.get("metadata") or {}).get("labels") or {}
-        if selector and not match_labels_selector(selector)(labels):
-            causes.append(("FieldValueInvalid", "spec.template.metadata.labels",
-                           f"Invalid value: {labels}: `selector` does not match template `labels`"))
-        if isinstance(spec.get("replicas"), int) and spec["replicas"] < 0:
-            causes.append(("FieldValueInvalid", "spec.replicas",
-                           f"Invalid value: {spec['replicas']}: must be greater than or equal to 0"))
-        causes += _pod_spec_causes(template.get("spec"), "spec.template.spec")
-        if rt.kind == "Job" and (template.get("spec") or {}).get("restartPolicy") not in ("Never", "OnFailure"):
-            causes.append(("FieldValueRequired", "spec.template.spec.restartPolicy",
-                           'Required value: valid values: "OnFailure", "Never"'))
-        if old is not None and (old.get("spec") or {}).get("selector") != selector:
-            causes.append(("FieldValueInvalid", "spec.selector", "Invalid value: field is immutable"))
+        causes = _workload_causes(rt.kind, spec, old)
     elif rt.kind == "Pod":
-        causes += _pod_spec_causes(spec, "spec")
+        causes = _pod_spec_causes(spec, "spec")
     elif rt.kind == "Service":
-        for index, port in enumerate(spec.get("ports") or []):
-            if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
-                causes.append(("FieldValueInvalid", f"spec.ports[{index}].port",
-                               f"Invalid value: {port.get('port')}: must be between 1 and 65535, inclusive"))
-        if not spec.get("ports") and spec.get("clusterIP") != "None" and spec.get("type") != "ExternalName":
-            causes.append(("FieldValueRequired", "spec.ports", "Required value"))
-        if old is not None and (old.get("spec") or {}).get("clusterIP") not in (None, spec.get("clusterIP")):
-            causes.append(("FieldValueInvalid", "spec.clusterIP", "Invalid value: field is immutable"))
+        causes = _service_causes(spec, old)
     if causes:
         raise invalid(rt.kind, obj["metadata"].get("name", ""), rt.group, causes)

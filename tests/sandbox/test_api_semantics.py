@@ -15,12 +15,28 @@ pytestmark = pytest.mark.cluster
 
 
 def deployment(name: str = "web", replicas: int = 2, image: str = "nginx:1.27") -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "web", "image": image,
-                                                           "env": [{"name": "A", "value": "1"}],
-                                                           "ports": [{"containerPort": 80}]}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": image,
+                            "env": [{"name": "A", "value": "1"}],
+                            "ports": [{"containerPort": 80}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
 
 
 def status_of(call: Any) -> client.ApiException:
@@ -55,10 +71,11 @@ def test_object_in_a_missing_namespace_is_404(api: client.ApiClient) -> None:
 
 
 def test_invalid_name_is_422(api: client.ApiClient, namespace: str) -> None:
-    error = status_of(lambda: client.CoreV1Api(api).create_namespaced_config_map(namespace,
-                                                                                  {"metadata": {"name": "Bad_Name"}}))
+    error = status_of(
+        lambda: client.CoreV1Api(api).create_namespaced_config_map(namespace, {"metadata": {"name": "Bad_Name"}})
+    )
     assert error.status == 422
-    assert "metadata.name: Invalid value: \\\"Bad_Name\\\"" in error.body
+    assert 'metadata.name: Invalid value: \\"Bad_Name\\"' in error.body
     assert '"reason": "Invalid"' in error.body.replace('":"', '": "')
 
 
@@ -133,8 +150,11 @@ def test_status_lives_in_its_own_subresource(api: client.ApiClient, namespace: s
 
 def test_label_and_field_selectors(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
-    for name, labels in [("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "db", "env": "prod"}),
-                         ("c", {"tier": "web"})]:
+    for name, labels in [
+        ("a", {"tier": "web", "env": "prod"}),
+        ("b", {"tier": "db", "env": "prod"}),
+        ("c", {"tier": "web"}),
+    ]:
         core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": labels}})
 
     def names(**kwargs: str) -> list[str]:
@@ -174,9 +194,18 @@ def test_patch_types(api: client.ApiClient, namespace: str) -> None:
     apps = client.AppsV1Api(api)
     apps.create_namespaced_deployment(namespace, deployment())
     # strategic merge patch: containers merge by name, env by name, ports by containerPort
-    smp = {"spec": {"template": {"spec": {"containers": [
-        {"name": "web", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 81}]},
-        {"name": "sidecar", "image": "busybox:1"}]}}}}
+    smp = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "web", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 81}]},
+                        {"name": "sidecar", "image": "busybox:1"},
+                    ]
+                }
+            }
+        }
+    }
     patched = apps.patch_namespaced_deployment("web", namespace, smp)
     containers = {c.name: c for c in patched.spec.template.spec.containers}
     assert sorted(containers) == ["sidecar", "web"]
@@ -188,15 +217,23 @@ def test_patch_types(api: client.ApiClient, namespace: str) -> None:
     # JSON merge patch replaces lists
     api.call_api  # noqa: B018 - the typed API picks the patch type from the body; use the dynamic client below
     dyn = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
-    merged = dyn.patch(name="web", namespace=namespace, content_type="application/merge-patch+json",
-                       body={"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}})
+    merged = dyn.patch(
+        name="web",
+        namespace=namespace,
+        content_type="application/merge-patch+json",
+        body={"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}},
+    )
     assert [c["image"] for c in merged.to_dict()["spec"]["template"]["spec"]["containers"]] == ["nginx:2"]
     # JSON patch
-    patched = apps.patch_namespaced_deployment("web", namespace, [{"op": "replace", "path": "/spec/replicas",
-                                                                   "value": 5}])
+    patched = apps.patch_namespaced_deployment(
+        "web", namespace, [{"op": "replace", "path": "/spec/replicas", "value": 5}]
+    )
     assert patched.spec.replicas == 5
-    error = status_of(lambda: apps.patch_namespaced_deployment("web", namespace, [
-        {"op": "test", "path": "/spec/replicas", "value": 6}]))
+    error = status_of(
+        lambda: apps.patch_namespaced_deployment(
+            "web", namespace, [{"op": "test", "path": "/spec/replicas", "value": 6}]
+        )
+    )
     assert error.status == 422
 
 
@@ -212,8 +249,9 @@ def test_server_side_apply_creates_records_owners_conflicts_and_forces(api: clie
     with pytest.raises(ConflictError) as info:
         dyn.server_side_apply(body=other, name="web", namespace=namespace, field_manager="scaler")
     assert 'conflict with \\"deployer\\" using apps/v1: .spec.replicas' in str(info.value.body)
-    forced = dyn.server_side_apply(body=other, name="web", namespace=namespace, field_manager="scaler",
-                                   force_conflicts=True).to_dict()
+    forced = dyn.server_side_apply(
+        body=other, name="web", namespace=namespace, field_manager="scaler", force_conflicts=True
+    ).to_dict()
     assert forced["spec"]["replicas"] == 5
     scaler = next(m for m in forced["metadata"]["managedFields"] if m["manager"] == "scaler")
     deployer = next(m for m in forced["metadata"]["managedFields"] if m["manager"] == "deployer")
@@ -223,9 +261,12 @@ def test_server_side_apply_creates_records_owners_conflicts_and_forces(api: clie
 
 def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: client.ApiClient, namespace: str) -> None:
     dyn = DynamicClient(api).resources.get(api_version="v1", kind="ConfigMap")
-    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": namespace,
-                                                                 "labels": {"a": "1", "b": "2"}},
-            "data": {"x": "1", "y": "2"}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg", "namespace": namespace, "labels": {"a": "1", "b": "2"}},
+        "data": {"x": "1", "y": "2"},
+    }
     dyn.server_side_apply(body=body, name="cfg", namespace=namespace, field_manager="deployer")
     body["data"] = {"x": "1"}
     body["metadata"]["labels"] = {"a": "1"}
@@ -235,7 +276,12 @@ def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: clie
 
 
 def test_server_side_apply_needs_a_field_manager(api: client.ApiClient, namespace: str) -> None:
-    code, _, status = raw(api, "PATCH", f"/api/v1/namespaces/{namespace}/configmaps/cfg",
-                          body={"apiVersion": "v1", "kind": "ConfigMap"}, content_type="application/apply-patch+yaml")
+    code, _, status = raw(
+        api,
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/configmaps/cfg",
+        body={"apiVersion": "v1", "kind": "ConfigMap"},
+        content_type="application/apply-patch+yaml",
+    )
     assert code == 400
     assert "fieldManager: Required value" in status["message"]

@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
 import pytest
 import requests
-from conftest import Running
 from kubernetes import client, watch
 from kubernetes.dynamic import DynamicClient
+from sandboxes import Running
 
 from deployer.sandbox.protobuf import MAGIC, decode_request
 
@@ -56,13 +57,20 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def test_protobuf_secret_body_decodes_as_its_json_form() -> None:
     meta = _field(1, b"s1") + _field(3, b"ns") + _field(11, _field(1, b"owner") + _field(2, b"helm"))
-    secret = (_field(1, meta) + _field(2, _field(1, b"release") + _field(2, b"\x00\xffdata"))
-              + _field(3, b"helm.sh/release.v1"))
+    secret = (
+        _field(1, meta)
+        + _field(2, _field(1, b"release") + _field(2, b"\x00\xffdata"))
+        + _field(3, b"helm.sh/release.v1")
+    )
     envelope = _field(1, _field(1, b"v1") + _field(2, b"Secret")) + _field(2, secret)
     decoded = decode_request(MAGIC + envelope)
-    assert decoded == {"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": "s1", "namespace": "ns", "labels": {"owner": "helm"}},
-                       "data": {"release": base64.b64encode(b"\x00\xffdata").decode()}, "type": "helm.sh/release.v1"}
+    assert decoded == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s1", "namespace": "ns", "labels": {"owner": "helm"}},
+        "data": {"release": base64.b64encode(b"\x00\xffdata").decode()},
+        "type": "helm.sh/release.v1",
+    }
 
 
 @pytest.mark.sandbox_only

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Running
 from kubernetes import client, watch
 from kubernetes.dynamic import DynamicClient
+from sandboxes import Running
 from waiting import raw, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -22,8 +22,7 @@ def configmap(name: str, **labels: str) -> dict[str, Any]:
 
 def test_watch_ends_at_timeout_seconds(api: client.ApiClient, namespace: str) -> None:
     started = time.monotonic()
-    events = list(watch.Watch().stream(client.CoreV1Api(api).list_namespaced_config_map, namespace,
-                                       timeout_seconds=1))
+    events = list(watch.Watch().stream(client.CoreV1Api(api).list_namespaced_config_map, namespace, timeout_seconds=1))
     assert events == []
     assert 0.9 < time.monotonic() - started < 5
 
@@ -35,9 +34,16 @@ def test_watch_resumes_from_a_resource_version_with_selector(api: client.ApiClie
     core.create_namespaced_config_map(namespace, configmap("b", app="y"))
     core.patch_namespaced_config_map("a", namespace, {"data": {"k": "changed"}})
     core.patch_namespaced_config_map("a", namespace, {"metadata": {"labels": {"app": "z"}}})
-    events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
-        core.list_namespaced_config_map, namespace, resource_version=start, label_selector="app=x",
-        timeout_seconds=1)]
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=start,
+            label_selector="app=x",
+            timeout_seconds=1,
+        )
+    ]
     # leaving the selector shows as DELETED, as kube-apiserver shows it
     assert events == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
 
@@ -45,8 +51,10 @@ def test_watch_resumes_from_a_resource_version_with_selector(api: client.ApiClie
 def test_watch_without_resource_version_starts_with_current_objects(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(namespace, configmap("a"))
-    events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
-        core.list_namespaced_config_map, namespace, timeout_seconds=1)]
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(core.list_namespaced_config_map, namespace, timeout_seconds=1)
+    ]
     assert events == [("ADDED", "a")]
 
 
@@ -58,8 +66,7 @@ def test_watch_from_a_compacted_resource_version_is_410(sandbox_factory: Callabl
     for index in range(10):
         core.create_namespaced_config_map("default", configmap(f"c{index}"))
     with pytest.raises(client.ApiException) as info:
-        list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=old,
-                                  timeout_seconds=1))
+        list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=old, timeout_seconds=1))
     assert info.value.status == 410
 
 
@@ -67,8 +74,11 @@ def test_watch_from_a_compacted_resource_version_is_410(sandbox_factory: Callabl
 def test_watch_query_accepts_watch_1_and_streams_json_lines(cluster: Running, namespace: str) -> None:
     api = cluster.api()
     client.CoreV1Api(api).create_namespaced_config_map(namespace, configmap("a"))
-    response = requests.get(f"{cluster.url}/api/v1/namespaces/{namespace}/configmaps",
-                            params={"watch": "1", "timeoutSeconds": "1"}, timeout=10)
+    response = requests.get(
+        f"{cluster.url}/api/v1/namespaces/{namespace}/configmaps",
+        params={"watch": "1", "timeoutSeconds": "1"},
+        timeout=10,
+    )
     lines = [line for line in response.text.splitlines() if line]
     assert response.status_code == 200
     assert len(lines) == 1
@@ -76,14 +86,31 @@ def test_watch_query_accepts_watch_1_and_streams_json_lines(cluster: Running, na
 
 
 CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "widgets.example.com"},
-    "spec": {"group": "example.com", "scope": "Namespaced",
-             "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "shortNames": ["wd"]},
-             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                               "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
-                               "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
+    "spec": {
+        "group": "example.com",
+        "scope": "Namespaced",
+        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "shortNames": ["wd"]},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
 }
 
 
@@ -92,18 +119,26 @@ def test_crd_lifecycle(api: client.ApiClient, namespace: str) -> None:
     ext.create_custom_resource_definition(CRD)
     custom = client.CustomObjectsApi(api)
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
-    created = wait_for(lambda: _try(lambda: custom.create_namespaced_custom_object(
-        "example.com", "v1", namespace, "widgets", widget)), what="the CRD to be served")
+    created = wait_for(
+        lambda: _try(lambda: custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", widget)),
+        what="the CRD to be served",
+    )
     assert created["metadata"]["generation"] == 1
-    code, _, status = raw(api, "POST", f"/apis/example.com/v1/namespaces/{namespace}/widgets",
-                          body={**widget, "metadata": {"name": "bad"}, "spec": {"size": "big"}})
+    code, _, status = raw(
+        api,
+        "POST",
+        f"/apis/example.com/v1/namespaces/{namespace}/widgets",
+        body={**widget, "metadata": {"name": "bad"}, "spec": {"size": "big"}},
+    )
     assert code == 422
     assert "spec.size in body must be of type integer" in status["message"]
     discovered = DynamicClient(api).resources.get(api_version="example.com/v1", kind="Widget")
     assert discovered.short_names == ["wd"]
     ext.delete_custom_resource_definition("widgets.example.com")
-    wait_for(lambda: _gone(lambda: custom.list_namespaced_custom_object("example.com", "v1", namespace, "widgets")),
-             what="the widgets resource to disappear")
+    wait_for(
+        lambda: _gone(lambda: custom.list_namespaced_custom_object("example.com", "v1", namespace, "widgets")),
+        what="the widgets resource to disappear",
+    )
 
 
 def _try(call: Callable[[], Any]) -> Any:
@@ -124,9 +159,17 @@ def _gone(call: Callable[[], Any]) -> bool:
 
 
 def _deployment(name: str) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {
-        "replicas": 2, "selector": {"matchLabels": {"app": name}},
-        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+            },
+        },
+    }
 
 
 def _counts(api: client.ApiClient, namespace: str, app: str) -> tuple[int, int]:
@@ -158,8 +201,9 @@ def test_foreground_deletion_waits_for_dependents(api: client.ApiClient, namespa
     apps = client.AppsV1Api(api)
     apps.create_namespaced_deployment(namespace, _deployment("fg"))
     wait_for(lambda: _counts(api, namespace, "fg") == (1, 2), what="1 ReplicaSet and 2 pods")
-    code, _, deleting = raw(api, "DELETE", f"/apis/apps/v1/namespaces/{namespace}/deployments/fg",
-                            body={"propagationPolicy": "Foreground"})
+    code, _, deleting = raw(
+        api, "DELETE", f"/apis/apps/v1/namespaces/{namespace}/deployments/fg", body={"propagationPolicy": "Foreground"}
+    )
     assert code in (200, 202)
     assert deleting["metadata"]["deletionTimestamp"]
     assert "foregroundDeletion" in deleting["metadata"]["finalizers"]

@@ -22,13 +22,24 @@ def wait_for(check: Callable[[], T], *, timeout: float = 10.0, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def raw(api: Any, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-        query: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def raw(
+    api: Any,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+    query: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
     """A request as sent, without the typed client's own checks: (status, headers, decoded body)."""
     method_, url, headers, payload, _ = api.param_serialize(
-        method, path, query_params=list((query or {}).items()),
-        header_params={"Content-Type": content_type, "Accept": "application/json"}, body=body,
-        auth_settings=["BearerToken"])
+        method,
+        path,
+        query_params=list((query or {}).items()),
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
     response = api.call_api(method_, url, header_params=headers, body=payload)
     response.read()
     data = response.data.decode() if response.data else ""

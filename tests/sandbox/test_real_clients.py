@@ -1,0 +1,139 @@
+"""kubectl and the pinned helm work against the sandbox unmodified."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from sandboxes import Running
+from support import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.cluster
+
+KUBECTLS = {
+    "kubectl 1.32 (the machine's)": shutil.which("kubectl")
+    if Path(shutil.which("kubectl") or "/nonexistent").resolve() != (ROOT / ".tools" / "bin" / "kubectl").resolve()
+    else None,
+    "kubectl 1.35 (pinned in .tools)": str(ROOT / ".tools" / "bin" / "kubectl"),
+}
+AVAILABLE = [pytest.param(path, id=name) for name, path in KUBECTLS.items() if path and os.access(path, os.X_OK)]
+HELM = str(ROOT / ".tools" / "bin" / "helm")
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "IMAGE", ports: [{containerPort: 8080}]}]
+"""
+
+
+def run(cluster: Running, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "HELM_CACHE_HOME": str(cluster.kubeconfig.parent / "hc"),
+        "HELM_CONFIG_HOME": str(cluster.kubeconfig.parent / "hcfg"),
+        "HELM_DATA_HOME": str(cluster.kubeconfig.parent / "hd"),
+    }
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("kubectl", AVAILABLE)
+def test_kubectl_apply_get_scale_rollout_delete(cluster: Running, namespace: str, tmp_path: Path, kubectl: str) -> None:
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(DEPLOYMENT.replace("IMAGE", "web:1"))
+    applied = run(cluster, kubectl, "apply", "-n", namespace, "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "deployment.apps/web created"
+    rollout = run(cluster, kubectl, "rollout", "status", "-n", namespace, "deploy/web", "--timeout=30s")
+    assert rollout.returncode == 0, rollout.stderr
+    assert 'deployment "web" successfully rolled out' in rollout.stdout
+    manifest.write_text(DEPLOYMENT.replace("IMAGE", "web:2"))
+    assert (
+        run(cluster, kubectl, "apply", "-n", namespace, "-f", str(manifest)).stdout.strip()
+        == "deployment.apps/web configured"
+    )
+    server_side = run(cluster, kubectl, "apply", "--server-side", "-n", namespace, "-f", str(manifest))
+    assert server_side.returncode == 0, server_side.stderr
+    assert server_side.stdout.strip() == "deployment.apps/web serverside-applied"
+    scaled = run(cluster, kubectl, "scale", "-n", namespace, "deploy/web", "--replicas=3")
+    assert scaled.returncode == 0, scaled.stderr
+    got = yaml.safe_load(
+        run(cluster, kubectl, "get", "-n", namespace, "deploy/web", "-o", "yaml", "--show-managed-fields").stdout
+    )
+    assert got["spec"]["replicas"] == 3
+    assert got["spec"]["template"]["spec"]["containers"][0]["image"] == "web:2"
+    managers = {m["manager"] for m in got["metadata"]["managedFields"]}
+    assert "kubectl" in managers
+    assert run(cluster, kubectl, "rollout", "status", "-n", namespace, "deploy/web", "--timeout=30s").returncode == 0
+    deleted = run(cluster, kubectl, "delete", "-n", namespace, "deploy/web")
+    assert deleted.returncode == 0, deleted.stderr
+    assert run(cluster, kubectl, "get", "-n", namespace, "deploy/web").returncode == 1
+
+
+@pytest.mark.sandbox_only
+@pytest.mark.parametrize("kubectl", AVAILABLE)
+def test_kubectl_rollout_status_fails_on_progress_deadline(
+    cluster: Running, namespace: str, tmp_path: Path, kubectl: str
+) -> None:
+    cluster.control("/sandbox/pods", {"image": "never:1", "behaviour": "never-ready"})
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(DEPLOYMENT.replace("IMAGE", "never:1"))
+    assert run(cluster, kubectl, "apply", "-n", namespace, "-f", str(manifest)).returncode == 0
+    rollout = run(cluster, kubectl, "rollout", "status", "-n", namespace, "deploy/web", "--timeout=30s")
+    assert rollout.returncode == 1
+    assert 'deployment "web" exceeded its progress deadline' in rollout.stderr
+
+
+def test_helm_install_wait_status_history_rollback_uninstall(cluster: Running, namespace: str) -> None:
+    chart = str(EXAMPLES / "hello" / "charts" / "hello")
+    install = run(cluster, HELM, "upgrade", "--install", "hello", chart, "-n", namespace, "--wait", "--timeout", "60s")
+    assert install.returncode == 0, install.stderr
+    upgrade = run(
+        cluster,
+        HELM,
+        "upgrade",
+        "--install",
+        "hello",
+        chart,
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout",
+        "60s",
+        "--set",
+        "replicas=3",
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    status = run(cluster, HELM, "status", "hello", "-n", namespace, "-o", "json")
+    assert yaml.safe_load(status.stdout)["info"]["status"] == "deployed"
+    history = yaml.safe_load(run(cluster, HELM, "history", "hello", "-n", namespace, "-o", "yaml").stdout)
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
+    rollback = run(cluster, HELM, "rollback", "hello", "1", "-n", namespace, "--wait", "--timeout", "60s")
+    assert rollback.returncode == 0, rollback.stderr
+    replicas = run(
+        cluster,
+        shutil.which("kubectl") or str(ROOT / ".tools/bin/kubectl"),
+        "get",
+        "deploy",
+        "hello",
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    )
+    assert replicas.stdout == "1"
+    uninstall = run(cluster, HELM, "uninstall", "hello", "-n", namespace, "--wait")
+    assert uninstall.returncode == 0, uninstall.stderr
+    assert run(cluster, HELM, "status", "hello", "-n", namespace).returncode == 1
