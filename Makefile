@@ -23,6 +23,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ from deployer.sandbox.errors import ApiError, bad_request
 from deployer.sandbox.patch import json_patch, merge_patch
 from deployer.sandbox.protobuf import ProtobufError, decode_request
 from deployer.sandbox.resources import ResourceType
+from deployer.sandbox.schema import swagger_document
 from deployer.sandbox.selectors import SelectorError, field_matcher, label_matcher
 from deployer.sandbox.watch import watch
 
@@ -122,6 +123,8 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path == "/openapi/v2":
+            return self._swagger(request)
         try:
             static = self._static(path)
             if static is not None:
@@ -136,6 +139,14 @@ class Api:
         except Exception as exc:  # a sandbox bug: answer as the apiserver answers its own, and log it
             log.exception("internal error serving %s %s", request.method, request.path)
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+
+    @staticmethod
+    def _swagger(request: web.Request) -> web.Response:
+        """OpenAPI v2 in JSON; the protobuf form is not served (406, so client-go moves on as with old servers)."""
+        accept = request.headers.get("Accept", "*/*")
+        if "json" not in accept and "*/*" not in accept:
+            return _error(ApiError(406, "NotAcceptable", "only application/json is served for /openapi/v2"))
+        return _json(swagger_document())
 
     def _static(self, path: str) -> dict[str, Any] | None:
         """Discovery, OpenAPI and health documents; None when `path` names a resource instead."""

@@ -129,6 +129,18 @@ def openapi_components() -> dict[str, Any]:
     return {name: _openapi_schema(schema) for name, schema in definitions().items()}
 
 
+@functools.cache
+def swagger_document() -> dict[str, Any]:
+    """OpenAPI v2 (swagger 2.0) in JSON, as /openapi/v2 serves it to clients that accept JSON."""
+    text = json.dumps(openapi_components()).replace('"#/components/schemas/', '"#/definitions/')
+    return {
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": f"v{KUBERNETES_VERSION}.0"},
+        "paths": {},
+        "definitions": json.loads(text),
+    }
+
+
 def openapi_document(*, title: str, paths: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """An OpenAPI v3 document for one group-version, as /openapi/v3/apis/GROUP/VERSION serves it."""
     schemas = copy.copy(openapi_components())
