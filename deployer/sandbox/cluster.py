@@ -38,6 +38,18 @@ _META_KEEP = (
 )
 
 
+def _check_fresh(rt: ResourceType, old: dict[str, Any], wanted_rv: str | None) -> None:
+    """Optimistic concurrency: a write that names a resourceVersion must name the current one."""
+    if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+        raise conflict(
+            rt.qualified,
+            old["metadata"]["name"],
+            rt.group,
+            rt.plural,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -244,14 +256,7 @@ class Cluster:
         if meta.get("name", name) != name:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
         wanted_rv = meta.get("resourceVersion")
-        if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(
-                rt.qualified,
-                name,
-                rt.group,
-                rt.plural,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        _check_fresh(rt, old, wanted_rv)
         body, self.warnings = admit_decoding(rt, version, body, mode=mode)
         return self._commit(rt, version, old, body, manager=manager, subresource=subresource, dry_run=dry_run)
 
@@ -310,14 +315,7 @@ class Cluster:
         if not isinstance(patched, dict):
             raise bad_request("the patch produced something other than an object")
         wanted_rv = (patched.get("metadata") or {}).get("resourceVersion")
-        if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
-            raise conflict(
-                rt.qualified,
-                name,
-                rt.group,
-                rt.plural,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        _check_fresh(rt, old, wanted_rv)
         patched, self.warnings = admit_decoding(rt, version, patched, mode=mode)
         return self._commit(
             rt, version, old, patched, manager=manager or "unknown", subresource=subresource, dry_run=dry_run

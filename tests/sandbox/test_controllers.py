@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 from sandboxes import Running
-from waiting import wait_for
+from waiting import unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -170,22 +170,13 @@ def test_services_get_a_cluster_ip_and_endpoints_follow_ready_pods(api: client.A
         found = [a for s in subsets for a in (s.addresses or [])]
         return subsets if len(found) == 2 else None
 
-    (subset,) = wait_for(lambda: _try(addresses), what="2 ready addresses")
+    (subset,) = wait_for(lambda: unless_missing(addresses), what="2 ready addresses")
     assert subset.ports[0].port == 8080
     apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": 1}})
     wait_for(
         lambda: len((core.read_namespaced_endpoints("web", namespace).subsets or [{}])[0].addresses or []) == 1,
         what="1 address after scaling down",
     )
-
-
-def _try(call: Any) -> Any:
-    try:
-        return call()
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def job(name: str, image: str, backoff: int = 0) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import requests
 from kubernetes import client, watch
 from kubernetes.dynamic import DynamicClient
 from sandboxes import Running
-from waiting import raw, wait_for
+from waiting import raw, unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -120,7 +120,9 @@ def test_crd_lifecycle(api: client.ApiClient, namespace: str) -> None:
     custom = client.CustomObjectsApi(api)
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
     created = wait_for(
-        lambda: _try(lambda: custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", widget)),
+        lambda: unless_missing(
+            lambda: custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", widget)
+        ),
         what="the CRD to be served",
     )
     assert created["metadata"]["generation"] == 1
@@ -139,15 +141,6 @@ def test_crd_lifecycle(api: client.ApiClient, namespace: str) -> None:
         lambda: _gone(lambda: custom.list_namespaced_custom_object("example.com", "v1", namespace, "widgets")),
         what="the widgets resource to disappear",
     )
-
-
-def _try(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def _gone(call: Callable[[], Any]) -> bool:

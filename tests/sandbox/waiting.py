@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kubernetes import client
+
 T = TypeVar("T")
 
 
@@ -44,3 +46,13 @@ def raw(
     response.read()
     data = response.data.decode() if response.data else ""
     return response.status, dict(response.getheaders()), json.loads(data) if data else None
+
+
+def unless_missing(call: Callable[[], T]) -> T | None:
+    """`call()`, or None if the API answers 404 (the object or resource is not there yet)."""
+    try:
+        return call()
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
