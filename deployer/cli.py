@@ -8,16 +8,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from deployer import __version__
+from deployer.build import RegistryClient, choose_builder
 from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
+from deployer.events import Event
 from deployer.helm import Helm
-from deployer.pipeline import Rendered, render_environment
+from deployer.pipeline import BuildSettings, Rendered, build_image, render_environment
 
 UNCOMMITTED = "uncommitted"
 
@@ -46,6 +48,37 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
 
     commands.add_parser("schema", help="print the JSON Schema of deploy.yaml, for editors")
+
+    build = commands.add_parser("build", help="build the commit's image and push it (skipped if the registry has it)")
+    build.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
+    build.add_argument("--commit", default="HEAD", help="commit to build (default: HEAD)")
+    build.add_argument(
+        "--builder",
+        default="auto",
+        choices=["auto", "buildah", "docker"],
+        help="auto: docker when DOCKER_HOST or its socket is there, else buildah",
+    )
+    build.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="registry reached over plain http (loopback registries always are)",
+    )
+    build.add_argument("--authfile", type=Path, help="docker config.json with registry credentials")
+    build.add_argument(
+        "--secret-build-arg",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="build arg whose value is read from the environment variable NAME and masked in output",
+    )
+    build.add_argument("--max-context-mb", type=int, default=200, help="refuse larger build contexts (default 200)")
+    build.add_argument("--output", "-o", choices=["text", "json"], default="text")
+
+    registry = commands.add_parser("registry", help="run a local image registry (docker-registry) for demos and tests")
+    registry.add_argument("--port", type=int, default=5000)
+    registry.add_argument("--storage", type=Path, default=Path(".state/registry"))
 
     sandbox = commands.add_parser("sandbox", help="run a local, strict Kubernetes API (the sandbox cluster)")
     sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
@@ -142,9 +175,72 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("DEPLOYER_STATE_DIR", ".state"))
+
+
+def _printer(output: str) -> Callable[[Event], None]:
+    def show(event: Event) -> None:
+        if output == "json":
+            print(
+                json.dumps({"step": event.step, "kind": event.kind, "message": event.message, **event.data}), flush=True
+            )
+        else:
+            print(event.message if event.kind == "output" else f"[{event.step}] {event.message}", flush=True)
+
+    return show
+
+
+async def _build(args: argparse.Namespace) -> int:
+    secrets = {}
+    for name in args.secret_build_arg:
+        if name not in os.environ:
+            raise DeployError(f"environment variable {name} is not set", where=f"--secret-build-arg {name}")
+        secrets[name] = os.environ[name]
+    settings = BuildSettings(
+        builder=choose_builder(args.builder, storage=_state_dir() / "containers"),
+        registry=RegistryClient(insecure=frozenset(args.insecure_registry), auth_file=args.authfile),
+        max_context_bytes=args.max_context_mb * 2**20,
+        secret_args=secrets,
+        auth_file=args.authfile,
+    )
+    image = await build_image(repo=args.repo, ref=args.commit, settings=settings, sink=_printer(args.output))
+    if args.output == "text":
+        print(f"image: {image.ref}")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    storage = args.storage.resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    config = storage / "config.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+                "storage": {"filesystem": {"rootdirectory": str(storage / "data")}, "delete": {"enabled": True}},
+                "http": {"addr": f"127.0.0.1:{args.port}"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    print(f"registry serving on http://127.0.0.1:{args.port} (storage {storage}); stop with Ctrl-C", flush=True)
+    try:
+        return subprocess.run(["docker-registry", "serve", str(config)], check=False).returncode
+    except FileNotFoundError:
+        raise DeployError("docker-registry is not installed; run `make setup`", where="registry") from None
+    except KeyboardInterrupt:
+        return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "sandbox":
         return _sandbox(args)
+    if args.command == "build":
+        return asyncio.run(_build(args))
+    if args.command == "registry":
+        return _registry(args)
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
@@ -160,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        for line in exc.details:
+            print(f"  | {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,10 +9,11 @@ class DeployError(Exception):
     `where` names the file (and line, field or object) at fault; the message is one line.
     """
 
-    def __init__(self, message: str, *, where: str | None = None) -> None:
+    def __init__(self, message: str, *, where: str | None = None, details: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = " ".join(message.split())
         self.where = where
+        self.details = details  # context shown under the one line, e.g. the last lines of a failed build
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message

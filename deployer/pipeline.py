@@ -1,18 +1,22 @@
 """One push → one release, as a sequence of steps (DESIGN.md section 1).
 
-So far: the render and validate steps (4 and 5), which turn one commit and one environment into the
-exact, schema-checked manifests that environment should get.
+So far: the build step (3), which turns one commit into an image in the registry pinned by digest, and the
+render and validate steps (4 and 5), which turn one commit and one environment into the exact,
+schema-checked manifests that environment should get.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deployer.config import DeployConfig, RepoFiles, load_values_file
+from deployer.build import Builder, BuildRequest, RegistryClient, Repository, export_commit, resolve_commit, tree_size
+from deployer.config import DeployConfig, RepoFiles, load_deploy_config, load_values_file
 from deployer.config.load import DEPLOY_FILE
 from deployer.errors import DeployError
+from deployer.events import Event, EventSink, discard
 from deployer.helm import Helm
 from deployer.render import jinja
 from deployer.render.manifests import (
@@ -151,3 +155,74 @@ def _render_templates(repo: RepoFiles, templates_dir: str, context: dict[str, An
         for name in jinja.template_names(repo, templates_dir)
         for obj in parse_objects(jinja.render_template(env, name, context), source=f"{base}/{name}")
     ]
+
+
+MAX_CONTEXT_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the server builds: the builder, the registry client and the limits (never from the pushed repo)."""
+
+    builder: Builder
+    registry: RegistryClient
+    max_context_bytes: int = MAX_CONTEXT_BYTES
+    secret_args: dict[str, str] = field(default_factory=dict)
+    auth_file: Path | None = None
+
+
+async def build_image(*, repo: Path, ref: str, settings: BuildSettings, sink: EventSink = discard) -> ImageRef:
+    """Step 3: the commit's image, tagged with its SHA and pinned by digest; built only if the registry lacks it."""
+    commit = await resolve_commit(repo, ref)
+    with tempfile.TemporaryDirectory(prefix="deployer-build-") as tmp:
+        files = RepoFiles(await export_commit(repo, commit, Path(tmp) / "tree"))
+        config = load_deploy_config(files)
+        repository = Repository.parse(config.image.repository)
+        found = await settings.registry.digest(repository, commit)
+        if found is not None:
+            sink(
+                Event(
+                    "build",
+                    f"{config.image.repository}:{commit[:12]} is already in the registry; not rebuilt",
+                    data={"digest": found, "built": False},
+                )
+            )
+            return ImageRef(repository=config.image.repository, tag=commit, digest=found)
+        request = _build_request(
+            files,
+            config,
+            commit=commit,
+            settings=settings,
+            insecure=settings.registry.scheme(repository.registry) == "http",
+        )
+        sink(Event("build", f"building {request.image} with {settings.builder.name}"))
+        await settings.builder.build_and_push(request, sink)
+    digest = await settings.registry.digest(repository, commit)
+    if digest is None:
+        raise DeployError(f"{request.image} was pushed but the registry does not list it", where="registry")
+    sink(Event("build", f"pushed {config.image.repository}@{digest}", data={"digest": digest, "built": True}))
+    return ImageRef(repository=config.image.repository, tag=commit, digest=digest)
+
+
+def _build_request(
+    files: RepoFiles, config: DeployConfig, *, commit: str, settings: BuildSettings, insecure: bool
+) -> BuildRequest:
+    """The builder's input from the exported tree: context and Dockerfile checked, the context's size capped."""
+    context = files.directory(config.build.context, where=f"{DEPLOY_FILE}: build.context", check_tree=False)
+    dockerfile = files.file(config.build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
+    size = tree_size(context)
+    if size > settings.max_context_bytes:
+        raise DeployError(
+            f"build context {config.build.context!r} is {size / 2**20:.1f} MiB, over the limit of "
+            f"{settings.max_context_bytes / 2**20:.0f} MiB",
+            where=f"{DEPLOY_FILE}: build.context",
+        )
+    return BuildRequest(
+        context=context,
+        dockerfile=dockerfile,
+        image=f"{config.image.repository}:{commit}",
+        args={**config.build.args, "GIT_COMMIT": commit},
+        secret_args=settings.secret_args,
+        insecure=insecure,
+        auth_file=settings.auth_file,
+    )

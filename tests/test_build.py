@@ -1,0 +1,273 @@
+"""Image builds with the real buildah and a real registry (Debian's docker-registry)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import ROOT, edit, run_deployer
+
+from deployer.build import BuildahBuilder, RegistryClient
+from deployer.errors import DeployError
+from deployer.events import Event
+from deployer.pipeline import BuildSettings, build_image
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("buildah") or not shutil.which("docker-registry"),
+    reason="buildah and docker-registry are installed by `make setup`",
+)
+STORAGE = ROOT / ".state" / "containers"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    host: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def requests(self, method: str, path_part: str) -> int:
+        """How many `method` requests whose path contains `path_part` the registry's access log shows."""
+        return sum(1 for line in self.log.read_text().splitlines() if f'"{method} ' in line and path_part in line)
+
+    def tags(self, path: str) -> list[str]:
+        with urllib.request.urlopen(f"http://{self.host}/v2/{path}/tags/list", timeout=10) as response:
+            return list(json.load(response)["tags"])
+
+
+def start_registry(tmp: Path, *, htpasswd: str | None = None) -> Registry:
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(tmp / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+    }
+    if htpasswd:
+        (tmp / "htpasswd").write_text(htpasswd)
+        config["auth"] = {"htpasswd": {"realm": "test", "path": str(tmp / "htpasswd")}}
+    (tmp / "config.yml").write_text(json.dumps(config))
+    log = tmp / "access.log"
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(tmp / "config.yml")], stdout=log.open("wb"), stderr=subprocess.DEVNULL
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return Registry(f"127.0.0.1:{port}", log, process)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    running = start_registry(tmp_path / "registry")
+    yield running
+    running.process.terminate()
+    running.process.wait(timeout=10)
+
+
+@pytest.fixture
+def app(tmp_path: Path, registry: Registry) -> Path:
+    """examples/hello as its own git repository, pushing to the test registry."""
+    repo = tmp_path / "app"
+    shutil.copytree(ROOT / "examples" / "hello", repo)
+    edit(repo / "deploy.yaml", "repository: 127.0.0.1:5000/hello", f"repository: {registry.host}/hello")
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "first")
+    return repo
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=dev@example.com", "-c", "user.name=dev", "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def build(repo: Path, *, settings: BuildSettings | None = None) -> tuple[str, list[Event]]:
+    events: list[Event] = []
+    settings = settings or BuildSettings(builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient())
+    image = asyncio.run(build_image(repo=repo, ref="HEAD", settings=settings, sink=events.append))
+    return image.ref, events
+
+
+def image_file(ref: str, path: str) -> str:
+    """A file's text inside a pushed image, read back from the registry through buildah."""
+    base = [
+        "buildah",
+        "--root",
+        str(STORAGE / "storage"),
+        "--runroot",
+        str(STORAGE / "run"),
+        "--storage-driver",
+        "overlay",
+    ]
+    container = subprocess.run(
+        [*base, "from", "--tls-verify=false", "--pull-always", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        return subprocess.run(
+            [*base, "run", "--isolation", "chroot", container, "cat", path], capture_output=True, text=True, check=False
+        ).stdout
+    finally:
+        subprocess.run([*base, "rm", container], capture_output=True, check=False)
+
+
+def test_build_pushes_the_commit_tag_and_pins_the_digest(app: Path, registry: Registry) -> None:
+    sha = git(app, "rev-parse", "HEAD")
+    ref, events = build(app)
+    assert registry.tags("hello") == [sha]
+    head = urllib.request.Request(
+        f"http://{registry.host}/v2/hello/manifests/{sha}",
+        method="HEAD",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        },
+    )
+    with urllib.request.urlopen(head, timeout=10) as response:
+        digest = response.headers["Docker-Content-Digest"]
+    assert ref == f"{registry.host}/hello@{digest}"
+    assert any(e.kind == "output" and e.message.startswith("STEP 1/") for e in events), "output streamed line by line"
+    assert image_file(ref, "/www/index.html") == f"hello from {sha}\n"
+
+
+def test_the_same_commit_again_is_not_rebuilt(app: Path, registry: Registry) -> None:
+    first, _ = build(app)
+    pushes = registry.requests("PUT", "/manifests/")
+    heads = registry.requests("HEAD", "/manifests/")
+    again, events = build(app)
+    assert again == first
+    assert [e.data.get("built") for e in events if "built" in e.data] == [False]
+    assert not [e for e in events if e.kind == "output"]
+    assert registry.requests("PUT", "/manifests/") == pushes
+    assert registry.requests("HEAD", "/manifests/") == heads + 1, "a re-push costs one registry request"
+
+
+def test_a_change_in_one_file_rebuilds_with_cached_layers(app: Path, registry: Registry) -> None:
+    first, _ = build(app)
+    edit(app / "environments" / "prod.yaml", "replicas: 3", "replicas: 4")
+    sha = commit(app, "more replicas")
+    second, events = build(app)
+    assert second != first
+    output = [e.message for e in events if e.kind == "output"]
+    assert any("Using cache" in line for line in output), output
+    assert image_file(second, "/www/index.html") == f"hello from {sha}\n"
+
+
+def test_the_source_is_the_commit_not_the_working_copy_and_dockerignore_holds(app: Path) -> None:
+    (app / "www" / "notes.txt").write_text("committed\n")
+    (app / "www" / "ignored.txt").write_text("private\n")
+    (app / ".dockerignore").write_text((app / ".dockerignore").read_text() + "www/ignored.txt\n")
+    commit(app, "notes")
+    (app / "www" / "notes.txt").write_text("uncommitted edit\n")
+    ref, _ = build(app)
+    assert image_file(ref, "/www/notes.txt") == "committed\n"
+    assert image_file(ref, "/www/ignored.txt") == ""
+
+
+def test_a_failing_run_shows_the_step_and_the_last_lines(app: Path) -> None:
+    edit(app / "Dockerfile", "USER 65534", "RUN echo about to fail && exit 3\nUSER 65534")
+    commit(app, "broken")
+    result = run_deployer("build", "--repo", app)
+    assert result.code == 1
+    lines = result.err.splitlines()
+    assert lines[0] == (
+        "error: Dockerfile: the image build failed at step 'RUN echo about to fail && exit 3' "
+        "(exit status 3); last 20 lines of output below"
+    )
+    assert len(lines) == 21
+    assert any("about to fail" in line for line in lines[1:])
+    assert "Traceback" not in result.err
+
+
+def test_a_missing_dockerfile_is_one_line(app: Path) -> None:
+    (app / "Dockerfile").unlink()
+    commit(app, "no dockerfile")
+    result = run_deployer("build", "--repo", app)
+    assert result.code == 1
+    assert (
+        result.error_line == "error: deploy.yaml: build.dockerfile: Dockerfile 'Dockerfile' does not exist in the repo"
+    )
+
+
+def test_an_invalid_image_name_is_one_line(app: Path) -> None:
+    edit(app / "deploy.yaml", "/hello\n", "/Hello:latest\n")
+    commit(app, "bad image")
+    result = run_deployer("build", "--repo", app)
+    assert result.code == 1
+    assert result.error_line.startswith("error: deploy.yaml:5:3: image.repository: ")
+    assert "carries a tag or digest; the deployer tags each image with its commit" in result.error_line
+
+
+def test_a_build_context_over_the_limit_is_refused(app: Path) -> None:
+    (app / "www" / "big.bin").write_bytes(b"x" * 2 * 1024 * 1024)
+    commit(app, "big")
+    result = run_deployer("build", "--repo", app, "--max-context-mb", "1")
+    assert result.code == 1
+    assert result.error_line == (
+        "error: deploy.yaml: build.context: build context '.' is 2.0 MiB, over the limit of 1 MiB"
+    )
+
+
+def test_secret_build_args_are_masked(app: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    edit(app / "Dockerfile", "USER 65534", "ARG API_TOKEN\nRUN echo token is $API_TOKEN\nUSER 65534")
+    commit(app, "token")
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-value")
+    result = run_deployer("build", "--repo", app, "--secret-build-arg", "API_TOKEN")
+    assert result.code == 0, result.err
+    assert "s3cr3t-value" not in result.out
+    assert "token is ***" in result.out
+
+
+def test_registry_down_is_retried_then_a_clear_failure(app: Path, registry: Registry) -> None:
+    registry.process.terminate()
+    registry.process.wait(timeout=10)
+    started = time.monotonic()
+    result = run_deployer("build", "--repo", app)
+    assert result.code == 1
+    assert result.error_line.startswith(f"error: registry: registry {registry.host} is unavailable after 4 attempts:")
+    assert time.monotonic() - started > 0.4, "retried with backoff"
+
+
+def test_bad_credentials_are_a_clear_message(tmp_path: Path, app: Path) -> None:
+    secured = start_registry(
+        tmp_path / "secured", htpasswd=f"dev:{crypt.crypt('right', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+    )
+    try:
+        text = (app / "deploy.yaml").read_text()
+        current = text.split("repository: ")[1].split("/")[0]
+        (app / "deploy.yaml").write_text(text.replace(current, secured.host, 1))
+        commit(app, "secured registry")
+        auth = tmp_path / "config.json"
+        auth.write_text(json.dumps({"auths": {secured.host: {"auth": base64.b64encode(b"dev:wrong").decode()}}}))
+        result = run_deployer("build", "--repo", app, "--authfile", auth)
+        assert result.code == 1
+        assert result.error_line == (
+            f"error: registry: registry {secured.host} refused the credentials for hello "
+            "(HTTP 401); check the docker config.json given to the deployer"
+        )
+    finally:
+        secured.process.terminate()
+        secured.process.wait(timeout=10)
