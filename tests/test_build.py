@@ -19,7 +19,6 @@ import pytest
 from support import ROOT, edit, run_deployer
 
 from deployer.build import BuildahBuilder, RegistryClient
-from deployer.errors import DeployError
 from deployer.events import Event
 from deployer.pipeline import BuildSettings, build_image
 
