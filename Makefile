@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test lint unit demo bench clean
+.PHONY: setup test lint demo bench registry sandbox clean
 
 setup:
 	@scripts/setup
@@ -24,6 +24,13 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/build.py
+
+registry: setup
+	$(BIN)/deployer registry --port 5000 --storage .state/registry
+
+sandbox: setup
+	$(BIN)/deployer sandbox --kubeconfig .state/sandbox/kubeconfig --state .state/sandbox/objects
 
 clean:
 	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

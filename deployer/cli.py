@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from deployer import __version__
-from deployer.build import RegistryClient, choose_builder
+from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
 from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
@@ -197,8 +197,19 @@ async def _build(args: argparse.Namespace) -> int:
         if name not in os.environ:
             raise DeployError(f"environment variable {name} is not set", where=f"--secret-build-arg {name}")
         secrets[name] = os.environ[name]
+    if args.builder == "kaniko":
+        from deployer.kube import KubeJobRunner, connect  # noqa: PLC0415 - the cluster client loads only when needed
+
+        app = load_deploy_config(_repo(args.repo)).app if (args.repo / "deploy.yaml").exists() else "app"
+        builder: Builder = KanikoBuilder(
+            runner=KubeJobRunner(connect(args.kubeconfig, args.kube_context)),
+            namespace=args.namespace,
+            context_uri=args.kaniko_source.replace("{app}", app),
+        )
+    else:
+        builder = choose_builder(args.builder, storage=_state_dir() / "containers")
     settings = BuildSettings(
-        builder=choose_builder(args.builder, storage=_state_dir() / "containers"),
+        builder=builder,
         registry=RegistryClient(insecure=frozenset(args.insecure_registry), auth_file=args.authfile),
         max_context_bytes=args.max_context_mb * 2**20,
         secret_args=secrets,

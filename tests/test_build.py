@@ -6,6 +6,7 @@ import asyncio
 import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -270,3 +271,74 @@ def test_bad_credentials_are_a_clear_message(tmp_path: Path, app: Path) -> None:
     finally:
         secured.process.terminate()
         secured.process.wait(timeout=10)
+
+
+@pytest.fixture
+def dockerd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private Docker daemon (no bridge, no iptables rules left behind) with the local base image loaded."""
+    if not shutil.which("dockerd"):
+        pytest.skip("dockerd is installed by `make setup`")
+    root = tmp_path_factory.mktemp("dk")
+    host = f"unix://{root}/docker.sock"
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "x"),
+            "--host",
+            host,
+            "--pidfile",
+            str(root / "pid"),
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "log").open("wb"),
+    )
+    try:
+        for _ in range(200):
+            if subprocess.run(["docker", "-H", host, "version"], capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        base = [
+            "buildah",
+            "--root",
+            str(STORAGE / "storage"),
+            "--runroot",
+            str(STORAGE / "run"),
+            "--storage-driver",
+            "overlay",
+        ]
+        archive = root / "base.tar"
+        subprocess.run(
+            [
+                *base,
+                "push",
+                "localhost/deployer/busybox:1.35",
+                f"docker-archive:{archive}:localhost/deployer/busybox:1.35",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["docker", "-H", host, "load", "-i", str(archive)], capture_output=True, check=True)
+        monkeypatch.setenv("DOCKER_HOST", host)
+        yield host
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_docker_builder_is_chosen_when_a_daemon_is_there(app: Path, registry: Registry, dockerd: str) -> None:
+    result = run_deployer("build", "--repo", app)
+    assert result.code == 0, result.err
+    sha = git(app, "rev-parse", "HEAD")
+    assert f"[build] building {registry.host}/hello:{sha} with docker" in result.out
+    assert "Step 1/" in result.out
+    assert registry.tags("hello") == [sha]
+    assert (
+        image_file(result.out.strip().splitlines()[-1].removeprefix("image: "), "/www/index.html")
+        == f"hello from {sha}\n"
+    )
