@@ -6,7 +6,6 @@ import asyncio
 import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import json
-import os
 import shutil
 import socket
 import subprocess
