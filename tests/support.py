@@ -15,6 +15,17 @@ from deployer.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+STATE = Path(os.environ.get("DEPLOYER_STATE_DIR", ROOT / ".state"))
+# buildah on the project's own storage, where `make setup` put the examples' base image
+BUILDAH = [
+    "buildah",
+    "--root",
+    str(STATE / "containers" / "storage"),
+    "--runroot",
+    str(STATE / "containers" / "run"),
+    "--storage-driver",
+    "overlay",
+]
 
 
 @dataclass

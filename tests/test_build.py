@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import ROOT, edit, run_deployer
+from support import BUILDAH, ROOT, STATE, edit, run_deployer
 
 from deployer.build import BuildahBuilder, RegistryClient
 from deployer.events import Event
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     not shutil.which("buildah") or not shutil.which("docker-registry"),
     reason="buildah and docker-registry are installed by `make setup`",
 )
-STORAGE = ROOT / ".state" / "containers"
+STORAGE = STATE / "containers"
 
 
 def free_port() -> int:
@@ -114,15 +114,7 @@ def build(repo: Path, *, settings: BuildSettings | None = None) -> tuple[str, li
 
 def image_file(ref: str, path: str) -> str:
     """A file's text inside a pushed image, read back from the registry through buildah."""
-    base = [
-        "buildah",
-        "--root",
-        str(STORAGE / "storage"),
-        "--runroot",
-        str(STORAGE / "run"),
-        "--storage-driver",
-        "overlay",
-    ]
+    base = BUILDAH
     container = subprocess.run(
         [*base, "from", "--tls-verify=false", "--pull-always", ref], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -302,15 +294,7 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
             if subprocess.run(["docker", "-H", host, "version"], capture_output=True, check=False).returncode == 0:
                 break
             time.sleep(0.1)
-        base = [
-            "buildah",
-            "--root",
-            str(STORAGE / "storage"),
-            "--runroot",
-            str(STORAGE / "run"),
-            "--storage-driver",
-            "overlay",
-        ]
+        base = BUILDAH
         archive = root / "base.tar"
         subprocess.run(
             [
@@ -328,6 +312,12 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+        # dockerd leaves its default network namespace bind-mounted under the exec root
+        mounts = Path("/proc/mounts").read_text().split("\n")
+        for target in [
+            line.split()[1] for line in mounts if len(line.split()) > 1 and line.split()[1].startswith(str(root))
+        ]:
+            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 def test_docker_builder_is_chosen_when_a_daemon_is_there(app: Path, registry: Registry, dockerd: str) -> None:

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
-from support import EXAMPLES, ROOT
-
-STATE = Path(os.environ.get("DEPLOYER_STATE_DIR", ROOT / ".state"))
-STORAGE = [
-    "--root",
-    str(STATE / "containers" / "storage"),
-    "--runroot",
-    str(STATE / "containers" / "run"),
-    "--storage-driver",
-    "overlay",
-]
+from support import BUILDAH, EXAMPLES
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is installed by `make setup`")
 
 
 def buildah(*args: str) -> str:
-    proc = subprocess.run(["buildah", *STORAGE, *args], capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
