@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from support import BUILDAH, ROOT, STATE, edit, run_deployer
 
-from deployer.build import BuildahBuilder, RegistryClient
+from deployer.build import BuildahBuilder, BuildRequest, RegistryClient, Repository
+from deployer.build.builders import run_streaming
 from deployer.events import Event
 from deployer.pipeline import BuildSettings, build_image
 
@@ -331,3 +332,27 @@ def test_docker_builder_is_chosen_when_a_daemon_is_there(app: Path, registry: Re
         image_file(result.out.strip().splitlines()[-1].removeprefix("image: "), "/www/index.html")
         == f"hello from {sha}\n"
     )
+
+
+def test_the_registry_client_reads_manifests_by_tag_and_digest(app: Path, registry: Registry) -> None:
+    ref, _ = build(app)
+    digest = ref.rsplit("@", 1)[1]
+    client = RegistryClient()
+    repository = Repository.parse(f"{registry.host}/hello")
+    by_tag = asyncio.run(client.manifest(repository, git(app, "rev-parse", "HEAD")))
+    by_digest = asyncio.run(client.manifest(repository, digest))
+    assert by_tag == by_digest
+    assert by_tag is not None and by_tag["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert asyncio.run(client.manifest(repository, "no-such-tag")) is None
+
+
+def test_build_output_is_capped_and_says_so() -> None:
+    events: list[Event] = []
+    request = BuildRequest(context=Path("."), dockerfile=Path("Dockerfile"), image="x:y")
+    run = asyncio.run(run_streaming(["seq", "1", "50"], request=request, sink=events.append, cap=10))
+    assert run.code == 0
+    assert [e.message for e in events if e.kind == "output"] == [str(i) for i in range(1, 11)]
+    assert [e.message for e in events if e.kind == "warning"] == [
+        "(build output capped at 10 lines; the rest is not shown)"
+    ]
+    assert run.tail[-1] == "50", "the tail keeps the last lines even when the output is capped"

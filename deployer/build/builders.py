@@ -62,11 +62,18 @@ class Run:
     step: str | None
 
 
-async def run_streaming(argv: Sequence[str], *, request: BuildRequest, sink: EventSink, env: dict[str, str] | None = None,
-                        cap: int = OUTPUT_CAP) -> Run:
+async def run_streaming(
+    argv: Sequence[str],
+    *,
+    request: BuildRequest,
+    sink: EventSink,
+    env: dict[str, str] | None = None,
+    cap: int = OUTPUT_CAP,
+) -> Run:
     """Run `argv`, sending each output line (stdout and stderr merged) to `sink` as it comes."""
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                env={**os.environ, **(env or {})})
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
     assert proc.stdout is not None
     tail: deque[str] = deque(maxlen=TAIL)
     step, count = None, 0
@@ -85,8 +92,11 @@ async def run_streaming(argv: Sequence[str], *, request: BuildRequest, sink: Eve
 
 def failure(what: str, run: Run) -> DeployError:
     step = f" at step {run.step!r}" if run.step else ""
-    return DeployError(f"{what} failed{step} (exit status {run.code}); last {len(run.tail)} lines of output below",
-                       where="Dockerfile" if run.step else "build", details=tuple(run.tail))
+    return DeployError(
+        f"{what} failed{step} (exit status {run.code}); last {len(run.tail)} lines of output below",
+        where="Dockerfile" if run.step else "build",
+        details=tuple(run.tail),
+    )
 
 
 class BuildahBuilder:
@@ -98,19 +108,42 @@ class BuildahBuilder:
         self.storage = storage
 
     def _base(self) -> list[str]:
-        return ["buildah", "--root", str(self.storage / "storage"), "--runroot", str(self.storage / "run"),
-                "--storage-driver", "overlay"]
+        return [
+            "buildah",
+            "--root",
+            str(self.storage / "storage"),
+            "--runroot",
+            str(self.storage / "run"),
+            "--storage-driver",
+            "overlay",
+        ]
 
     async def build_and_push(self, request: BuildRequest, sink: EventSink) -> None:
-        bud = [*self._base(), "bud", "--isolation", "chroot", "--layers", "-f", str(request.dockerfile),
-               "-t", request.image, *request.build_args(), str(request.context)]
+        bud = [
+            *self._base(),
+            "bud",
+            "--isolation",
+            "chroot",
+            "--layers",
+            "-f",
+            str(request.dockerfile),
+            "-t",
+            request.image,
+            *request.build_args(),
+            str(request.context),
+        ]
         sink(Event("build", f"buildah bud -t {request.image}"))
         run = await run_streaming(bud, request=request, sink=sink)
         if run.code != 0:
             raise failure("the image build", run)
-        push = [*self._base(), "push", f"--tls-verify={'false' if request.insecure else 'true'}",
-                *(["--authfile", str(request.auth_file)] if request.auth_file else []),
-                request.image, f"docker://{request.image}"]
+        push = [
+            *self._base(),
+            "push",
+            f"--tls-verify={'false' if request.insecure else 'true'}",
+            *(["--authfile", str(request.auth_file)] if request.auth_file else []),
+            request.image,
+            f"docker://{request.image}",
+        ]
         sink(Event("build", f"pushing {request.image}"))
         await push_with_retries(push, request=request, sink=sink)
 
@@ -126,8 +159,18 @@ class DockerBuilder:
 
     async def build_and_push(self, request: BuildRequest, sink: EventSink) -> None:
         config = {"DOCKER_CONFIG": str(request.auth_file.parent)} if request.auth_file else {}
-        build = ["docker", "build", "--network", "host", "-f", str(request.dockerfile), "-t", request.image,
-                 *request.build_args(), str(request.context)]
+        build = [
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "-f",
+            str(request.dockerfile),
+            "-t",
+            request.image,
+            *request.build_args(),
+            str(request.context),
+        ]
         sink(Event("build", f"docker build -t {request.image}"))
         run = await run_streaming(build, request=request, sink=sink, env={"DOCKER_BUILDKIT": "0", **config})
         if run.code != 0:
@@ -136,8 +179,9 @@ class DockerBuilder:
         await push_with_retries(["docker", "push", request.image], request=request, sink=sink, env=config)
 
 
-async def push_with_retries(argv: list[str], *, request: BuildRequest, sink: EventSink,
-                            env: dict[str, str] | None = None, attempts: int = 3) -> None:
+async def push_with_retries(
+    argv: list[str], *, request: BuildRequest, sink: EventSink, env: dict[str, str] | None = None, attempts: int = 3
+) -> None:
     """Push, retrying a failed push with backoff (a registry restart, a dropped connection)."""
     for attempt in range(1, attempts + 1):
         run = await run_streaming(argv, request=request, sink=sink, env=env)
@@ -145,13 +189,17 @@ async def push_with_retries(argv: list[str], *, request: BuildRequest, sink: Eve
             return
         text = " ".join(run.tail).lower()
         if "unauthorized" in text or "authentication required" in text or "denied" in text:
-            raise DeployError(f"the registry refused the credentials for {request.image}", where="registry",
-                              details=tuple(run.tail))
+            raise DeployError(
+                f"the registry refused the credentials for {request.image}", where="registry", details=tuple(run.tail)
+            )
         if attempt < attempts:
             sink(Event("build", f"push failed (attempt {attempt} of {attempts}); retrying", kind="warning"))
             await asyncio.sleep(0.5 * 2 ** (attempt - 1))
-    raise DeployError(f"pushing {request.image} failed after {attempts} attempts; is the registry up?",
-                      where="registry", details=tuple(run.tail))
+    raise DeployError(
+        f"pushing {request.image} failed after {attempts} attempts; is the registry up?",
+        where="registry",
+        details=tuple(run.tail),
+    )
 
 
 def choose_builder(name: str, *, storage: Path) -> Builder:

@@ -11,21 +11,25 @@ import base64
 import ipaddress
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from deployer.errors import DeployError, TransientError
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-])
+T = TypeVar("T")
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
 _HOST = re.compile(r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
 _PATH = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -47,8 +51,11 @@ class Repository:
         else:
             registry, path = "docker.io", name if "/" in name else f"library/{name}"
         if not _HOST.match(registry) or not _PATH.match(path):
-            raise DeployError(f"{name!r} is not a valid image repository (expected e.g. registry.example.com/team/app, "
-                              "lowercase, without tag)", where="image.repository")
+            raise DeployError(
+                f"{name!r} is not a valid image repository (expected e.g. registry.example.com/team/app, "
+                "lowercase, without tag)",
+                where="image.repository",
+            )
         return cls(registry, path)
 
     def __str__(self) -> str:
@@ -90,8 +97,14 @@ def load_credentials(auth_file: Path | None) -> dict[str, tuple[str, str]]:
 class RegistryClient:
     """Asks a registry about manifests; one instance per build, sessions are short-lived."""
 
-    def __init__(self, *, insecure: frozenset[str] = frozenset(), auth_file: Path | None = None,
-                 timeout: float = 10.0, attempts: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        insecure: frozenset[str] = frozenset(),
+        auth_file: Path | None = None,
+        timeout: float = 10.0,
+        attempts: int = 4,
+    ) -> None:
         self.insecure = insecure
         self.credentials = load_credentials(auth_file)
         self.timeout = timeout
@@ -101,32 +114,63 @@ class RegistryClient:
     def scheme(self, registry: str) -> str:
         return "http" if registry in self.insecure or is_loopback(registry) else "https"
 
+    def _url(self, repository: Repository, reference: str) -> str:
+        return f"{self.scheme(repository.registry)}://{repository.registry}/v2/{repository.path}/manifests/{reference}"
+
     async def digest(self, repository: Repository, tag: str) -> str | None:
-        """The manifest digest of `repository:tag`, or None when the registry does not have it."""
-        url = f"{self.scheme(repository.registry)}://{repository.registry}/v2/{repository.path}/manifests/{check_tag(tag)}"
+        """The manifest digest of `repository:tag`, or None when the registry does not have it (one HEAD)."""
+
+        async def read(response: aiohttp.ClientResponse) -> str | None:
+            return self._digest_of(repository, response)
+
+        return await self._retrying(repository, "HEAD", self._url(repository, check_tag(tag)), read)
+
+    async def manifest(self, repository: Repository, reference: str) -> dict[str, Any] | None:
+        """The manifest (OCI or Docker) of a tag or digest, or None when the registry does not have it."""
+
+        async def read(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
+            if self._digest_of(repository, response) is None:
+                return None
+            body: dict[str, Any] = await response.json(content_type=None)
+            return body
+
+        return await self._retrying(repository, "GET", self._url(repository, reference), read)
+
+    async def _retrying(
+        self, repository: Repository, method: str, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]]
+    ) -> T:
         try:
-            async for attempt in AsyncRetrying(retry=retry_if_exception_type(TransientError),
-                                               stop=stop_after_attempt(self.attempts),
-                                               wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2), reraise=False):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TransientError),
+                stop=stop_after_attempt(self.attempts),
+                wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
+            ):
                 with attempt:
-                    return await self._head(repository, url)
+                    return await self._request(repository, method, url, read)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            raise DeployError(f"registry {repository.registry} is unavailable after {self.attempts} attempts: {cause}",
-                              where="registry") from None
-        return None
+            raise DeployError(
+                f"registry {repository.registry} is unavailable after {self.attempts} attempts: {cause}",
+                where="registry",
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _head(self, repository: Repository, url: str) -> str | None:
+    async def _request(
+        self, repository: Repository, method: str, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]]
+    ) -> T:
+        """One request, answering a 401 challenge once; connection trouble is a TransientError."""
         headers = {"Accept": MANIFEST_TYPES, **self._auth_header(repository.registry)}
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.head(url, headers=headers) as response:
-                    if response.status == 401 and await self._authenticate(session, repository, response):
-                        headers.update(self._auth_header(repository.registry))
-                        async with session.head(url, headers=headers) as retried:
-                            return self._digest_of(repository, retried)
-                    return self._digest_of(repository, response)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(method, url, headers=headers) as response,
+            ):
+                if response.status == 401 and await self._authenticate(session, repository, response):
+                    headers.update(self._auth_header(repository.registry))
+                    async with session.request(method, url, headers=headers) as retried:
+                        return await read(retried)
+                return await read(response)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -134,14 +178,18 @@ class RegistryClient:
         if response.status == 404:
             return None
         if response.status in (401, 403):
-            raise DeployError(f"registry {repository.registry} refused the credentials for {repository.path} "
-                              f"(HTTP {response.status}); check the docker config.json given to the deployer",
-                              where="registry")
+            raise DeployError(
+                f"registry {repository.registry} refused the credentials for {repository.path} "
+                f"(HTTP {response.status}); check the docker config.json given to the deployer",
+                where="registry",
+            )
         if response.status >= 500 or response.status == 429:
             raise TransientError(f"HTTP {response.status}")
         if response.status != 200:
-            raise DeployError(f"registry {repository.registry} answered HTTP {response.status} for {repository.path}",
-                              where="registry")
+            raise DeployError(
+                f"registry {repository.registry} answered HTTP {response.status} for {repository.path}",
+                where="registry",
+            )
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             raise DeployError(f"registry {repository.registry} sent no Docker-Content-Digest", where="registry")
@@ -152,8 +200,9 @@ class RegistryClient:
             return {"Authorization": self._tokens[registry]}
         return {}
 
-    async def _authenticate(self, session: aiohttp.ClientSession, repository: Repository,
-                            response: aiohttp.ClientResponse) -> bool:
+    async def _authenticate(
+        self, session: aiohttp.ClientSession, repository: Repository, response: aiohttp.ClientResponse
+    ) -> bool:
         """Answer a 401 challenge: basic credentials, or a bearer token from the realm. False if no credentials."""
         creds = self.credentials.get(repository.registry)
         challenge = response.headers.get("WWW-Authenticate", "")
@@ -170,8 +219,11 @@ class RegistryClient:
         params.setdefault("scope", f"repository:{repository.path}:pull")
         async with session.get(realm, params=params, headers={"Authorization": basic}) as token_response:
             if token_response.status != 200:
-                raise DeployError(f"registry {repository.registry} refused the credentials "
-                                  f"(token service answered HTTP {token_response.status})", where="registry")
+                raise DeployError(
+                    f"registry {repository.registry} refused the credentials "
+                    f"(token service answered HTTP {token_response.status})",
+                    where="registry",
+                )
             body = await token_response.json(content_type=None)
         self._tokens[repository.registry] = f"Bearer {body.get('token') or body.get('access_token')}"
         return True

@@ -12,8 +12,9 @@ from deployer.errors import DeployError
 
 
 async def _git(repo: Path, *args: str) -> bytes:
-    proc = await asyncio.create_subprocess_exec("git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        "git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise DeployError(f"git {args[0]} failed: {' '.join(err.decode(errors='replace').split())}", where=str(repo))
