@@ -1,0 +1,1 @@
+"""The canary's decisions and transformations (pure): its objects, its weights, its verdict, rollout status."""
