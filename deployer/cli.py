@@ -19,7 +19,7 @@ from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
 from deployer.events import Event
 from deployer.helm import Helm
-from deployer.pipeline import BuildSettings, Rendered, build_image, render_environment
+from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
 
 UNCOMMITTED = "uncommitted"
 
@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--max-context-mb", type=int, default=200, help="refuse larger build contexts (default 200)")
     build.add_argument("--output", "-o", choices=["text", "json"], default="text")
+
+    deploy = commands.add_parser("deploy", help="render and release an image that is already built")
+    deploy.add_argument("--env", required=True, help="environment name from deploy.yaml")
+    deploy.add_argument("--image", required=True, help="REPO@sha256:DIGEST (or REPO:TAG) to release")
+    deploy.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
+    deploy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets")
+    deploy.add_argument("--kubeconfig", type=Path, help="the cluster (default: $KUBECONFIG, or in-cluster)")
+    deploy.add_argument("--context", dest="kube_context", help="kubeconfig context")
+    deploy.add_argument("--skip-canary", action="store_true", help="apply and wait, without a canary")
+    deploy.add_argument("--no-wait", action="store_true", help="fail at once if another release holds the lock")
+    deploy.add_argument("--rollout-timeout", type=float, default=300, help="seconds to wait for a rollout")
+    deploy.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
     registry = commands.add_parser("registry", help="run a local image registry (docker-registry) for demos and tests")
     registry.add_argument("--port", type=int, default=5000)
@@ -221,6 +233,45 @@ async def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image(text: str, commit: str) -> ImageRef:
+    if "@" in text:
+        repository, digest = text.split("@", 1)
+        return ImageRef(repository=repository, tag=commit, digest=digest)
+    repository, _, tag = text.rpartition(":")
+    if not repository or "/" in tag:
+        raise DeployError(f"{text!r} is not REPO@sha256:DIGEST or REPO:TAG", where="--image")
+    return ImageRef(repository=repository, tag=tag)
+
+
+async def _deploy(args: argparse.Namespace) -> int:
+    from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
+    from deployer.pipeline.release import ReleaseOptions, release  # noqa: PLC0415
+
+    repo = _repo(args.repo)
+    config = load_deploy_config(repo)
+    image = _image(args.image, _head_commit(args.repo))  # a REPO:SHA tag names its commit; a digest does not
+    rendered = await render_environment(
+        repo=repo, config=config, environment=args.env, commit=image.tag, digest=image.digest, sets=tuple(args.sets)
+    )
+    options = ReleaseOptions(
+        skip_canary=args.skip_canary,
+        wait_for_lock=not args.no_wait,
+        rollout_timeout=args.rollout_timeout,
+        pusher=os.environ.get("USER", ""),
+    )
+    record = await release(
+        api=connect(args.kubeconfig, args.kube_context),
+        rendered=rendered,
+        policy=config.environments[args.env].canary,
+        image=image,
+        options=options,
+        sink=_printer(args.output),
+    )
+    if args.output == "text":
+        print(f"released revision {record['revision']} of {config.app} to {args.env}: {image.ref}")
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
     storage = args.storage.resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -245,26 +296,27 @@ def _registry(args: argparse.Namespace) -> int:
         return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "sandbox":
-        return _sandbox(args)
-    if args.command == "build":
-        return asyncio.run(_build(args))
-    if args.command == "registry":
-        return _registry(args)
-    if args.command == "schema":
-        print(json.dumps(json_schema(), indent=2))
-        return 0
-    if args.command == "render":
-        return asyncio.run(_render(args))
-    return asyncio.run(_validate(args))
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "render": lambda args: asyncio.run(_render(args)),
+    "validate": lambda args: asyncio.run(_validate(args)),
+    "schema": _schema,
+    "build": lambda args: asyncio.run(_build(args)),
+    "deploy": lambda args: asyncio.run(_deploy(args)),
+    "registry": _registry,
+    "sandbox": _sandbox,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 1 on a DeployError (one line on stderr), 2 on a usage error."""
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for line in exc.details:

@@ -136,3 +136,21 @@ def weights(virtual: dict[str, Any]) -> tuple[int, int]:
     route = ((virtual.get("spec") or {}).get("http") or [{}])[0].get("route") or []
     by_subset = {r["destination"].get("subset"): int(r.get("weight", 0)) for r in route}
     return by_subset.get(STABLE, 0), by_subset.get(CANARY, 0)
+
+
+OWNER_LABELS = ("app.kubernetes.io/managed-by", "deployer.dev/app", "deployer.dev/environment")
+
+
+def owned_by_release(objects: list[dict[str, Any]], *, app: str, environment: str) -> list[dict[str, Any]]:
+    """The objects labelled as the deployer's for (app, environment), so a later release can prune them."""
+    out = []
+    for obj in objects:
+        labelled = copy.deepcopy(obj)
+        labels = labelled["metadata"].setdefault("labels", {})
+        labels.update({OWNER_LABELS[0]: "deployer", OWNER_LABELS[1]: app, OWNER_LABELS[2]: environment})
+        out.append(labelled)
+    return out
+
+
+def owner_selector(*, app: str, environment: str) -> str:
+    return f"{OWNER_LABELS[0]}=deployer,{OWNER_LABELS[1]}={app},{OWNER_LABELS[2]}={environment}"

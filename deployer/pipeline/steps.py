@@ -7,6 +7,8 @@ schema-checked manifests that environment should get.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -58,6 +60,11 @@ class Rendered:
     @property
     def manifests(self) -> list[dict[str, Any]]:
         return [item.obj for item in self.objects]
+
+    @property
+    def values_digest(self) -> str:
+        """sha256 of the values the templates saw, for the release record."""
+        return "sha256:" + hashlib.sha256(json.dumps(self.values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def injected_values(*, config: DeployConfig, environment: str, image: ImageRef, commit: str) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""The cluster as the release engine uses it: server-side apply, reads, deletes, prune and rollout waits.
+
+Calls run in threads (the official client is synchronous) and go through `call`, so 5xx, 429, timeouts and
+connection errors are retried with backoff; anything else becomes a DeployError naming the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from kubernetes import client, dynamic, watch
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from deployer.errors import DeployError
+from deployer.events import Event, EventSink
+from deployer.kube.jobs import call
+
+MANAGER = "deployer"
+
+
+def ref(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+class Kube:
+    """One cluster, one field manager."""
+
+    def __init__(self, api: client.ApiClient, *, manager: str = MANAGER) -> None:
+        self.api = api
+        self.manager = manager
+        self.dynamic = call(dynamic.DynamicClient, api)
+        self.apps = client.AppsV1Api(api)
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            raise DeployError(f"the cluster does not serve {kind} in {api_version}", where="cluster") from None
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        try:
+            self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    async def apply(self, objects: list[dict[str, Any]], *, namespace: str) -> list[dict[str, Any]]:
+        """Server-side apply each object in order (forcing: git is the source of truth for these fields)."""
+        return await asyncio.to_thread(lambda: [self._apply(obj, namespace) for obj in objects])
+
+    def _apply(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        ns = namespace if resource.namespaced else None
+        try:
+            applied = call(
+                resource.server_side_apply,
+                body=obj,
+                name=obj["metadata"]["name"],
+                namespace=ns,
+                field_manager=self.manager,
+                force_conflicts=True,
+            )
+        except client.ApiException as exc:
+            raise DeployError(f"{ref(obj)}: the cluster refused it: {_message(exc)}", where=namespace) from None
+        return dict(applied.to_dict())
+
+    async def get(self, api_version: str, kind: str, *, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                return dict(call(self._resource(api_version, kind).get, name=name, namespace=namespace).to_dict())
+            except NotFoundError:
+                return None
+
+        return await asyncio.to_thread(read)
+
+    async def delete(self, api_version: str, kind: str, *, namespace: str, name: str) -> bool:
+        """Delete with background propagation; False if it was not there."""
+
+        def remove() -> bool:
+            try:
+                call(
+                    self._resource(api_version, kind).delete,
+                    name=name,
+                    namespace=namespace,
+                    body={"propagationPolicy": "Background"},
+                )
+            except NotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(remove)
+
+    async def owned(self, kinds: list[tuple[str, str]], *, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of these kinds carrying the deployer's labels, for pruning."""
+
+        def list_all() -> list[dict[str, Any]]:
+            found = []
+            for api_version, kind in kinds:
+                if self.has_kind(api_version, kind):
+                    items = call(self._resource(api_version, kind).get, namespace=namespace, label_selector=selector)
+                    found += [{"apiVersion": api_version, "kind": kind, **dict(i.to_dict())} for i in items.items]
+            return found
+
+        return await asyncio.to_thread(list_all)
+
+    async def wait_rollout(self, name: str, *, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
+        """Follow a Deployment by watch until `status_of(deployment)` says done or failed, or `timeout` passes."""
+        return await asyncio.to_thread(self._wait, name, namespace, timeout, sink, status_of)
+
+    def _wait(self, name: str, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
+        deadline, last = time.monotonic() + timeout, None
+        while (remaining := deadline - time.monotonic()) > 0:
+            current = self.api.sanitize_for_serialization(call(self.apps.read_namespaced_deployment, name, namespace))
+            state = status_of(current)
+            if state.message != last:
+                sink(Event("rollout", state.message))
+                last = state.message
+            if state.state.value != "waiting":
+                return state
+            stream = watch.Watch().stream(
+                self.apps.list_namespaced_deployment,
+                namespace,
+                field_selector=f"metadata.name={name}",
+                resource_version=current["metadata"]["resourceVersion"],
+                timeout_seconds=max(1, int(min(remaining, 30))),
+            )
+            for event in stream:
+                state = status_of(self.api.sanitize_for_serialization(event["object"]))
+                if state.message != last:
+                    sink(Event("rollout", state.message))
+                    last = state.message
+                if state.state.value != "waiting" or time.monotonic() > deadline:
+                    break
+            if state.state.value != "waiting":
+                return state
+        raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({last})', where=namespace)
+
+
+def _message(exc: client.ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "").get("message", exc.reason))
+    except (ValueError, TypeError):
+        return f"HTTP {exc.status} {exc.reason}"

@@ -1,0 +1,138 @@
+"""The per-environment lock: a coordination.k8s.io Lease with a holder and an expiry (DESIGN.md section 5).
+
+A dead holder's lease expires and is taken over; a live holder's lease is waited for (or refused at once).
+Takeover uses the Lease's resourceVersion, so two deployers racing for it cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from typing import Any
+
+from kubernetes import client
+
+from deployer.errors import DeployError
+from deployer.events import Event, EventSink
+from deployer.kube.jobs import call
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Lock:
+    """`async with Lock(...)`: hold `name` in `namespace` for the block, renewing it in the background."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        name: str,
+        holder: str,
+        duration: int = 30,
+        wait: bool = True,
+        timeout: float = 600.0,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.leases = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.holder = namespace, name, holder
+        self.duration, self.wait, self.timeout = duration, wait, timeout
+        self.sink = sink or (lambda event: None)
+        self._renewer: asyncio.Task[None] | None = None
+
+    def _body(self, resource_version: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "deployer"}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        now = _stamp(_now())
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.holder,
+                "leaseDurationSeconds": self.duration,
+                "acquireTime": now,
+                "renewTime": now,
+            },
+        }
+
+    def _try(self) -> str | None:
+        """Take the lease if free or expired; otherwise return its live holder."""
+        try:
+            call(self.leases.create_namespaced_lease, self.namespace, self._body())
+            return None
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise DeployError(f"cannot create Lease {self.name}: HTTP {exc.status}", where=self.namespace) from None
+        lease = self.leases.api_client.sanitize_for_serialization(
+            call(self.leases.read_namespaced_lease, self.name, self.namespace)
+        )
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = spec.get("renewTime") or spec.get("acquireTime")
+        expired = (
+            renewed is None
+            or (
+                datetime.datetime.fromisoformat(renewed.replace("Z", "+00:00"))
+                + datetime.timedelta(seconds=spec.get("leaseDurationSeconds") or 0)
+            )
+            < _now()
+        )
+        if holder not in (None, "", self.holder) and not expired:
+            return str(holder)
+        try:
+            call(
+                self.leases.replace_namespaced_lease,
+                self.name,
+                self.namespace,
+                self._body(lease["metadata"]["resourceVersion"]),
+            )
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return "another deployer (it took the lease first)"
+            raise
+        if expired and holder not in (None, "", self.holder):
+            self.sink(Event("lock", f"took over the expired lease of {holder}"))
+        return None
+
+    async def __aenter__(self) -> Lock:
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        told = False
+        while (holder := await asyncio.to_thread(self._try)) is not None:
+            if not self.wait:
+                raise DeployError(
+                    f"another release holds the lock: {holder}", where=f"Lease {self.namespace}/{self.name}"
+                )
+            if not told:
+                self.sink(Event("lock", f"waiting for the release held by {holder} to finish"))
+                told = True
+            if asyncio.get_running_loop().time() > deadline:
+                raise DeployError(
+                    f"gave up waiting for the lock held by {holder} after {self.timeout:g}s",
+                    where=f"Lease {self.namespace}/{self.name}",
+                )
+            await asyncio.sleep(min(1.0, self.duration / 3))
+        self._renewer = asyncio.get_running_loop().create_task(self._renew())
+        return self
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.duration / 3)
+            with contextlib.suppress(Exception):  # a missed renewal is retried; expiry is the safety net
+                await asyncio.to_thread(self._try)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._renewer:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        with contextlib.suppress(client.ApiException):
+            await asyncio.to_thread(call, self.leases.delete_namespaced_lease, self.name, self.namespace)

@@ -1,0 +1,80 @@
+"""Release records: one Secret per revision, like Helm's (DESIGN.md section 5); history capped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+from typing import Any
+
+from kubernetes import client
+
+from deployer.kube.jobs import call
+
+TYPE = "deployer.dev/release.v1"
+
+
+def _name(app: str, environment: str, revision: int) -> str:
+    return f"deployer.{app}.{environment}.v{revision}"
+
+
+class Records:
+    """The release history of one (app, environment) in its namespace."""
+
+    def __init__(self, api: client.ApiClient, *, namespace: str, app: str, environment: str, keep: int = 10) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace, self.app, self.environment, self.keep = namespace, app, environment, keep
+
+    @property
+    def selector(self) -> str:
+        return f"owner=deployer,deployer.dev/app={self.app},deployer.dev/environment={self.environment}"
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Every stored release, oldest first."""
+
+        def read() -> list[dict[str, Any]]:
+            listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
+            secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
+            records = [
+                json.loads(gzip.decompress(base64.b64decode(base64.b64decode(s["data"]["release"]))))
+                for s in secrets
+                if (s.get("data") or {}).get("release")
+            ]
+            return sorted(records, key=lambda r: int(r["revision"]))
+
+        return await asyncio.to_thread(read)
+
+    async def save(self, record: dict[str, Any]) -> None:
+        """Create or replace the record of `record["revision"]`, then drop the oldest beyond `keep`."""
+
+        def write() -> None:
+            name = _name(self.app, self.environment, int(record["revision"]))
+            labels = {
+                "owner": "deployer",
+                "deployer.dev/app": self.app,
+                "deployer.dev/environment": self.environment,
+                "deployer.dev/revision": str(record["revision"]),
+                "deployer.dev/status": str(record["status"]),
+            }
+            payload = base64.b64encode(gzip.compress(json.dumps(record, sort_keys=True).encode())).decode()
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": TYPE,
+                "metadata": {"name": name, "labels": labels},
+                "data": {"release": base64.b64encode(payload.encode()).decode()},
+            }
+            try:
+                call(self.core.create_namespaced_secret, self.namespace, body)
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+                call(self.core.replace_namespaced_secret, name, self.namespace, body)
+            listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
+            secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
+            revisions = sorted(int(s["metadata"]["labels"]["deployer.dev/revision"]) for s in secrets)
+            for old in revisions[: max(0, len(revisions) - self.keep)]:
+                call(self.core.delete_namespaced_secret, _name(self.app, self.environment, old), self.namespace)
+
+        await asyncio.to_thread(write)

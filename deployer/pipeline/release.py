@@ -1,0 +1,230 @@
+"""Steps 7 to 10: lock, canary beside stable, weights step by step, verdict, promote or roll back, record.
+
+The first release of an environment (or one with no Service to split traffic on) skips the canary. The
+stable version is never touched before promotion. Checks so far: readiness of the canary's pods; the HTTP
+and Prometheus checks come with the data-plane issue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, rollout_status, verdict
+from deployer.canary.objects import (
+    ISTIO,
+    CanaryTarget,
+    canary_deployment,
+    canary_targets,
+    destination_rule,
+    owned_by_release,
+    owner_selector,
+    stable_objects,
+    virtual_service,
+)
+from deployer.config.model import CanaryPolicy
+from deployer.errors import DeployError
+from deployer.events import Event, EventSink, discard
+from deployer.kube.cluster import Kube
+from deployer.kube.lease import Lock
+from deployer.kube.records import Records
+from deployer.pipeline.steps import ImageRef, Rendered
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    skip_canary: bool = False
+    wait_for_lock: bool = True
+    rollout_timeout: float = 300.0
+    pusher: str = ""
+
+
+@dataclass
+class _Release:
+    """What one release works with."""
+
+    kube: Kube
+    records: Records
+    rendered: Rendered
+    objects: list[dict[str, Any]]
+    targets: list[CanaryTarget]
+    record: dict[str, Any]
+    options: ReleaseOptions
+    sink: EventSink
+
+    @property
+    def namespace(self) -> str:
+        return self.rendered.namespace
+
+    async def save(self, **changes: Any) -> None:
+        self.record.update(changes)
+        await self.records.save(self.record)
+
+
+async def release(
+    *,
+    api: client.ApiClient,
+    rendered: Rendered,
+    policy: CanaryPolicy,
+    image: ImageRef,
+    options: ReleaseOptions = ReleaseOptions(),
+    sink: EventSink = discard,
+) -> dict[str, Any]:
+    """Release `rendered` to its environment; return the record. A rollback raises DeployError after recording."""
+    kube = await asyncio.to_thread(Kube, api)
+    holder = f"{socket.gethostname()}-{os.getpid()}"
+    lease = f"deployer-{rendered.app}-{rendered.environment}"
+    async with Lock(
+        api, namespace=rendered.namespace, name=lease, holder=holder, wait=options.wait_for_lock, sink=sink
+    ):
+        records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
+        history = await records.history()
+        previous = next((r for r in reversed(history) if r["status"] == "deployed"), None)
+        objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
+        targets = canary_targets(objects)
+        if targets and not kube.has_kind(ISTIO, "VirtualService"):
+            raise DeployError(
+                "the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) are missing "
+                "from the cluster; install Istio before deploying",
+                where="cluster",
+            )
+        record = {
+            "revision": (int(history[-1]["revision"]) + 1) if history else 1,
+            "commit": image.tag,
+            "image": image.ref,
+            "status": "pending",
+            "phase": "starting",
+            "pusher": options.pusher,
+            "started": time.time(),
+            "manifests": objects,
+            "rounds": [],
+            "values_digest": rendered.values_digest,
+        }
+        run = _Release(kube, records, rendered, objects, targets, record, options, sink)
+        await run.save()
+        sink(Event("release", f"revision {record['revision']} of {rendered.app} to {rendered.environment}"))
+        if previous is None or options.skip_canary or not targets:
+            await _apply_all(run, why="first release" if previous is None else "no canary")
+        else:
+            await _canary(run, policy)
+        await _prune(run, previous)
+        await run.save(status="deployed", phase="done", finished=time.time())
+        sink(Event("release", f"revision {record['revision']} is live"))
+        return record
+
+
+async def _apply_all(run: _Release, *, why: str) -> None:
+    """Apply everything as stable, wait for the rollouts, route all traffic to stable."""
+    run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
+    await run.save(phase="applying")
+    await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
+    await _routes(run, weight=0)
+    await _wait_stable(run)
+
+
+async def _routes(run: _Release, *, weight: int) -> None:
+    objects: list[dict[str, Any]] = []
+    for target in run.targets:
+        objects += [destination_rule(target), virtual_service(target, weight)]
+    await run.kube.apply(objects, namespace=run.namespace)
+    run.record["weights"] = [100 - weight, weight]
+    run.sink(Event("canary", f"weights stable {100 - weight}% / canary {weight}%", data={"canary_weight": weight}))
+
+
+async def _wait_stable(run: _Release) -> None:
+    for deployment in [o["metadata"]["name"] for o in run.objects if o["kind"] == "Deployment"]:
+        state = await run.kube.wait_rollout(
+            deployment,
+            namespace=run.namespace,
+            timeout=run.options.rollout_timeout,
+            sink=run.sink,
+            status_of=rollout_status,
+        )
+        if state.state is Rollout.FAILED:
+            raise DeployError(state.message, where=run.namespace)
+
+
+def _canaries(run: _Release) -> list[dict[str, Any]]:
+    by_name = {o["metadata"]["name"]: o for o in stable_objects(run.objects, run.targets) if o["kind"] == "Deployment"}
+    return [canary_deployment(by_name[t.deployment]) for t in run.targets]
+
+
+async def _canary(run: _Release, policy: CanaryPolicy) -> None:
+    canaries = _canaries(run)
+    await run.save(phase="canary")
+    await _routes(run, weight=0)
+    await run.kube.apply(canaries, namespace=run.namespace)
+    rounds: list[Round] = []
+    while True:
+        result = verdict(rounds, policy)
+        if result.decision is Decision.ROLLBACK:
+            await _rollback(run, canaries, result.reason)
+        if result.decision is Decision.PROMOTE:
+            break
+        assert result.next_weight is not None
+        await _routes(run, weight=result.next_weight)
+        await asyncio.sleep(policy.interval)
+        checks = await _readiness(run, canaries)
+        rounds.append(Round(result.next_weight, checks))
+        for check in checks:
+            run.sink(Event("canary", f"check {check.name}: {'ok' if check.ok else 'FAILED'} {check.message}".rstrip()))
+        await run.save(
+            rounds=[
+                {
+                    "weight": r.weight,
+                    "ok": r.ok,
+                    "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in r.checks],
+                }
+                for r in rounds
+            ]
+        )
+    await _promote(run, canaries)
+
+
+async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
+    results = []
+    for canary in canaries:
+        name = canary["metadata"]["name"]
+        live = await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name) or {}
+        wanted = (live.get("spec") or {}).get("replicas", 1)
+        ready = (live.get("status") or {}).get("readyReplicas") or 0
+        results.append(CheckResult(f"readiness {name}", ready >= wanted, f"{ready}/{wanted} pods ready"))
+    return tuple(results)
+
+
+async def _promote(run: _Release, canaries: list[dict[str, Any]]) -> None:
+    run.sink(Event("canary", "promoting: the new version becomes stable"))
+    await run.save(phase="promoting")
+    await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
+    await _wait_stable(run)
+    await _routes(run, weight=0)
+    for canary in canaries:
+        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary["metadata"]["name"])
+
+
+async def _rollback(run: _Release, canaries: list[dict[str, Any]], reason: str) -> None:
+    run.sink(Event("canary", f"rolling back: {reason}", kind="warning"))
+    await _routes(run, weight=0)
+    for canary in canaries:
+        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary["metadata"]["name"])
+    await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
+    raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
+
+
+async def _prune(run: _Release, previous: dict[str, Any] | None) -> None:
+    """Delete what the last deployed release made and this one no longer renders (found by our labels)."""
+    if previous is None:
+        return
+    kinds = sorted({(o["apiVersion"], o["kind"]) for o in previous.get("manifests", [])})
+    keep = {(o["kind"], o["metadata"]["name"]) for o in run.objects}
+    selector = owner_selector(app=run.rendered.app, environment=run.rendered.environment)
+    for obj in await run.kube.owned(kinds, namespace=run.namespace, selector=selector):
+        if (obj["kind"], obj["metadata"]["name"]) not in keep:
+            await run.kube.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
+            run.sink(Event("release", f"pruned {obj['kind']}/{obj['metadata']['name']}"))
