@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from deployer import __version__
 from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
-from deployer.config import RepoFiles, json_schema, load_deploy_config
+from deployer.config import DEPLOY_FILE, RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
 from deployer.events import Event
@@ -22,6 +23,26 @@ from deployer.helm import Helm
 from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
 
 UNCOMMITTED = "uncommitted"
+
+
+def _add_operations(commands: Any) -> None:
+    """status, history, rollback and recover: one environment's releases in the cluster."""
+    for name, text in [
+        ("status", "the live phase, weights and last checks of an environment"),
+        ("history", "the releases of an environment"),
+        ("rollback", "re-apply a stored release: no rebuild, no analysis"),
+        ("recover", "bring releases left mid-flight to a consistent end (rolled back)"),
+    ]:
+        op = commands.add_parser(name, help=text)
+        op.add_argument("--env", required=True, help="environment name from deploy.yaml")
+        op.add_argument("--repo", default=".", type=Path, help="app repository with deploy.yaml (default: .)")
+        op.add_argument("--app", help="app name (default: from deploy.yaml)")
+        op.add_argument("--namespace", help="namespace (default: the environment's, from deploy.yaml)")
+        op.add_argument("--kubeconfig", type=Path, help="the cluster (default: $KUBECONFIG, or in-cluster)")
+        op.add_argument("--context", dest="kube_context", help="kubeconfig context")
+        op.add_argument("--output", "-o", choices=["text", "json"], default="text")
+        if name == "rollback":
+            op.add_argument("--to", type=int, metavar="REVISION", help="revision to restore (default: the one before)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--no-wait", action="store_true", help="fail at once if another release holds the lock")
     deploy.add_argument("--rollout-timeout", type=float, default=300, help="seconds to wait for a rollout")
     deploy.add_argument("--output", "-o", choices=["text", "json"], default="text")
+
+    _add_operations(commands)
 
     registry = commands.add_parser("registry", help="run a local image registry (docker-registry) for demos and tests")
     registry.add_argument("--port", type=int, default=5000)
@@ -272,6 +295,60 @@ async def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _environment(args: argparse.Namespace) -> Any:
+    from deployer.pipeline.release import Environment  # noqa: PLC0415 - loads the cluster client
+
+    if args.app and args.namespace:
+        return Environment(app=args.app, environment=args.env, namespace=args.namespace)
+    config = load_deploy_config(_repo(args.repo))
+    if args.env not in config.environments:
+        raise DeployError(
+            f"no environment {args.env!r} (environments: {', '.join(config.environments)})", where=DEPLOY_FILE
+        )
+    return Environment(
+        app=args.app or config.app,
+        environment=args.env,
+        namespace=args.namespace or config.environments[args.env].namespace,
+    )
+
+
+def _summary(record: dict[str, Any]) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", 0)))
+    extra = f"  ({record['reason']})" if record.get("reason") else ""
+    return f"{record['revision']:>4}  {stamp}  {record['status']:<12} {record.get('image', '')}{extra}"
+
+
+async def _operation(args: argparse.Namespace) -> int:
+    from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
+    from deployer.pipeline import release as ops  # noqa: PLC0415
+
+    env, api = _environment(args), connect(args.kubeconfig, args.kube_context)
+    show = _printer(args.output)
+    if args.command == "history":
+        records = await ops.history(api=api, env=env)
+        slim = [{k: v for k, v in r.items() if k != "manifests"} for r in records]
+        print(json.dumps(slim, indent=2) if args.output == "json" else "\n".join(_summary(r) for r in records))
+    elif args.command == "status":
+        records = await ops.history(api=api, env=env)
+        if not records:
+            raise DeployError("no release yet", where=f"{env.environment} ({env.namespace})")
+        last = {k: v for k, v in records[-1].items() if k != "manifests"}
+        if args.output == "json":
+            print(json.dumps(last, indent=2))
+        else:
+            checks = [c for r in last.get("rounds", [])[-1:] for c in r["checks"]]
+            print(f"{_summary(last)}\nphase: {last.get('phase')}  weights: {last.get('weights', [100, 0])}")
+            for check in checks:
+                print(f"  {check['name']}: {'ok' if check['ok'] else 'FAILED'} {check['message']}")
+    elif args.command == "rollback":
+        record = await ops.rollback(api=api, env=env, to=args.to, sink=show)
+        print(f"rolled back: revision {record['revision']} runs {record['image']}")
+    else:
+        recovered = await ops.recover(api=api, env=env, sink=show)
+        print(f"recovered {len(recovered)} release(s)" + (f": {recovered}" if recovered else ""))
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
     storage = args.storage.resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -308,6 +385,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": lambda args: asyncio.run(_build(args)),
     "deploy": lambda args: asyncio.run(_deploy(args)),
     "registry": _registry,
+    "status": lambda args: asyncio.run(_operation(args)),
+    "history": lambda args: asyncio.run(_operation(args)),
+    "rollback": lambda args: asyncio.run(_operation(args)),
+    "recover": lambda args: asyncio.run(_operation(args)),
     "sandbox": _sandbox,
 }
 

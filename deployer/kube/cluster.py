@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import urllib3
 from kubernetes import client, dynamic, watch
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -127,13 +128,18 @@ class Kube:
                 resource_version=current["metadata"]["resourceVersion"],
                 timeout_seconds=max(1, int(min(remaining, 30))),
             )
-            for event in stream:
-                state = status_of(self.api.sanitize_for_serialization(event["object"]))
-                if state.message != last:
-                    sink(Event("rollout", state.message))
-                    last = state.message
-                if state.state.value != "waiting" or time.monotonic() > deadline:
-                    break
+            try:
+                for event in stream:
+                    state = status_of(self.api.sanitize_for_serialization(event["object"]))
+                    if state.message != last:
+                        sink(Event("rollout", state.message))
+                        last = state.message
+                    if state.state.value != "waiting" or time.monotonic() > deadline:
+                        break
+            except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+                if isinstance(exc, client.ApiException) and exc.status not in (410, 429, 500, 502, 503, 504):
+                    raise
+                continue  # a dropped or refused watch: read the object again and watch anew
             if state.state.value != "waiting":
                 return state
         raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({last})', where=namespace)

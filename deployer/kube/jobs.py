@@ -96,9 +96,13 @@ class KubeJobRunner:
                 resource_version=since,
                 timeout_seconds=max(1, int(min(remaining, 60))),
             )
-            for event in stream:
-                if (done := _finished(event["object"])) is not None:
-                    return self._outcome(name, namespace, *done, sink=sink)
+            try:
+                for event in stream:
+                    if (done := _finished(event["object"])) is not None:
+                        return self._outcome(name, namespace, *done, sink=sink)
+            except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+                if isinstance(exc, client.ApiException) and exc.status not in (410, 429, 500, 502, 503, 504):
+                    raise
         return self._outcome(name, namespace, False, f"not finished within {timeout:g}s", sink=sink)
 
     def _outcome(

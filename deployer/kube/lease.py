@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import os
+import socket
 from typing import Any
 
 from kubernetes import client
@@ -24,6 +26,25 @@ def _now() -> datetime.datetime:
 
 def _stamp(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def holder_identity() -> str:
+    """`host-pid`: unique per process, and lets a process on the same host see that a holder has died."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _dead_here(holder: str) -> bool:
+    """A holder on this host whose process is gone (it was killed) holds nothing any more."""
+    host, _, pid = holder.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class Lock:
@@ -86,6 +107,7 @@ class Lock:
             )
             < _now()
         )
+        expired = expired or (holder is not None and _dead_here(str(holder)))
         if holder not in (None, "", self.holder) and not expired:
             return str(holder)
         try:

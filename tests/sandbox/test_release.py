@@ -3,14 +3,20 @@ weight sequence, and a canary that never becomes ready rolled back with the stab
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kubernetes import client, watch
 from sandboxes import Running
-from support import run_deployer
+from support import run_deployer, run_deployer_process
 
 pytestmark = pytest.mark.cluster
 
@@ -170,3 +176,131 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
         for r in client.CoreV1Api(api).list_namespaced_secret(namespace, label_selector="owner=deployer").items
     }
     assert statuses == {"1": "deployed", "2": "rolled-back"}
+
+
+def secrets_status(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    items = client.CoreV1Api(api).list_namespaced_secret(namespace, label_selector="owner=deployer").items
+    return {r.metadata.labels["deployer.dev/revision"]: r.metadata.labels["deployer.dev/status"] for r in items}
+
+
+def operation(app: Path, cluster: Running, *args: str) -> tuple[int, str, str]:
+    result = run_deployer(*args, "--env", "test", "--repo", app, "--kubeconfig", cluster.kubeconfig)
+    return result.code, result.out, result.err
+
+
+def test_history_status_and_rollback_to_an_earlier_revision(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    assert deploy(app, cluster, "v2")[0] == 0
+    code, out, _ = operation(app, cluster, "history")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["1", "2"]
+    assert "127.0.0.1:5000/shop:v2" in out.splitlines()[1]
+    started = time.monotonic()
+    code, out, err = operation(app, cluster, "rollback", "--to", "1")
+    assert code == 0, err
+    assert time.monotonic() - started < 10, "a rollback takes seconds"
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert secrets_status(api, namespace) == {"1": "deployed", "2": "deployed", "3": "deployed"}
+    code, out, _ = operation(app, cluster, "status")
+    assert out.splitlines()[0].split()[0] == "3"
+    assert "phase: done" in out
+    code, _, err = operation(app, cluster, "rollback", "--to", "9")
+    assert code == 1
+    assert (
+        err.strip() == f"error: test ({namespace}): no release revision 9 to roll back to (stored revisions: 1, 2, 3)"
+    )
+
+
+@pytest.mark.sandbox_only
+@pytest.mark.parametrize(
+    "boundary", ["revision 2 of shop", "weights stable 80% / canary 20%", "promoting: the new version becomes stable"]
+)
+def test_kill_9_at_a_phase_boundary_then_recover_ends_consistent(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, boundary: str
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+    proc = subprocess.Popen(
+        [
+            exe,
+            "deploy",
+            "--env",
+            "test",
+            "--repo",
+            str(app),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--image",
+            "127.0.0.1:5000/shop:v2",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["message"].startswith(boundary):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert secrets_status(api, namespace)["2"] == "pending"
+    code, out, err = operation(app, cluster, "recover")
+    assert code == 0, err
+    assert "recovered 1 release(s): [2]" in out
+    assert vs_weights(api, namespace) == (100, 0)
+    assert [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items] == ["shop"]
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert secrets_status(api, namespace) == {"1": "deployed", "2": "rolled-back"}
+
+
+def test_concurrent_deploys_to_one_environment_are_serialized(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    results: dict[str, tuple[int, str, str]] = {}
+
+    def deploy_process(version: str) -> None:  # two deployer processes, as two pushes would run
+        result = run_deployer_process(
+            "deploy",
+            "--env",
+            "test",
+            "--repo",
+            app,
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "--image",
+            f"127.0.0.1:5000/shop:{version}",
+        )
+        results[version] = (result.code, result.out, result.err)
+
+    threads = [threading.Thread(target=deploy_process, args=(v,)) for v in ("v2", "v3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [results[v][0] for v in ("v2", "v3")] == [0, 0], results
+    assert sum("waiting for the release held by" in results[v][1] for v in ("v2", "v3")) == 1, results
+    statuses = secrets_status(api, namespace)
+    assert statuses == {"1": "deployed", "2": "deployed", "3": "deployed"}
+
+
+@pytest.mark.sandbox_only
+def test_transient_api_faults_at_5_percent_give_no_wrong_verdict(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:bad", "behaviour": "never-ready"})
+    cluster.control("/sandbox/faults", {"percent": 5, "status": 503})
+    try:
+        good = deploy(app, cluster, "good")
+        bad = deploy(app, cluster, "bad")
+    finally:
+        cluster.control("/sandbox/faults", method="DELETE")
+    assert good[0] == 0, good[2]
+    assert bad[0] == 1
+    assert "canary rolled back" in bad[2]
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:good"
