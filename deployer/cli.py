@@ -289,6 +289,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         image=image,
         options=options,
         sink=_printer(args.output),
+        jobs=tuple(config.environments[args.env].jobs),
     )
     if args.output == "text":
         print(f"released revision {record['revision']} of {config.app} to {args.env}: {image.ref}")

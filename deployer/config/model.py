@@ -167,6 +167,7 @@ class Check(StrictModel):
 
 
 class CanaryPolicy(StrictModel):
+    enabled: bool = Field(default=True, description="`canary: false` applies and waits, without a canary.")
     steps: Annotated[list[Annotated[int, Field(ge=1, le=99)]], Field(min_length=1)] = Field(
         default_factory=lambda: [10, 25, 50],
         description="Canary traffic weights in percent, strictly increasing; promotion follows the last.",
@@ -187,6 +188,11 @@ class CanaryPolicy(StrictModel):
         return self
 
 
+def _canary_shorthand(value: object) -> object:
+    """`canary: false` (or true) is short for `canary: {enabled: false}`."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Job(StrictModel):
     name: Name
     command: Annotated[list[str], Field(min_length=1)]
@@ -199,7 +205,7 @@ class Environment(StrictModel):
     branches: Annotated[list[Annotated[str, AfterValidator(_branch_glob)]], Field(min_length=1)]
     namespace: Name
     values: list[RelPath] = Field(default_factory=list)
-    canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
+    canary: Annotated[CanaryPolicy, BeforeValidator(_canary_shorthand)] = Field(default_factory=CanaryPolicy)
     jobs: list[Job] = Field(default_factory=list)
 
 

@@ -65,7 +65,19 @@ class Kube:
                 force_conflicts=True,
             )
         except client.ApiException as exc:
-            raise DeployError(f"{ref(obj)}: the cluster refused it: {_message(exc)}", where=namespace) from None
+            message = _message(exc)
+            if (
+                exc.status == 422
+                and obj["kind"] == "Deployment"
+                and "spec.selector" in message
+                and "immutable" in message
+            ):
+                raise DeployError(
+                    f"{ref(obj)} exists with a selector the deployer did not make; delete it, or set "
+                    "`canary: false` for this environment",
+                    where=namespace,
+                ) from None
+            raise DeployError(f"{ref(obj)}: the cluster refused it: {message}", where=namespace) from None
         return dict(applied.to_dict())
 
     async def get(self, api_version: str, kind: str, *, namespace: str, name: str) -> dict[str, Any] | None:

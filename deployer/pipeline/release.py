@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, rollout_status, verdict
+from deployer.canary.jobs import for_revision, job_from_config, split_pre_deploy
 from deployer.canary.objects import (
     ISTIO,
     CanaryTarget,
@@ -26,10 +27,11 @@ from deployer.canary.objects import (
     stable_objects,
     virtual_service,
 )
-from deployer.config.model import CanaryPolicy
+from deployer.config.model import CanaryPolicy, Job
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.kube.cluster import Kube
+from deployer.kube.jobs import KubeJobRunner
 from deployer.kube.lease import Lock, holder_identity
 from deployer.kube.records import Records
 from deployer.pipeline.steps import ImageRef, Rendered
@@ -73,6 +75,7 @@ async def release(
     image: ImageRef,
     options: ReleaseOptions = ReleaseOptions(),
     sink: EventSink = discard,
+    jobs: tuple[Job, ...] = (),
 ) -> dict[str, Any]:
     """Release `rendered` to its environment; return the record. A rollback raises DeployError after recording."""
     kube = await asyncio.to_thread(Kube, api)
@@ -85,7 +88,10 @@ async def release(
         history = await records.history()
         previous = next((r for r in reversed(history) if r["status"] == "deployed"), None)
         objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
-        targets = canary_targets(objects)
+        hooks, objects = split_pre_deploy(objects)
+        labels = objects[0]["metadata"]["labels"] if objects else {}
+        hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
+        targets = canary_targets(objects) if policy.enabled else []
         if targets and not kube.has_kind(ISTIO, "VirtualService"):
             raise DeployError(
                 "the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) are missing "
@@ -107,14 +113,43 @@ async def release(
         run = _Release(kube, records, rendered, objects, targets, record, options, sink)
         await run.save()
         sink(Event("release", f"revision {record['revision']} of {rendered.app} to {rendered.environment}"))
-        if previous is None or options.skip_canary or not targets:
-            await _apply_all(run, why="first release" if previous is None else "no canary")
-        else:
-            await _canary(run, policy)
-        await _prune(run, previous)
+        try:
+            await _pre_deploy(run, api, hooks)
+            if previous is None or options.skip_canary or not targets:
+                await _apply_all(run, why="first release" if previous is None else "no canary")
+            else:
+                await _canary(run, policy)
+            await _prune(run, previous)
+        except DeployError as exc:
+            if record["status"] == "pending":  # a rollback or a failed Job has recorded itself already
+                await run.save(status="failed", phase="done", reason=exc.message, finished=time.time())
+            raise
         await run.save(status="deployed", phase="done", finished=time.time())
         sink(Event("release", f"revision {record['revision']} is live"))
         return record
+
+
+async def _pre_deploy(run: _Release, api: client.ApiClient, hooks: list[dict[str, Any]]) -> None:
+    """Run the pre-deploy Jobs to completion, in order; if one fails, nothing else is applied."""
+    runner = KubeJobRunner(api)
+    for hook in hooks:
+        job = for_revision(hook, int(run.record["revision"]))
+        await run.save(phase=f"pre-deploy {job['metadata']['name']}")
+        succeeded, reason, logs = await runner.run_job(
+            job, namespace=run.namespace, timeout=run.options.rollout_timeout, sink=run.sink
+        )
+        if not succeeded:
+            await run.save(
+                status="failed",
+                phase="done",
+                reason=f"pre-deploy Job {job['metadata']['name']}: {reason}",
+                finished=time.time(),
+            )
+            raise DeployError(
+                f"pre-deploy Job {job['metadata']['name']} failed ({reason}); nothing was applied",
+                where=f"{run.rendered.environment} ({run.namespace})",
+                details=logs,
+            )
 
 
 async def _apply_all(run: _Release, *, why: str) -> None:

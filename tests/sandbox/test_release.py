@@ -304,3 +304,61 @@ def test_transient_api_faults_at_5_percent_give_no_wrong_verdict(
     assert bad[0] == 1
     assert "canary rolled back" in bad[2]
     assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:good"
+
+
+@pytest.mark.sandbox_only
+def test_pre_deploy_jobs_run_first_and_a_failed_one_applies_nothing(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    text = (app / "deploy.yaml").read_text()
+    (app / "deploy.yaml").write_text(text + "    jobs: [{name: migrate, command: [./migrate, up], timeout: 1m}]\n")
+    code, out, err = deploy(app, cluster, "v1")
+    assert code == 0, err
+    assert out.index("Job " + namespace + "/migrate-r1 succeeded") < out.index("first release: applying")
+    job = client.BatchV1Api(api).read_namespaced_job("migrate-r1", namespace)
+    assert job.spec.template.spec.containers[0].image == "127.0.0.1:5000/shop:v1"
+    assert job.spec.template.spec.containers[0].command == ["./migrate", "up"]
+    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:v2", "behaviour": "fail"})
+    code, _, err = deploy(app, cluster, "v2")
+    assert code == 1
+    assert err.splitlines()[0] == (
+        f"error: test ({namespace}): pre-deploy Job migrate-r2 failed (BackoffLimitExceeded); nothing was applied"
+    )
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert secrets_status(api, namespace) == {"1": "deployed", "2": "failed"}
+
+
+def test_a_deployment_with_a_foreign_selector_is_reported_not_patched(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "shop"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "shop"}},
+                "template": {
+                    "metadata": {"labels": {"app": "shop"}},
+                    "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+                },
+            },
+        },
+    )
+    code, _, err = deploy(app, cluster, "v1")
+    assert code == 1
+    assert err.strip() == (
+        f"error: {namespace}: Deployment/shop exists with a selector the deployer did not make; "
+        "delete it, or set `canary: false` for this environment"
+    )
+    assert apps.read_namespaced_deployment("shop", namespace).spec.selector.match_labels == {"app": "shop"}
+    (app / "deploy.yaml").write_text(
+        (app / "deploy.yaml")
+        .read_text()
+        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2}", "canary: false")
+    )
+    code, out, err = deploy(app, cluster, "v1")
+    assert code == 0, err
+    assert "applying 2 objects without a canary" in out
+    assert secrets_status(api, namespace) == {"1": "failed", "2": "deployed"}
