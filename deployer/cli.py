@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--skip-canary", action="store_true", help="apply and wait, without a canary")
     deploy.add_argument("--no-wait", action="store_true", help="fail at once if another release holds the lock")
     deploy.add_argument("--rollout-timeout", type=float, default=300, help="seconds to wait for a rollout")
+    deploy.add_argument("--prometheus", metavar="URL", help="Prometheus for the canary's prometheus checks")
     deploy.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
     _add_operations(commands)
@@ -280,6 +281,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         skip_canary=args.skip_canary,
         wait_for_lock=not args.no_wait,
         rollout_timeout=args.rollout_timeout,
+        prometheus_url=args.prometheus,
         pusher=os.environ.get("USER", ""),
     )
     record = await release(
@@ -297,7 +299,7 @@ async def _deploy(args: argparse.Namespace) -> int:
 
 
 def _environment(args: argparse.Namespace) -> Any:
-    from deployer.pipeline.release import Environment  # noqa: PLC0415 - loads the cluster client
+    from deployer.pipeline.operations import Environment  # noqa: PLC0415 - loads the cluster client
 
     if args.app and args.namespace:
         return Environment(app=args.app, environment=args.env, namespace=args.namespace)
@@ -321,7 +323,7 @@ def _summary(record: dict[str, Any]) -> str:
 
 async def _operation(args: argparse.Namespace) -> int:
     from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
-    from deployer.pipeline import release as ops  # noqa: PLC0415
+    from deployer.pipeline import operations as ops  # noqa: PLC0415
 
     env, api = _environment(args), connect(args.kubeconfig, args.kube_context)
     show = _printer(args.output)

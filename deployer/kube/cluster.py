@@ -119,6 +119,25 @@ class Kube:
 
         return await asyncio.to_thread(list_all)
 
+    async def pods(self, *, namespace: str, selector: dict[str, str]) -> list[str]:
+        """Names of the ready pods matching `selector`."""
+
+        def ready() -> list[str]:
+            text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            listed = self.api.sanitize_for_serialization(
+                call(client.CoreV1Api(self.api).list_namespaced_pod, namespace, label_selector=text)
+            )
+            return [
+                p["metadata"]["name"]
+                for p in listed["items"]
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (p.get("status") or {}).get("conditions") or []
+                )
+            ]
+
+        return await asyncio.to_thread(ready)
+
     async def wait_rollout(self, name: str, *, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
         """Follow a Deployment by watch until `status_of(deployment)` says done or failed, or `timeout` passes."""
         return await asyncio.to_thread(self._wait, name, namespace, timeout, sink, status_of)

@@ -1,0 +1,47 @@
+"""Adapters for the canary's checks: Prometheus instant queries, and HTTP through the API server's pod proxy
+(so a check works inside the cluster, outside it, and on the sandbox alike)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import aiohttp
+from kubernetes import client
+
+
+async def query_prometheus(url: str, expression: str, *, timeout: float = 10.0) -> float | None:
+    """The first sample of an instant query; None when the result is empty or NaN (0/0: no traffic)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.get(f"{url.rstrip('/')}/api/v1/query", params={"query": expression}) as response,
+    ):
+        body = await response.json(content_type=None)
+    if response.status != 200 or body.get("status") != "success":
+        raise ValueError(f"Prometheus answered HTTP {response.status}: {body.get('error', '')}")
+    result = body["data"]["result"]
+    if body["data"]["resultType"] == "scalar":
+        result = [{"value": result}]
+    for sample in result:
+        value = float(sample["value"][1])
+        if not math.isnan(value):
+            return value
+    return None
+
+
+async def http_through_proxy(
+    api: client.ApiClient, *, namespace: str, pod: str, port: int | str, path: str, timeout: float
+) -> tuple[int, str]:
+    """GET a pod's port through the API server's pod proxy: (HTTP status, first line of the body)."""
+
+    def get() -> tuple[int, str]:
+        url_path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}"
+        method, url, headers, body, _ = api.param_serialize(
+            "GET", url_path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
+        response.read()
+        text = (response.data or b"").decode(errors="replace").strip().splitlines()
+        return int(response.status), text[0] if text else ""
+
+    return await asyncio.to_thread(get)

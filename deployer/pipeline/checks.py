@@ -1,0 +1,70 @@
+"""The configured checks of one canary round: Prometheus queries and HTTP through the pod proxy, each retried
+with tenacity within the round; a check that cannot be made fails its round, it never crashes the release."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+
+from deployer.canary.analysis import CheckResult
+from deployer.canary.checks import judge, judge_http, promql
+from deployer.config.model import CanaryPolicy, Check
+from deployer.health import http_through_proxy, query_prometheus
+
+
+async def configured_checks(run: Any, policy: CanaryPolicy, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
+    """deploy.yaml's checks for every canary, each retried within the round."""
+    results = []
+    for canary in canaries:
+        for check in policy.checks:
+            results.append(await _retried(check, functools.partial(_one_check, run, policy, check, canary)))
+    return tuple(results)
+
+
+async def _retried(check: Check, attempt: Callable[[], Awaitable[CheckResult]]) -> CheckResult:
+    """Up to `retries + 1` attempts with backoff; the last result stands."""
+    result = CheckResult(check.name, False, "not run")
+    async for trying in AsyncRetrying(
+        retry=retry_if_result(lambda r: not r.ok),
+        stop=stop_after_attempt(check.retries + 1),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    ):
+        with trying:
+            result = await attempt()
+        if trying.retry_state.outcome is None or not trying.retry_state.outcome.failed:
+            trying.retry_state.set_result(result)
+    return result
+
+
+async def _one_check(run: Any, policy: CanaryPolicy, check: Check, canary: dict[str, Any]) -> CheckResult:
+    workload = canary["metadata"]["name"]
+    try:
+        if check.prometheus is not None:
+            if not run.options.prometheus_url:
+                return CheckResult(check.name, False, "no Prometheus to ask (give the deployer --prometheus URL)")
+            expression = promql(
+                check.prometheus,
+                namespace=run.namespace,
+                workload=workload,
+                interval=f"{max(int(policy.interval), 1)}s",
+            )
+            return judge(check.name, check.prometheus, await query_prometheus(run.options.prometheus_url, expression))
+        assert check.http is not None
+        pods = await run.kube.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
+        if not pods:
+            return CheckResult(check.name, False, f"no ready pod of {workload} to ask")
+        status, line = await http_through_proxy(
+            run.kube.api,
+            namespace=run.namespace,
+            pod=pods[0],
+            port=check.http.port,
+            path=check.http.path,
+            timeout=check.http.timeout,
+        )
+        return judge_http(check.name, check.http, status, line)
+    except Exception as exc:  # a check that cannot be made fails its round; it never crashes the release
+        return CheckResult(check.name, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")

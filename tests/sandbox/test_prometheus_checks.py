@@ -1,0 +1,174 @@
+"""Prometheus checks against a real Prometheus (Debian's), scraping an exporter of Istio's metrics the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from sandboxes import Running
+from support import run_deployer
+from test_release import DEPLOY, TEMPLATES, image_of, secrets_status
+
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus: make setup")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Exporter:
+    """Istio's istio_requests_total for `shop-canary`, growing at every scrape; `errors` is the 5xx share."""
+
+    namespace: str = ""
+    errors: float = 0.0
+    silent: bool = False
+    counts: dict[str, float] = field(default_factory=lambda: {"200": 0.0, "500": 0.0})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        lines = ["# TYPE istio_requests_total counter"]
+        if not self.silent:
+            self.counts["500"] += 10 * self.errors
+            self.counts["200"] += 10 * (1 - self.errors)
+            for code, value in self.counts.items():
+                labels = (
+                    f'reporter="destination",destination_workload="shop-canary",'
+                    f'destination_workload_namespace="{self.namespace}",response_code="{code}"'
+                )
+                lines.append(f"istio_requests_total{{{labels}}} {value}")
+        return web.Response(text="\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
+    exporter = Exporter()
+    port, loop = free_port(), asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_get("/metrics", exporter.metrics)
+    runner = web.AppRunner(app)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    tmp = tmp_path_factory.mktemp("prometheus")
+    (tmp / "prometheus.yml").write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
+                "scrape_configs": [{"job_name": "mesh", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            }
+        )
+    )
+    web_port = free_port()
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{web_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # ready, and the exporter scraped a few times (the first scrape is late)
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/query?query=count_over_time(up[10s])", timeout=1) as answer:
+                result = json.load(answer)["data"]["result"]
+            if result and float(result[0]["value"][1]) >= 3:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    yield url, exporter
+    proc.terminate()
+    proc.wait(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def app_with(tmp_path: Path, namespace: str, checks: str) -> Path:
+    repo = tmp_path / "shop"
+    (repo / "templates").mkdir(parents=True)
+    text = DEPLOY.format(namespace=namespace).replace("threshold: 2}", f"threshold: 1, checks: [{checks}]}}")
+    text = text.replace("interval: 300ms", "interval: 2s")
+    (repo / "deploy.yaml").write_text(text)
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    for name, body in TEMPLATES.items():
+        (repo / "templates" / name).write_text(body)
+    return repo
+
+
+def deploy(app: Path, cluster: Running, version: str, *, url: str) -> tuple[int, str, str]:
+    result = run_deployer(
+        "deploy",
+        "--env",
+        "test",
+        "--repo",
+        app,
+        "--kubeconfig",
+        cluster.kubeconfig,
+        "--image",
+        f"127.0.0.1:5000/shop:{version}",
+        "--prometheus",
+        url,
+        "--rollout-timeout",
+        "30",
+    )
+    return result.code, result.out, result.err
+
+
+SUCCESS_RATE = "{name: success-rate, retries: 0, prometheus: {template: request-success-rate, min: 0.9}}"
+
+
+def test_a_success_rate_below_the_threshold_rolls_back(
+    cluster: Running, namespace: str, tmp_path: Path, prometheus: tuple[str, Exporter]
+) -> None:
+    url, exporter = prometheus
+    exporter.namespace, exporter.silent = namespace, False
+    app = app_with(tmp_path, namespace, SUCCESS_RATE)
+    assert deploy(app, cluster, "v1", url=url)[0] == 0
+    exporter.errors = 0.0
+    code, out, err = deploy(app, cluster, "v2", url=url)
+    assert code == 0, err
+    assert "check success-rate: ok 1" in out
+    exporter.errors = 0.5
+    code, out, err = deploy(app, cluster, "v3", url=url)
+    assert code == 1
+    assert "success-rate: 0.5 is below the minimum 0.9" in err
+    assert image_of(cluster.api(), namespace, "shop") == "127.0.0.1:5000/shop:v2"
+    assert secrets_status(cluster.api(), namespace)["3"] == "rolled-back"
+
+
+@pytest.mark.parametrize(("policy", "outcome"), [("skip", 0), ("fail", 1)])
+def test_no_data_follows_the_checks_policy(
+    cluster: Running, namespace: str, tmp_path: Path, prometheus: tuple[str, Exporter], policy: str, outcome: int
+) -> None:
+    url, exporter = prometheus
+    exporter.namespace, exporter.silent = "elsewhere", True
+    check = SUCCESS_RATE.replace("min: 0.9}", f"min: 0.9, noData: {policy}}}")
+    app = app_with(tmp_path, namespace, check)
+    assert deploy(app, cluster, "v1", url=url)[0] == 0
+    code, out, err = deploy(app, cluster, "v2", url=url)
+    assert code == outcome, err
+    if policy == "skip":
+        assert "check success-rate: ok no data (skipped)" in out
+    else:
+        assert "success-rate: no data" in err
