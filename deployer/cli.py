@@ -32,6 +32,8 @@ def _add_operations(commands: Any) -> None:
         ("history", "the releases of an environment"),
         ("rollback", "re-apply a stored release: no rebuild, no analysis"),
         ("recover", "bring releases left mid-flight to a consistent end (rolled back)"),
+        ("promote", "promote the canary in flight now, skipping its remaining steps"),
+        ("abort", "roll the canary in flight back now"),
     ]:
         op = commands.add_parser(name, help=text)
         op.add_argument("--env", required=True, help="environment name from deploy.yaml")
@@ -346,6 +348,9 @@ async def _operation(args: argparse.Namespace) -> int:
     elif args.command == "rollback":
         record = await ops.rollback(api=api, env=env, to=args.to, sink=show)
         print(f"rolled back: revision {record['revision']} runs {record['image']}")
+    elif args.command in ("promote", "abort"):
+        revision = await ops.request(api=api, env=env, what=args.command)
+        print(f"asked revision {revision} to {args.command}; it acts at its next round")
     else:
         recovered = await ops.recover(api=api, env=env, sink=show)
         print(f"recovered {len(recovered)} release(s)" + (f": {recovered}" if recovered else ""))
@@ -392,6 +397,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": lambda args: asyncio.run(_operation(args)),
     "rollback": lambda args: asyncio.run(_operation(args)),
     "recover": lambda args: asyncio.run(_operation(args)),
+    "promote": lambda args: asyncio.run(_operation(args)),
+    "abort": lambda args: asyncio.run(_operation(args)),
     "sandbox": _sandbox,
 }
 

@@ -13,6 +13,7 @@ from kubernetes import client
 from deployer.kube.jobs import call
 
 TYPE = "deployer.dev/release.v1"
+REQUEST = "deployer.dev/request"
 
 
 def _name(app: str, environment: str, revision: int) -> str:
@@ -70,6 +71,12 @@ class Records:
             except client.ApiException as exc:
                 if exc.status != 409:
                     raise
+                current = self.core.api_client.sanitize_for_serialization(
+                    call(self.core.read_namespaced_secret, name, self.namespace)
+                )
+                asked = (current["metadata"].get("labels") or {}).get(REQUEST)
+                if asked:  # a promote/abort request outlives the engine's own writes
+                    labels[REQUEST] = asked
                 call(self.core.replace_namespaced_secret, name, self.namespace, body)
             listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
             secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
@@ -78,3 +85,22 @@ class Records:
                 call(self.core.delete_namespaced_secret, _name(self.app, self.environment, old), self.namespace)
 
         await asyncio.to_thread(write)
+
+    async def request(self, revision: int, what: str) -> None:
+        """Ask the running release of `revision` to `promote` or `abort` (it reads this at every round)."""
+
+        def write() -> None:
+            patch = {"metadata": {"labels": {REQUEST: what}}}
+            call(self.core.patch_namespaced_secret, _name(self.app, self.environment, revision), self.namespace, patch)
+
+        await asyncio.to_thread(write)
+
+    async def requested(self, revision: int) -> str | None:
+        """`promote` or `abort` if someone asked for it, else None."""
+
+        def read() -> str | None:
+            secret = call(self.core.read_namespaced_secret, _name(self.app, self.environment, revision), self.namespace)
+            labels = self.core.api_client.sanitize_for_serialization(secret)["metadata"].get("labels") or {}
+            return labels.get(REQUEST)
+
+        return await asyncio.to_thread(read)

@@ -141,3 +141,14 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
             sink(Event("recover", f"revision {record['revision']} (stopped during {phase}) rolled back"))
             recovered.append(int(record["revision"]))
         return recovered
+
+
+async def request(*, api: client.ApiClient, env: Environment, what: str) -> int:
+    """Ask the release in flight to promote now or to abort (roll back) now; return its revision."""
+    records = Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
+    pending = [r for r in await records.history() if r["status"] == "pending"]
+    if not pending:
+        raise DeployError(f"no release in flight to {what}", where=f"{env.environment} ({env.namespace})")
+    revision = int(pending[-1]["revision"])
+    await records.request(revision, what)
+    return revision

@@ -198,6 +198,12 @@ async def _canary(run: _Release, policy: CanaryPolicy) -> None:
     rounds: list[Round] = []
     while True:
         result = verdict(rounds, policy)
+        asked = await run.records.requested(int(run.record["revision"]))
+        if asked == "abort":
+            await _rollback(run, canaries, "aborted by request (deployer abort)")
+        if asked == "promote":
+            run.sink(Event("canary", "promotion requested (deployer promote): skipping the remaining steps"))
+            break
         if result.decision is Decision.ROLLBACK:
             await _rollback(run, canaries, result.reason)
         if result.decision is Decision.PROMOTE:

@@ -362,3 +362,50 @@ def test_a_deployment_with_a_foreign_selector_is_reported_not_patched(
     assert code == 0, err
     assert "applying 2 objects without a canary" in out
     assert secrets_status(api, namespace) == {"1": "failed", "2": "deployed"}
+
+
+@pytest.mark.parametrize(("command", "code", "image"), [("promote", 0, "v2"), ("abort", 1, "v1")])
+def test_promote_or_abort_a_canary_in_flight(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, command: str, code: int, image: str
+) -> None:
+    (app / "deploy.yaml").write_text((app / "deploy.yaml").read_text().replace("interval: 300ms", "interval: 2s"))
+    assert deploy(app, cluster, "v1")[0] == 0
+    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+    proc = subprocess.Popen(
+        [
+            exe,
+            "deploy",
+            "--env",
+            "test",
+            "--repo",
+            str(app),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--image",
+            "127.0.0.1:5000/shop:v2",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    messages = []
+    for line in proc.stdout:
+        messages.append(json.loads(line)["message"])
+        if messages[-1] == "weights stable 80% / canary 20%":
+            asked = operation(app, cluster, command)
+            assert asked[0] == 0, asked[2]
+            assert asked[1].strip() == f"asked revision 2 to {command}; it acts at its next round"
+            break
+    rest, err = proc.communicate(timeout=60)
+    messages += [json.loads(line)["message"] for line in rest.splitlines()]
+    assert proc.returncode == code, err
+    assert "weights stable 50% / canary 50%" not in messages, "the remaining steps were skipped"
+    if command == "promote":
+        assert "promotion requested (deployer promote): skipping the remaining steps" in messages
+    if command == "abort":
+        assert "canary rolled back: aborted by request (deployer abort)" in err
+    assert image_of(api, namespace, "shop") == f"127.0.0.1:5000/shop:{image}"
+    assert vs_weights(api, namespace) == (100, 0)
