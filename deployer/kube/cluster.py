@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -137,6 +138,34 @@ class Kube:
             ]
 
         return await asyncio.to_thread(ready)
+
+    async def until_unready(self, names: list[str], *, namespace: str, seconds: float) -> str | None:
+        """Watch these Deployments for `seconds`; return at once, with why, if one that was ready loses a pod."""
+        stop, found = watch.Watch(), {}
+
+        def follow() -> None:
+            armed: set[str] = set()
+            for event in stop.stream(
+                self.apps.list_namespaced_deployment, namespace, timeout_seconds=math.ceil(seconds) + 1
+            ):
+                obj = event["object"]
+                name = obj.metadata.name
+                if name not in names:
+                    continue
+                wanted, ready = obj.spec.replicas or 0, (obj.status.ready_replicas if obj.status else 0) or 0
+                if ready >= wanted > 0:
+                    armed.add(name)
+                elif name in armed:
+                    found["why"] = f"{name}: {ready}/{wanted} pods ready (a pod went unready)"
+                    return
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(follow), timeout=seconds)
+        except TimeoutError:
+            stop.stop()
+        except (client.ApiException, urllib3.exceptions.HTTPError):
+            await asyncio.sleep(0)  # a failed watch only loses the early warning; the round still checks
+        return found.get("why")
 
     async def wait_rollout(self, name: str, *, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
         """Follow a Deployment by watch until `status_of(deployment)` says done or failed, or `timeout` passes."""

@@ -210,7 +210,11 @@ async def _canary(run: _Release, policy: CanaryPolicy) -> None:
             break
         assert result.next_weight is not None
         await _routes(run, weight=result.next_weight)
-        await asyncio.sleep(policy.interval)
+        early = await run.kube.until_unready(
+            [c["metadata"]["name"] for c in canaries], namespace=run.namespace, seconds=policy.interval
+        )
+        if early:
+            run.sink(Event("canary", f"noticed before the interval ended: {early}", kind="warning"))
         checks = await _readiness(run, canaries) + await configured_checks(run, policy, canaries)
         rounds.append(Round(result.next_weight, checks))
         for check in checks:

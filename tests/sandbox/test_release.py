@@ -409,3 +409,20 @@ def test_promote_or_abort_a_canary_in_flight(
         assert "canary rolled back: aborted by request (deployer abort)" in err
     assert image_of(api, namespace, "shop") == f"127.0.0.1:5000/shop:{image}"
     assert vs_weights(api, namespace) == (100, 0)
+
+
+@pytest.mark.sandbox_only
+def test_a_canary_pod_going_unready_is_noticed_within_seconds(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    text = (app / "deploy.yaml").read_text()
+    (app / "deploy.yaml").write_text(text.replace("interval: 300ms, threshold: 2", "interval: 20s, threshold: 1"))
+    assert deploy(app, cluster, "v1")[0] == 0
+    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:flaky", "behaviour": "unready-after", "after": 1})
+    started = time.monotonic()
+    code, out, err = deploy(app, cluster, "flaky")
+    assert code == 1
+    assert time.monotonic() - started < 10, "noticed by watch, not at the end of the 20 s interval"
+    assert "noticed before the interval ended: shop-canary" in out
+    assert "canary rolled back" in err
+    assert vs_weights(api, namespace) == (100, 0)
