@@ -368,7 +368,8 @@ def test_a_deployment_with_a_foreign_selector_is_reported_not_patched(
 def test_promote_or_abort_a_canary_in_flight(
     cluster: Running, api: client.ApiClient, namespace: str, app: Path, command: str, code: int, image: str
 ) -> None:
-    (app / "deploy.yaml").write_text((app / "deploy.yaml").read_text().replace("interval: 300ms", "interval: 2s"))
+    # a long first round: the request must land while the canary sits at 20%, even on a loaded machine
+    (app / "deploy.yaml").write_text((app / "deploy.yaml").read_text().replace("interval: 300ms", "interval: 6s"))
     assert deploy(app, cluster, "v1")[0] == 0
     exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
     proc = subprocess.Popen(
