@@ -26,6 +26,8 @@ class Records:
     def __init__(self, api: client.ApiClient, *, namespace: str, app: str, environment: str, keep: int = 10) -> None:
         self.core = client.CoreV1Api(api)
         self.namespace, self.app, self.environment, self.keep = namespace, app, environment, keep
+        self._written: set[int] = set()
+        self._requests: dict[int, str | None] = {}
 
     @property
     def selector(self) -> str:
@@ -47,44 +49,61 @@ class Records:
         return await asyncio.to_thread(read)
 
     async def save(self, record: dict[str, Any]) -> None:
-        """Create or replace the record of `record["revision"]`, then drop the oldest beyond `keep`."""
+        """Store `record`: created once, then merge-patched (one request; a promote/abort label survives).
+        When the release has ended, the oldest records beyond `keep` are dropped."""
 
         def write() -> None:
-            name = _name(self.app, self.environment, int(record["revision"]))
+            revision = int(record["revision"])
+            name = _name(self.app, self.environment, revision)
             labels = {
                 "owner": "deployer",
                 "deployer.dev/app": self.app,
                 "deployer.dev/environment": self.environment,
-                "deployer.dev/revision": str(record["revision"]),
+                "deployer.dev/revision": str(revision),
                 "deployer.dev/status": str(record["status"]),
             }
             payload = base64.b64encode(gzip.compress(json.dumps(record, sort_keys=True).encode())).decode()
-            body = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": TYPE,
-                "metadata": {"name": name, "labels": labels},
-                "data": {"release": base64.b64encode(payload.encode()).decode()},
-            }
-            try:
-                call(self.core.create_namespaced_secret, self.namespace, body)
-            except client.ApiException as exc:
-                if exc.status != 409:
-                    raise
-                current = self.core.api_client.sanitize_for_serialization(
-                    call(self.core.read_namespaced_secret, name, self.namespace)
+            data = {"release": base64.b64encode(payload.encode()).decode()}
+            if revision in self._written:
+                stored = call(
+                    self.core.patch_namespaced_secret,
+                    name,
+                    self.namespace,
+                    {"metadata": {"labels": labels}, "data": data},
                 )
-                asked = (current["metadata"].get("labels") or {}).get(REQUEST)
-                if asked:  # a promote/abort request outlives the engine's own writes
-                    labels[REQUEST] = asked
-                call(self.core.replace_namespaced_secret, name, self.namespace, body)
-            listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
-            secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
-            revisions = sorted(int(s["metadata"]["labels"]["deployer.dev/revision"]) for s in secrets)
-            for old in revisions[: max(0, len(revisions) - self.keep)]:
-                call(self.core.delete_namespaced_secret, _name(self.app, self.environment, old), self.namespace)
+            else:
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": TYPE,
+                    "metadata": {"name": name, "labels": labels},
+                    "data": data,
+                }
+                try:
+                    stored = call(self.core.create_namespaced_secret, self.namespace, body)
+                except client.ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    stored = call(
+                        self.core.patch_namespaced_secret,
+                        name,
+                        self.namespace,
+                        {"metadata": {"labels": labels}, "data": data},
+                    )
+                self._written.add(revision)
+            meta = self.core.api_client.sanitize_for_serialization(stored)["metadata"]
+            self._requests[revision] = (meta.get("labels") or {}).get(REQUEST)
+            if record["status"] != "pending":
+                self._cap()
 
         await asyncio.to_thread(write)
+
+    def _cap(self) -> None:
+        listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
+        secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
+        revisions = sorted(int(s["metadata"]["labels"]["deployer.dev/revision"]) for s in secrets)
+        for old in revisions[: max(0, len(revisions) - self.keep)]:
+            call(self.core.delete_namespaced_secret, _name(self.app, self.environment, old), self.namespace)
 
     async def request(self, revision: int, what: str) -> None:
         """Ask the running release of `revision` to `promote` or `abort` (it reads this at every round)."""
@@ -96,7 +115,9 @@ class Records:
         await asyncio.to_thread(write)
 
     async def requested(self, revision: int) -> str | None:
-        """`promote` or `abort` if someone asked for it, else None."""
+        """`promote` or `abort` if someone asked for it, else None (as of the last write, when there was one)."""
+        if revision in self._requests:  # every write reads the labels back: no extra request per round
+            return self._requests[revision]
 
         def read() -> str | None:
             secret = call(self.core.read_namespaced_secret, _name(self.app, self.environment, revision), self.namespace)

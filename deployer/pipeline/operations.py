@@ -128,7 +128,7 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
                 sink,
             )
             if run.targets and kube.has_kind(ISTIO, "VirtualService"):
-                await _routes(run, weight=0)
+                await _routes(run, weight=0, rules=True)
             for target in run.targets:
                 await kube.delete("apps/v1", "Deployment", namespace=env.namespace, name=f"{target.deployment}-canary")
             phase = record.get("phase", "unknown")

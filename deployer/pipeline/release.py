@@ -159,14 +159,17 @@ async def _apply_all(run: _Release, *, why: str) -> None:
     run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
     await run.save(phase="applying")
     await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
-    await _routes(run, weight=0)
+    await _routes(run, weight=0, rules=True)
     await _wait_stable(run)
 
 
-async def _routes(run: _Release, *, weight: int) -> None:
+async def _routes(run: _Release, *, weight: int, rules: bool = False) -> None:
+    """Write the weights (and, when `rules`, the DestinationRules once per release)."""
     objects: list[dict[str, Any]] = []
     for target in run.targets:
-        objects += [destination_rule(target), virtual_service(target, weight)]
+        objects += (
+            [destination_rule(target), virtual_service(target, weight)] if rules else [virtual_service(target, weight)]
+        )
     await run.kube.apply(objects, namespace=run.namespace)
     run.record["weights"] = [100 - weight, weight]
     run.sink(Event("canary", f"weights stable {100 - weight}% / canary {weight}%", data={"canary_weight": weight}))
@@ -193,7 +196,7 @@ def _canaries(run: _Release) -> list[dict[str, Any]]:
 async def _canary(run: _Release, policy: CanaryPolicy) -> None:
     canaries = _canaries(run)
     await run.save(phase="canary")
-    await _routes(run, weight=0)
+    await _routes(run, weight=0, rules=True)
     await run.kube.apply(canaries, namespace=run.namespace)
     rounds: list[Round] = []
     while True:

@@ -318,8 +318,8 @@ def test_pre_deploy_jobs_run_first_and_a_failed_one_applies_nothing(
     job = client.BatchV1Api(api).read_namespaced_job("migrate-r1", namespace)
     assert job.spec.template.spec.containers[0].image == "127.0.0.1:5000/shop:v1"
     assert job.spec.template.spec.containers[0].command == ["./migrate", "up"]
-    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:v2", "behaviour": "fail"})
-    code, _, err = deploy(app, cluster, "v2")
+    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:bad-migration", "behaviour": "fail"})
+    code, _, err = deploy(app, cluster, "bad-migration")
     assert code == 1
     assert err.splitlines()[0] == (
         f"error: test ({namespace}): pre-deploy Job migrate-r2 failed (BackoffLimitExceeded); nothing was applied"
