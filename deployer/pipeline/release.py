@@ -24,6 +24,7 @@ from deployer.canary.objects import (
     destination_rule,
     owned_by_release,
     owner_selector,
+    require_targets,
     stable_objects,
     virtual_service,
 )
@@ -93,7 +94,8 @@ async def release(
         hooks, objects = split_pre_deploy(objects)
         labels = objects[0]["metadata"]["labels"] if objects else {}
         hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
-        targets = canary_targets(objects) if policy.enabled else []
+        has_workloads = any(o["kind"] == "Deployment" for o in objects)
+        targets = require_targets(objects) if policy.enabled and has_workloads else []
         if targets and not kube.has_kind(ISTIO, "VirtualService"):
             raise DeployError(
                 "the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) are missing "
@@ -120,7 +122,7 @@ async def release(
             if previous is None or options.skip_canary or not targets:
                 await _apply_all(run, why="first release" if previous is None else "no canary")
             else:
-                await _canary(run, policy)
+                await _canary(run, policy, previous)
             await _prune(run, previous)
         except DeployError as exc:
             if record["status"] == "pending":  # a rollback or a failed Job has recorded itself already
@@ -193,7 +195,7 @@ def _canaries(run: _Release) -> list[dict[str, Any]]:
     return [canary_deployment(by_name[t.deployment]) for t in run.targets]
 
 
-async def _canary(run: _Release, policy: CanaryPolicy) -> None:
+async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any]) -> None:
     canaries = _canaries(run)
     await run.save(phase="canary")
     await _routes(run, weight=0, rules=True)
@@ -232,7 +234,7 @@ async def _canary(run: _Release, policy: CanaryPolicy) -> None:
                 for r in rounds
             ]
         )
-    await _promote(run, canaries)
+    await _promote(run, canaries, previous)
 
 
 async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
@@ -246,11 +248,16 @@ async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[Che
     return tuple(results)
 
 
-async def _promote(run: _Release, canaries: list[dict[str, Any]]) -> None:
+async def _promote(run: _Release, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
     run.sink(Event("canary", "promoting: the new version becomes stable"))
     await run.save(phase="promoting")
     await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
-    await _wait_stable(run)
+    try:
+        await _wait_stable(run)
+    except DeployError as exc:  # e.g. a progress deadline exceeded: put the last good release back
+        back = stable_objects(previous["manifests"], canary_targets(previous["manifests"]))
+        await run.kube.apply(back, namespace=run.namespace)
+        await _rollback(run, canaries, f"promotion failed: {exc.message}; revision {previous['revision']} restored")
     await _routes(run, weight=0)
     for canary in canaries:
         await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary["metadata"]["name"])

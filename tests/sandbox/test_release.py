@@ -427,3 +427,93 @@ def test_a_canary_pod_going_unready_is_noticed_within_seconds(
     assert "noticed before the interval ended: shop-canary" in out
     assert "canary rolled back" in err
     assert vs_weights(api, namespace) == (100, 0)
+
+
+def test_a_canary_without_a_service_selecting_the_deployment_is_refused_before_anything(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    (app / "templates" / "service.yaml.j2").unlink()
+    code, _, err = deploy(app, cluster, "v1")
+    assert code == 1
+    assert err.strip() == (
+        "error: canary: no Service selects the pods of any Deployment (Deployments: shop); a canary "
+        "needs a Service whose selector matches the pod labels, or set `canary: false`"
+    )
+    assert client.AppsV1Api(api).list_namespaced_deployment(namespace).items == []
+
+
+def test_a_lease_held_by_a_live_holder_fails_fast_with_no_wait(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    client.CoordinationV1Api(api).create_namespaced_lease(
+        namespace,
+        {
+            "metadata": {"name": "deployer-shop-test"},
+            "spec": {
+                "holderIdentity": "other-host-1",
+                "leaseDurationSeconds": 60,
+                "acquireTime": now,
+                "renewTime": now,
+            },
+        },
+    )
+    result = run_deployer(
+        "deploy",
+        "--env",
+        "test",
+        "--repo",
+        app,
+        "--kubeconfig",
+        cluster.kubeconfig,
+        "--image",
+        "127.0.0.1:5000/shop:v1",
+        "--no-wait",
+    )
+    assert result.code == 1
+    assert result.error_line == (
+        f"error: Lease {namespace}/deployer-shop-test: another release holds the lock: other-host-1"
+    )
+
+
+def test_objects_a_release_no_longer_renders_are_pruned(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    extra = app / "templates" / "extra.yaml.j2"
+    extra.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n")
+    assert deploy(app, cluster, "v1")[0] == 0
+    core = client.CoreV1Api(api)
+    assert core.read_namespaced_config_map("extra", namespace).data == {"a": "b"}
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "not-ours"}})
+    extra.unlink()
+    code, out, err = deploy(app, cluster, "v2")
+    assert code == 0, err
+    assert "pruned ConfigMap/extra" in out
+    names = {c.metadata.name for c in core.list_namespaced_config_map(namespace).items}
+    assert "extra" not in names
+    assert "not-ours" in names, "only objects carrying the deployer's labels are pruned"
+
+
+@pytest.mark.sandbox_only
+def test_missing_istio_crds_are_a_clear_message_before_anything_is_applied(
+    sandbox_factory: Callable[..., Running], tmp_path: Path
+) -> None:
+    bare = sandbox_factory()
+    api = bare.api()
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": "shop"}})
+    for name in ("virtualservices", "destinationrules", "gateways"):
+        client.ApiextensionsV1Api(api).delete_custom_resource_definition(f"{name}.networking.istio.io")
+    repo = tmp_path / "shop"
+    (repo / "templates").mkdir(parents=True)
+    (repo / "deploy.yaml").write_text(DEPLOY.format(namespace="shop"))
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    for name, text in TEMPLATES.items():
+        (repo / "templates" / name).write_text(text)
+    time.sleep(0.5)
+    code, _, err = deploy(repo, bare, "v1")
+    assert code == 1
+    assert err.strip() == (
+        "error: cluster: the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) "
+        "are missing from the cluster; install Istio before deploying"
+    )
+    assert client.AppsV1Api(api).list_namespaced_deployment("shop").items == []
