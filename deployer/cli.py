@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -373,12 +374,10 @@ def _registry(args: argparse.Namespace) -> int:
         encoding="utf-8",
     )
     print(f"registry serving on http://127.0.0.1:{args.port} (storage {storage}); stop with Ctrl-C", flush=True)
-    try:
-        return subprocess.run(["docker-registry", "serve", str(config)], check=False).returncode
-    except FileNotFoundError:
-        raise DeployError("docker-registry is not installed; run `make setup`", where="registry") from None
-    except KeyboardInterrupt:
-        return 0
+    if shutil.which("docker-registry") is None:
+        raise DeployError("docker-registry is not installed; run `make setup`", where="registry")
+    # become the registry, so that stopping this process (Ctrl-C, kill) stops the registry itself
+    os.execvp("docker-registry", ["docker-registry", "serve", str(config)])  # noqa: S606 - a fixed program
 
 
 def _schema(args: argparse.Namespace) -> int:
