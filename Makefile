@@ -25,6 +25,7 @@ bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/canary.py
 
 registry: setup
 	$(BIN)/deployer registry --port 5000 --storage .state/registry
