@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from sandboxes import Running
-from support import run_deployer
 from test_release import DEPLOY, TEMPLATES, image_of, secrets_status
+from test_release import deploy as release_deploy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus: make setup")]
 
@@ -117,22 +117,7 @@ def app_with(tmp_path: Path, namespace: str, checks: str) -> Path:
 
 
 def deploy(app: Path, cluster: Running, version: str, *, url: str) -> tuple[int, str, str]:
-    result = run_deployer(
-        "deploy",
-        "--env",
-        "test",
-        "--repo",
-        app,
-        "--kubeconfig",
-        cluster.kubeconfig,
-        "--image",
-        f"127.0.0.1:5000/shop:{version}",
-        "--prometheus",
-        url,
-        "--rollout-timeout",
-        "30",
-    )
-    return result.code, result.out, result.err
+    return release_deploy(app, cluster, version, "--prometheus", url)
 
 
 SUCCESS_RATE = "{name: success-rate, retries: 0, prometheus: {template: request-success-rate, min: 0.9}}"

@@ -65,7 +65,7 @@ def app(tmp_path: Path, namespace: str) -> Path:
     return repo
 
 
-def deploy(app: Path, cluster: Running, version: str) -> tuple[int, str, str]:
+def deploy(app: Path, cluster: Running, version: str, *extra: str) -> tuple[int, str, str]:
     result = run_deployer(
         "deploy",
         "--env",
@@ -78,8 +78,33 @@ def deploy(app: Path, cluster: Running, version: str) -> tuple[int, str, str]:
         f"127.0.0.1:5000/shop:{version}",
         "--rollout-timeout",
         "30",
+        *extra,
     )
     return result.code, result.out, result.err
+
+
+def start_deploy(app: Path, cluster: Running, version: str) -> subprocess.Popen[str]:
+    """`deployer deploy -o json` as its own process, its events readable line by line as they happen."""
+    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+    return subprocess.Popen(
+        [
+            exe,
+            "deploy",
+            "--env",
+            "test",
+            "--repo",
+            str(app),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--image",
+            f"127.0.0.1:5000/shop:{version}",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def vs_weights(api: client.ApiClient, namespace: str) -> tuple[int, int]:
@@ -221,25 +246,7 @@ def test_kill_9_at_a_phase_boundary_then_recover_ends_consistent(
     cluster: Running, api: client.ApiClient, namespace: str, app: Path, boundary: str
 ) -> None:
     assert deploy(app, cluster, "v1")[0] == 0
-    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "deploy",
-            "--env",
-            "test",
-            "--repo",
-            str(app),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--image",
-            "127.0.0.1:5000/shop:v2",
-            "-o",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_deploy(app, cluster, "v2")
     assert proc.stdout is not None
     for line in proc.stdout:
         if json.loads(line)["message"].startswith(boundary):
@@ -371,26 +378,7 @@ def test_promote_or_abort_a_canary_in_flight(
     # a long first round: the request must land while the canary sits at 20%, even on a loaded machine
     (app / "deploy.yaml").write_text((app / "deploy.yaml").read_text().replace("interval: 300ms", "interval: 6s"))
     assert deploy(app, cluster, "v1")[0] == 0
-    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "deploy",
-            "--env",
-            "test",
-            "--repo",
-            str(app),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--image",
-            "127.0.0.1:5000/shop:v2",
-            "-o",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_deploy(app, cluster, "v2")
     assert proc.stdout is not None
     messages = []
     for line in proc.stdout:
