@@ -51,13 +51,13 @@ class Registry:
             return list(json.load(response)["tags"])
 
 
-def start_registry(tmp: Path, *, htpasswd: str | None = None) -> Registry:
+def start_registry(tmp: Path, *, htpasswd: str | None = None, data: Path | None = None) -> Registry:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": False}},
-        "storage": {"filesystem": {"rootdirectory": str(tmp / "data")}},
+        "storage": {"filesystem": {"rootdirectory": str(data or tmp / "data")}},
         "http": {"addr": f"127.0.0.1:{port}"},
     }
     if htpasswd:
@@ -356,3 +356,12 @@ def test_build_output_is_capped_and_says_so() -> None:
         "(build output capped at 10 lines; the rest is not shown)"
     ]
     assert run.tail[-1] == "50", "the tail keeps the last lines even when the output is capped"
+
+
+def test_setup_put_the_base_image_in_the_local_registry(tmp_path: Path) -> None:
+    local = start_registry(tmp_path / "local", data=STATE / "registry" / "data")
+    try:
+        assert local.tags("deployer/busybox") == ["1.35"]
+    finally:
+        local.process.terminate()
+        local.process.wait(timeout=10)
