@@ -182,7 +182,10 @@ def test_the_source_is_the_commit_not_the_working_copy_and_dockerignore_holds(ap
 def test_a_failing_run_shows_the_step_and_the_last_lines(app: Path) -> None:
     edit(app / "Dockerfile", "USER 65534", "RUN echo about to fail && exit 3\nUSER 65534")
     commit(app, "broken")
+    containers = subprocess.run([*BUILDAH, "containers", "-q"], capture_output=True, text=True, check=True).stdout
     result = run_deployer("build", "--repo", app)
+    after = subprocess.run([*BUILDAH, "containers", "-q"], capture_output=True, text=True, check=True).stdout
+    assert after == containers, "a failed build leaves no working container behind"
     assert result.code == 1
     lines = result.err.splitlines()
     assert lines[0] == (

@@ -125,6 +125,7 @@ class BuildahBuilder:
             "--isolation",
             "chroot",
             "--layers",
+            "--force-rm",  # a failed build must not leave its working container (and mount) behind
             "-f",
             str(request.dockerfile),
             "-t",
