@@ -14,11 +14,14 @@ from support import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.cluster
 
+PINNED_KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+# the machine's own kubectl (1.32 here), found on PATH without the project's .tools/bin that `make` puts first
+MACHINE_PATH = os.pathsep.join(
+    p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != PINNED_KUBECTL.parent.resolve()
+)
 KUBECTLS = {
-    "kubectl 1.32 (the machine's)": shutil.which("kubectl")
-    if Path(shutil.which("kubectl") or "/nonexistent").resolve() != (ROOT / ".tools" / "bin" / "kubectl").resolve()
-    else None,
-    "kubectl 1.35 (pinned in .tools)": str(ROOT / ".tools" / "bin" / "kubectl"),
+    "kubectl 1.32 (the machine's)": shutil.which("kubectl", path=MACHINE_PATH),
+    "kubectl 1.35 (pinned in .tools)": str(PINNED_KUBECTL),
 }
 AVAILABLE = [pytest.param(path, id=name) for name, path in KUBECTLS.items() if path and os.access(path, os.X_OK)]
 HELM = str(ROOT / ".tools" / "bin" / "helm")
