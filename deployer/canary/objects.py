@@ -81,12 +81,17 @@ def stable_objects(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -
     ]
 
 
+def canary_name(deployment: str) -> str:
+    """The canary Deployment's name beside the stable `deployment`."""
+    return f"{deployment}-canary"
+
+
 def canary_deployment(deployment: dict[str, Any]) -> dict[str, Any]:
     """`<name>-canary`: the new pod template beside the stable one, selecting `track: canary` only."""
     canary = _with_track(deployment, CANARY)
     canary.pop("status", None)
     meta = canary["metadata"]
-    meta["name"] = f"{meta['name']}-canary"
+    meta["name"] = canary_name(meta["name"])
     meta.setdefault("labels", {})[TRACK] = CANARY
     for key in ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields"):
         meta.pop(key, None)

@@ -13,9 +13,18 @@ from deployer.canary.objects import ISTIO, canary_targets, stable_objects
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.kube.cluster import Kube
-from deployer.kube.lease import Lock, holder_identity
+from deployer.kube.lease import Lock
 from deployer.kube.records import Records
-from deployer.pipeline.release import ReleaseOptions, _apply_all, _prune, _Release, _routes, _wait_stable
+from deployer.pipeline.release import (
+    ReleaseOptions,
+    _apply_all,
+    _delete_canaries,
+    _prune,
+    _Release,
+    _routes,
+    _wait_stable,
+    environment_lock,
+)
 from deployer.pipeline.steps import Rendered
 
 
@@ -33,8 +42,18 @@ async def history(*, api: client.ApiClient, env: Environment) -> list[dict[str, 
     return await Records(api, namespace=env.namespace, app=env.app, environment=env.environment).history()
 
 
-def _stub(env: Environment, record: dict[str, Any]) -> Rendered:
-    return Rendered(
+def _replay(
+    kube: Kube,
+    records: Records,
+    env: Environment,
+    record: dict[str, Any],
+    *,
+    sink: EventSink,
+    manifests: list[dict[str, Any]] | None = None,
+) -> _Release:
+    """A release run over stored manifests (those of `record`, unless others are given)."""
+    objects = record["manifests"] if manifests is None else manifests
+    rendered = Rendered(
         app=env.app,
         environment=env.environment,
         namespace=env.namespace,
@@ -42,6 +61,11 @@ def _stub(env: Environment, record: dict[str, Any]) -> Rendered:
         objects=(),
         values={"record": record.get("values_digest", "")},
     )
+    return _Release(kube, records, rendered, objects, canary_targets(objects), record, ReleaseOptions(), sink)
+
+
+def _lock(api: client.ApiClient, env: Environment, sink: EventSink) -> Lock:
+    return environment_lock(api, namespace=env.namespace, app=env.app, environment=env.environment, sink=sink)
 
 
 async def rollback(
@@ -49,9 +73,7 @@ async def rollback(
 ) -> dict[str, Any]:
     """Re-apply a stored release (the one before the live one by default): no rebuild, no analysis."""
     kube = await asyncio.to_thread(Kube, api)
-    async with Lock(
-        api, namespace=env.namespace, name=f"deployer-{env.app}-{env.environment}", holder=holder_identity(), sink=sink
-    ):
+    async with _lock(api, env, sink):
         records = Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
         stored = await records.history()
         deployed = [r for r in stored if r["status"] == "deployed"]
@@ -67,9 +89,8 @@ async def rollback(
                 f"(stored revisions: {known})",
                 where=f"{env.environment} ({env.namespace})",
             )
-        objects = target["manifests"]
         record = {
-            **target,
+            **{k: v for k, v in target.items() if k not in ("reason", "finished")},
             "revision": int(stored[-1]["revision"]) + 1,
             "status": "pending",
             "phase": "rollback",
@@ -77,13 +98,10 @@ async def rollback(
             "started": time.time(),
             "rounds": [],
         }
-        run = _Release(
-            kube, records, _stub(env, target), objects, canary_targets(objects), record, ReleaseOptions(), sink
-        )
+        run = _replay(kube, records, env, record, sink=sink)
         await run.save()
         await _apply_all(run, why=f"rollback to revision {target['revision']}")
-        for t in run.targets:
-            await kube.delete("apps/v1", "Deployment", namespace=env.namespace, name=f"{t.deployment}-canary")
+        await _delete_canaries(run)
         await _prune(run, deployed[-1] if deployed else None)
         await run.save(status="deployed", phase="done", finished=time.time())
         sink(Event("release", f"revision {record['revision']} (revision {target['revision']} again) is live"))
@@ -93,9 +111,7 @@ async def rollback(
 async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = discard) -> list[int]:
     """Bring releases left mid-flight to a consistent end: all traffic to stable, no canary, recorded rolled back."""
     kube = await asyncio.to_thread(Kube, api)
-    async with Lock(
-        api, namespace=env.namespace, name=f"deployer-{env.app}-{env.environment}", holder=holder_identity(), sink=sink
-    ):
+    async with _lock(api, env, sink):
         records = Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
         recovered = []
         stored = await records.history()
@@ -105,32 +121,13 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
             earlier = [r for r in stored if r["status"] == "deployed" and int(r["revision"]) < int(record["revision"])]
             if earlier and record.get("phase") in ("applying", "promoting", "rollback"):
                 # stable may already run the new version: put the last good release back
-                back = _Release(
-                    kube,
-                    records,
-                    _stub(env, earlier[-1]),
-                    earlier[-1]["manifests"],
-                    canary_targets(earlier[-1]["manifests"]),
-                    dict(earlier[-1]),
-                    ReleaseOptions(),
-                    sink,
-                )
+                back = _replay(kube, records, env, dict(earlier[-1]), sink=sink)
                 await kube.apply(stable_objects(back.objects, back.targets), namespace=env.namespace)
                 await _wait_stable(back)
-            run = _Release(
-                kube,
-                records,
-                _stub(env, record),
-                record["manifests"],
-                canary_targets(record["manifests"]),
-                record,
-                ReleaseOptions(),
-                sink,
-            )
+            run = _replay(kube, records, env, record, sink=sink)
             if run.targets and kube.has_kind(ISTIO, "VirtualService"):
                 await _routes(run, weight=0, rules=True)
-            for target in run.targets:
-                await kube.delete("apps/v1", "Deployment", namespace=env.namespace, name=f"{target.deployment}-canary")
+            await _delete_canaries(run)
             phase = record.get("phase", "unknown")
             await run.save(
                 status="rolled-back",

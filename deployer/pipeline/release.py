@@ -1,8 +1,9 @@
-"""Steps 7 to 10: lock, canary beside stable, weights step by step, verdict, promote or roll back, record.
+"""Steps 6 to 10: lock, pre-deploy Jobs, canary beside stable, weights step by step, verdict, promote or roll
+back, record.
 
-The first release of an environment (or one with no Service to split traffic on) skips the canary. The
-stable version is never touched before promotion. Checks so far: readiness of the canary's pods; the HTTP
-and Prometheus checks come with the data-plane issue.
+The first release of an environment (or `--skip-canary`, or `canary: false`) goes without a canary. The
+stable version is never touched before promotion. Each round checks readiness (watched during the interval)
+and the environment's Prometheus and HTTP checks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from deployer.canary.objects import (
     ISTIO,
     CanaryTarget,
     canary_deployment,
+    canary_name,
     canary_targets,
     destination_rule,
     owned_by_release,
@@ -46,6 +48,15 @@ class ReleaseOptions:
     rollout_timeout: float = 300.0
     pusher: str = ""
     prometheus_url: str | None = None
+
+
+def environment_lock(
+    api: client.ApiClient, *, namespace: str, app: str, environment: str, wait: bool = True, sink: EventSink = discard
+) -> Lock:
+    """The one lock every change to an environment's releases takes: the Lease `deployer-<app>-<env>`."""
+    return Lock(
+        api, namespace=namespace, name=f"deployer-{app}-{environment}", holder=holder_identity(), wait=wait, sink=sink
+    )
 
 
 @dataclass
@@ -82,10 +93,13 @@ async def release(
 ) -> dict[str, Any]:
     """Release `rendered` to its environment; return the record. A rollback raises DeployError after recording."""
     kube = await asyncio.to_thread(Kube, api)
-    holder = holder_identity()
-    lease = f"deployer-{rendered.app}-{rendered.environment}"
-    async with Lock(
-        api, namespace=rendered.namespace, name=lease, holder=holder, wait=options.wait_for_lock, sink=sink
+    async with environment_lock(
+        api,
+        namespace=rendered.namespace,
+        app=rendered.app,
+        environment=rendered.environment,
+        wait=options.wait_for_lock,
+        sink=sink,
     ):
         records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
         history = await records.history()
@@ -205,12 +219,12 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
         result = verdict(rounds, policy)
         asked = await run.records.requested(int(run.record["revision"]))
         if asked == "abort":
-            await _rollback(run, canaries, "aborted by request (deployer abort)")
+            await _rollback(run, "aborted by request (deployer abort)")
         if asked == "promote":
             run.sink(Event("canary", "promotion requested (deployer promote): skipping the remaining steps"))
             break
         if result.decision is Decision.ROLLBACK:
-            await _rollback(run, canaries, result.reason)
+            await _rollback(run, result.reason)
         if result.decision is Decision.PROMOTE:
             break
         assert result.next_weight is not None
@@ -234,7 +248,7 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
                 for r in rounds
             ]
         )
-    await _promote(run, canaries, previous)
+    await _promote(run, previous)
 
 
 async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
@@ -248,7 +262,12 @@ async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[Che
     return tuple(results)
 
 
-async def _promote(run: _Release, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+async def _delete_canaries(run: _Release) -> None:
+    for target in run.targets:
+        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary_name(target.deployment))
+
+
+async def _promote(run: _Release, previous: dict[str, Any]) -> None:
     run.sink(Event("canary", "promoting: the new version becomes stable"))
     await run.save(phase="promoting")
     await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
@@ -257,17 +276,15 @@ async def _promote(run: _Release, canaries: list[dict[str, Any]], previous: dict
     except DeployError as exc:  # e.g. a progress deadline exceeded: put the last good release back
         back = stable_objects(previous["manifests"], canary_targets(previous["manifests"]))
         await run.kube.apply(back, namespace=run.namespace)
-        await _rollback(run, canaries, f"promotion failed: {exc.message}; revision {previous['revision']} restored")
+        await _rollback(run, f"promotion failed: {exc.message}; revision {previous['revision']} restored")
     await _routes(run, weight=0)
-    for canary in canaries:
-        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary["metadata"]["name"])
+    await _delete_canaries(run)
 
 
-async def _rollback(run: _Release, canaries: list[dict[str, Any]], reason: str) -> None:
+async def _rollback(run: _Release, reason: str) -> None:
     run.sink(Event("canary", f"rolling back: {reason}", kind="warning"))
     await _routes(run, weight=0)
-    for canary in canaries:
-        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary["metadata"]["name"])
+    await _delete_canaries(run)
     await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
     raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
 
