@@ -61,7 +61,8 @@ def _replay(
         objects=(),
         values={"record": record.get("values_digest", "")},
     )
-    return _Release(kube, records, rendered, objects, canary_targets(objects), record, ReleaseOptions(), sink)
+    targets = canary_targets(objects) if record.get("canary", True) else []
+    return _Release(kube, records, rendered, objects, targets, record, ReleaseOptions(), sink)
 
 
 def _lock(api: client.ApiClient, env: Environment, sink: EventSink) -> Lock:

@@ -125,6 +125,7 @@ async def release(
             "pusher": options.pusher,
             "started": time.time(),
             "manifests": objects,
+            "canary": bool(targets),  # replays (rollback, recover) must split traffic only where this release did
             "rounds": [],
             "values_digest": rendered.values_digest,
         }
@@ -274,7 +275,8 @@ async def _promote(run: _Release, previous: dict[str, Any]) -> None:
     try:
         await _wait_stable(run)
     except DeployError as exc:  # e.g. a progress deadline exceeded: put the last good release back
-        back = stable_objects(previous["manifests"], canary_targets(previous["manifests"]))
+        earlier = previous["manifests"]
+        back = stable_objects(earlier, canary_targets(earlier) if previous.get("canary", True) else [])
         await run.kube.apply(back, namespace=run.namespace)
         await _rollback(run, f"promotion failed: {exc.message}; revision {previous['revision']} restored")
     await _routes(run, weight=0)

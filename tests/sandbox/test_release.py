@@ -492,3 +492,27 @@ def test_missing_istio_crds_are_a_clear_message_before_anything_is_applied(
         "are missing from the cluster; install Istio before deploying"
     )
     assert client.AppsV1Api(api).list_namespaced_deployment("shop").items == []
+
+
+def test_rollback_of_an_environment_without_canary_keeps_its_selectors(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    (app / "deploy.yaml").write_text(
+        (app / "deploy.yaml")
+        .read_text()
+        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2}", "canary: false")
+    )
+    assert deploy(app, cluster, "v1")[0] == 0
+    assert deploy(app, cluster, "v2")[0] == 0
+    code, _, err = operation(app, cluster, "rollback", "--to", "1")
+    assert code == 0, err
+    deployment = client.AppsV1Api(api).read_namespaced_deployment("shop", namespace)
+    assert deployment.spec.selector.match_labels == {"app": "shop"}
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    names = {
+        o["metadata"]["name"]
+        for o in client.CustomObjectsApi(api).list_namespaced_custom_object(
+            "networking.istio.io", "v1", namespace, "virtualservices"
+        )["items"]
+    }
+    assert names == set(), "no VirtualService for an environment without a canary"
