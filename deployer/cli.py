@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from deployer import __version__
 from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
-from deployer.config import DEPLOY_FILE, RepoFiles, json_schema, load_deploy_config
+from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
 from deployer.events import Event
@@ -307,14 +307,10 @@ def _environment(args: argparse.Namespace) -> Any:
     if args.app and args.namespace:
         return Environment(app=args.app, environment=args.env, namespace=args.namespace)
     config = load_deploy_config(_repo(args.repo))
-    if args.env not in config.environments:
-        raise DeployError(
-            f"no environment {args.env!r} (environments: {', '.join(config.environments)})", where=DEPLOY_FILE
-        )
     return Environment(
         app=args.app or config.app,
         environment=args.env,
-        namespace=args.namespace or config.environments[args.env].namespace,
+        namespace=args.namespace or config.environment(args.env).namespace,
     )
 
 

@@ -220,6 +220,14 @@ class DeployConfig(StrictModel):
         dict[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)], Environment], Field(min_length=1)
     ]
 
+    def environment(self, name: str) -> Environment:
+        """The environment called `name`, or one DeployError listing the ones there are."""
+        if name not in self.environments:
+            raise DeployError(
+                f"no environment {name!r} (environments: {', '.join(self.environments)})", where="deploy.yaml"
+            )
+        return self.environments[name]
+
     @property
     def release_name(self) -> str:
         """The Helm release name (or the app name in template mode)."""

@@ -89,10 +89,7 @@ async def render_environment(
     helm: Helm | None = None,
 ) -> Rendered:
     """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault."""
-    env = config.environments.get(environment)
-    if env is None:
-        known = ", ".join(config.environments)
-        raise DeployError(f"no environment {environment!r} (environments: {known})", where=DEPLOY_FILE)
+    env = config.environment(environment)
     files = [
         (path, load_values_file(repo, path, where=f"{DEPLOY_FILE}: environments.{environment}.values[{i}]"))
         for i, path in enumerate(env.values)
