@@ -18,7 +18,7 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink
-from deployer.kube.jobs import call
+from deployer.kube.jobs import call, watch_lost
 
 MANAGER = "deployer"
 
@@ -172,37 +172,36 @@ class Kube:
         return await asyncio.to_thread(self._wait, name, namespace, timeout, sink, status_of)
 
     def _wait(self, name: str, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
-        deadline, last = time.monotonic() + timeout, None
-        while (remaining := deadline - time.monotonic()) > 0:
-            current = self.api.sanitize_for_serialization(call(self.apps.read_namespaced_deployment, name, namespace))
-            state = status_of(current)
-            if state.message != last:
+        deadline, said = time.monotonic() + timeout, [""]
+
+        def judge(deployment: Any) -> Any:
+            state = status_of(self.api.sanitize_for_serialization(deployment))
+            if state.message != said[-1]:
                 sink(Event("rollout", state.message))
-                last = state.message
-            if state.state.value != "waiting":
+                said.append(state.message)
+            return state
+
+        while (remaining := deadline - time.monotonic()) > 0:
+            current = call(self.apps.read_namespaced_deployment, name, namespace)
+            if (state := judge(current)).state.value != "waiting":
                 return state
             stream = watch.Watch().stream(
                 self.apps.list_namespaced_deployment,
                 namespace,
                 field_selector=f"metadata.name={name}",
-                resource_version=current["metadata"]["resourceVersion"],
+                resource_version=current.metadata.resource_version if current.metadata else None,
                 timeout_seconds=max(1, int(min(remaining, 30))),
             )
             try:
                 for event in stream:
-                    state = status_of(self.api.sanitize_for_serialization(event["object"]))
-                    if state.message != last:
-                        sink(Event("rollout", state.message))
-                        last = state.message
-                    if state.state.value != "waiting" or time.monotonic() > deadline:
+                    if (state := judge(event["object"])).state.value != "waiting":
+                        return state
+                    if time.monotonic() > deadline:
                         break
             except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
-                if isinstance(exc, client.ApiException) and exc.status not in (410, 429, 500, 502, 503, 504):
+                if not watch_lost(exc):  # a lost watch: read the object again and watch anew
                     raise
-                continue  # a dropped or refused watch: read the object again and watch anew
-            if state.state.value != "waiting":
-                return state
-        raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({last})', where=namespace)
+        raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({said[-1]})', where=namespace)
 
 
 def _message(exc: client.ApiException) -> str:

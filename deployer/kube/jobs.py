@@ -51,6 +51,11 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def watch_lost(exc: Exception) -> bool:
+    """A watch that dropped, expired (410) or was refused for a moment: start over rather than fail."""
+    return not isinstance(exc, client.ApiException) or exc.status in _TRANSIENT | {410}
+
+
 def _finished(job: Any) -> tuple[bool, str] | None:
     for condition in (job.status.conditions if job.status else None) or []:
         if condition.status == "True" and condition.type in ("Complete", "Failed"):
@@ -101,7 +106,7 @@ class KubeJobRunner:
                     if (done := _finished(event["object"])) is not None:
                         return self._outcome(name, namespace, *done, sink=sink)
             except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
-                if isinstance(exc, client.ApiException) and exc.status not in (410, 429, 500, 502, 503, 504):
+                if not watch_lost(exc):
                     raise
         return self._outcome(name, namespace, False, f"not finished within {timeout:g}s", sink=sink)
 
