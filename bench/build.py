@@ -79,7 +79,7 @@ def one_run(tmp: Path) -> dict[str, float]:
 
         cold = timed()
         skipped = timed()
-        (repo / "www" / "healthz").write_text("ok again\n")
+        (repo / "app" / "status").write_text("200\n\n")
         git(repo, "commit", "-qam", "two")
         cached = timed()
         base = [

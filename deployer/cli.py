@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument("--port", type=int, default=5000)
     registry.add_argument("--storage", type=Path, default=Path(".state/registry"))
 
+    _add_sandbox(commands)
+    return parser
+
+
+def _add_sandbox(commands: Any) -> None:
     sandbox = commands.add_parser("sandbox", help="run a local, strict Kubernetes API (the sandbox cluster)")
     sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     sandbox.add_argument(
@@ -129,7 +134,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--state", type=Path, help="keep objects in this directory across restarts")
     sandbox.add_argument("--ready-delay", type=float, default=0.5, help="seconds until a simulated pod is Ready")
-    return parser
+    sandbox.add_argument(
+        "--runtime",
+        choices=("simulated", "containers"),
+        default="simulated",
+        help="simulated pods (no containers), or real containers in the sandbox's own dockerd",
+    )
+    sandbox.add_argument(
+        "--crash-backoff", type=float, default=10.0, help="first CrashLoopBackOff delay in seconds (kubelet: 10)"
+    )
+    sandbox.add_argument("--prometheus", action="store_true", help="also run Prometheus, scraping the mesh")
+    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", metavar="{traffic}")
+    traffic = sandbox_commands.add_parser("traffic", help="send steady load through the mesh's front door")
+    traffic.add_argument("--host", required=True, help="Host header: SERVICE.NAMESPACE or a VirtualService host")
+    traffic.add_argument("--rps", type=float, default=10.0, help="requests a second (default 10)")
+    traffic.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    traffic.add_argument("--path", default="/", help="request path (default /)")
+    traffic.add_argument("--mesh", help="the front door's URL (default: asked of the sandbox in --kubeconfig)")
+    traffic.add_argument(
+        "--kubeconfig", type=Path, default=Path(".state/sandbox/kubeconfig"), dest="traffic_kubeconfig"
+    )
 
 
 def _head_commit(repo: Path) -> str:
@@ -195,8 +219,42 @@ async def _validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _traffic(args: argparse.Namespace) -> int:
+    from deployer.sandbox import traffic  # noqa: PLC0415 - a separate program, loaded only when asked for
+
+    mesh = args.mesh
+    if mesh is None:
+        try:
+            mesh = traffic.mesh_url(args.traffic_kubeconfig)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DeployError(
+                f"cannot find the sandbox's mesh: {exc} (is `deployer sandbox` running?)",
+                where=str(args.traffic_kubeconfig),
+            ) from None
+    if args.rps <= 0 or args.duration <= 0:
+        raise DeployError("--rps and --duration must be positive", where="sandbox traffic")
+    print(f"sending {args.rps:g} requests/s for {args.duration:g}s to {args.host}{args.path} via {mesh}", flush=True)
+    counts = asyncio.run(
+        traffic.send(
+            mesh,
+            args.host,
+            rps=args.rps,
+            duration=args.duration,
+            path=args.path,
+            report=lambda line: print(line, flush=True),
+        )
+    )
+    total = sum(counts.values())
+    ok = sum(v for k, v in counts.items() if k.isdigit() and int(k) < 500)
+    print(f"total {total} requests, {ok} without a 5xx or error ({100 * ok / total:.1f}%)", flush=True)
+    return 0
+
+
 def _sandbox(args: argparse.Namespace) -> int:
+    if args.sandbox_command == "traffic":
+        return _traffic(args)
     from deployer.sandbox import serve  # noqa: PLC0415 - a separate program, loaded only when asked for
+    from deployer.sandbox.engine import EngineError  # noqa: PLC0415
 
     try:
         asyncio.run(
@@ -205,10 +263,15 @@ def _sandbox(args: argparse.Namespace) -> int:
                 kubeconfig_path=args.kubeconfig.resolve(),
                 state_dir=args.state,
                 ready_delay=args.ready_delay,
+                runtime=args.runtime,
+                prometheus=args.prometheus,
+                crash_backoff=args.crash_backoff,
             )
         )
     except OSError as exc:
         raise DeployError(f"cannot serve: {exc.strerror or exc}", where=f"sandbox --port {args.port}") from None
+    except (EngineError, RuntimeError) as exc:
+        raise DeployError(str(exc), where=f"sandbox --runtime {args.runtime}") from None
     except KeyboardInterrupt:
         print("sandbox stopped", file=sys.stderr)
     return 0

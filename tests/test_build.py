@@ -142,7 +142,7 @@ def test_build_pushes_the_commit_tag_and_pins_the_digest(app: Path, registry: Re
         digest = response.headers["Docker-Content-Digest"]
     assert ref == f"{registry.host}/hello@{digest}"
     assert any(e.kind == "output" and e.message.startswith("STEP 1/") for e in events), "output streamed line by line"
-    assert image_file(ref, "/www/index.html") == f"hello from {sha}\n"
+    assert image_file(ref, "/app/greeting") == f"hello from {sha}\n"
 
 
 def test_the_same_commit_again_is_not_rebuilt(app: Path, registry: Registry) -> None:
@@ -165,7 +165,7 @@ def test_a_change_in_one_file_rebuilds_with_cached_layers(app: Path, registry: R
     assert second != first
     output = [e.message for e in events if e.kind == "output"]
     assert any("Using cache" in line for line in output), output
-    assert image_file(second, "/www/index.html") == f"hello from {sha}\n"
+    assert image_file(second, "/app/greeting") == f"hello from {sha}\n"
 
 
 def test_the_source_is_the_commit_not_the_working_copy_and_dockerignore_holds(app: Path) -> None:
@@ -332,7 +332,7 @@ def test_docker_builder_is_chosen_when_a_daemon_is_there(app: Path, registry: Re
     assert "Step 1/" in result.out
     assert registry.tags("hello") == [sha]
     assert (
-        image_file(result.out.strip().splitlines()[-1].removeprefix("image: "), "/www/index.html")
+        image_file(result.out.strip().splitlines()[-1].removeprefix("image: "), "/app/greeting")
         == f"hello from {sha}\n"
     )
 

@@ -35,8 +35,8 @@ def test_example_image_builds_on_the_local_base_and_serves_its_page(name: str) -
     )
     container = buildah("from", "--name", f"t-{uuid.uuid4().hex[:8]}", tag).strip()
     try:
-        assert buildah("run", "--isolation", "chroot", container, "cat", "/www/index.html") == "hello from abc123\n"
-        assert buildah("run", "--isolation", "chroot", container, "cat", "/www/healthz") == "ok\n"
+        assert buildah("run", "--isolation", "chroot", container, "cat", "/app/greeting") == "hello from abc123\n"
+        assert buildah("run", "--isolation", "chroot", container, "cat", "/app/status") == "200\n"
         assert "/bin/httpd" in buildah("run", "--isolation", "chroot", container, "which", "httpd")
     finally:
         buildah("rm", container)

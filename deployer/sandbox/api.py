@@ -9,8 +9,9 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import yaml
 from aiohttp import web
 
@@ -57,6 +58,29 @@ class Controls:
     stats: Counter[str] = field(default_factory=Counter)
 
 
+class Pods(Protocol):
+    """What the pod runtime serves through the API: an address to proxy to, and logs."""
+
+    def address(self, namespace: str, name: str) -> str | None: ...
+
+    def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes: ...
+
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+    "authorization",
+}
+
+
 @dataclass(frozen=True)
 class Target:
     rt: ResourceType
@@ -78,7 +102,10 @@ def _error(exc: ApiError) -> web.Response:
 class Api:
     """Routes requests to the cluster."""
 
-    def __init__(self, cluster: Cluster, controls: Controls, *, extra_routes: Any = None) -> None:
+    def __init__(
+        self, cluster: Cluster, controls: Controls, *, extra_routes: Any = None, pods: Pods | None = None
+    ) -> None:
+        self.pods = pods
         self.cluster = cluster
         self.controls = controls
         self.extra_routes = extra_routes
@@ -126,6 +153,11 @@ class Api:
         if path == "/openapi/v2":
             return self._swagger(request)
         try:
+            proxy = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/proxy(/.*)?", request.path)
+            if proxy:
+                self.controls.stats["proxy pods"] += 1
+                await self._inject("proxy", "pods")
+                return await self._proxy(request, proxy.group(1), proxy.group(2), proxy.group(3) or "")
             static = self._static(path)
             if static is not None:
                 return _json(static)
@@ -267,9 +299,62 @@ class Api:
         obj = self.cluster.get(t.rt, t.version, t.namespace or "", t.name or "")
         if t.subresource == "scale":
             return _json(_scale(obj))
-        if t.subresource in ("log", "proxy"):
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if t.subresource == "log":
+            return self._logs(request, t)
         return _json(obj)
+
+    def _logs(self, request: web.Request, t: Target) -> web.Response:
+        query = request.query
+        tail = query.get("tailLines")
+        try:
+            if self.pods is None:
+                raise ValueError("this sandbox runs no containers")
+            data = self.pods.logs(
+                t.namespace or "",
+                t.name or "",
+                query.get("container"),
+                previous=query.get("previous") in ("true", "1"),
+                tail=int(tail) if tail and tail.isdigit() else None,
+            )
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        return web.Response(body=data, content_type="text/plain")
+
+    async def _proxy(self, request: web.Request, namespace: str, target: str, rest: str) -> web.StreamResponse:
+        """pods/[scheme:]NAME[:PORT]/proxy/PATH: the request, forwarded to the pod as the apiserver does."""
+        parts = target.split(":")
+        if parts[0] in ("http", "https") and len(parts) > 1:
+            scheme, parts = parts[0], parts[1:]
+        else:
+            scheme = "http"
+        name, port_text = parts[0], (parts[1] if len(parts) > 1 else "")
+        pod = self.cluster.get(self.cluster.rt("", "v1", "pods"), "v1", namespace, name)
+        port = _pod_port(pod, port_text)
+        ip = self.pods.address(namespace, name) if self.pods else None
+        pod_ip = (pod.get("status") or {}).get("podIP") or ""
+        if port is None:
+            raise bad_request(f"invalid port {port_text!r} for pod {name}")
+        if not ip or scheme != "http":
+            raise ApiError(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: dial tcp {pod_ip}:{port}: connect: connection refused",
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        url = f"http://{ip}:{port}{rest or '/'}"
+        if request.query_string:
+            url += f"?{request.query_string}"
+        try:
+            data = await request.read()
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+                session.request(request.method, url, headers=headers, data=data, allow_redirects=False) as answer,
+            ):
+                body = await answer.read()
+                out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=answer.status, body=body, headers=out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(503, "ServiceUnavailable", f"error trying to reach service: {exc}") from None
 
     async def _collection(self, request: web.Request, t: Target) -> web.StreamResponse:
         return _json(self._delete_collection(request, t))
@@ -472,3 +557,16 @@ def _scale(obj: dict[str, Any]) -> dict[str, Any]:
             "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())),
         },
     }
+
+
+def _pod_port(pod: dict[str, Any], port: str) -> int | None:
+    """A port of the proxy path: a number, a container port's name, or 80 when none is given."""
+    if not port:
+        return 80
+    if port.isdigit():
+        return int(port) if 0 < int(port) < 65536 else None
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for declared in container.get("ports") or []:
+            if declared.get("name") == port:
+                return int(declared["containerPort"])
+    return None

@@ -24,6 +24,16 @@ class PodRuntime(Protocol):
 
     def forget(self, namespace: str, name: str) -> None: ...
 
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def address(self, namespace: str, name: str) -> str | None:
+        """An IP the host can reach the pod on, or None when nothing runs there."""
+
+    def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes:
+        """The container's output; ValueError with the apiserver's message when there is none."""
+
 
 def _stamp(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
@@ -60,6 +70,20 @@ class SimulatedRuntime:
     def forget(self, namespace: str, name: str) -> None:
         self._runs.pop((namespace, name), None)
 
+    async def start(self) -> None:
+        """Nothing to start: no containers run."""
+
+    async def stop(self) -> None:
+        self._runs.clear()
+
+    def address(self, namespace: str, name: str) -> str | None:
+        return None  # a simulated pod serves nothing: proxying to it is refused as by a dead pod
+
+    def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes:
+        if (namespace, name) not in self._runs:
+            raise ValueError(f'pod "{name}" is not running yet')
+        return b""  # simulated containers print nothing
+
     def _wake(self, namespace: str, name: str, seconds: float) -> None:
         asyncio.get_running_loop().call_later(max(seconds, 0.0) + 0.005, self.on_change, namespace, name)
 
@@ -89,36 +113,7 @@ class SimulatedRuntime:
     def _base(
         self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None
     ) -> dict[str, Any]:
-        stamp = _stamp(run.started)
-        ready_cond: dict[str, Any] = {
-            "type": "Ready",
-            "status": "True" if ready else "False",
-            "lastProbeTime": None,
-            "lastTransitionTime": stamp,
-        }
-        containers_ready = dict(ready_cond, type="ContainersReady")
-        if reason:
-            ready_cond["reason"] = containers_ready["reason"] = reason
-        return {
-            "phase": phase,
-            "hostIP": "10.0.0.1",
-            "podIP": _pod_ip(pod),
-            "podIPs": [{"ip": _pod_ip(pod)}],
-            "startTime": stamp,
-            "qosClass": "BestEffort",
-            "conditions": [
-                {
-                    "type": "PodReadyToStartContainers",
-                    "status": "True",
-                    "lastProbeTime": None,
-                    "lastTransitionTime": stamp,
-                },
-                {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
-                ready_cond,
-                containers_ready,
-                {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
-            ],
-        }
+        return base_status(pod, run.started, phase, ready=ready, reason=reason, pod_ip=_pod_ip(pod))
 
     def _containers(
         self,
@@ -194,6 +189,53 @@ class SimulatedRuntime:
         }
         status["containerStatuses"] = self._containers(pod, state, ready=False)
         return status
+
+
+def base_status(
+    pod: dict[str, Any],
+    started: float,
+    phase: str,
+    *,
+    ready: bool,
+    reason: str | None,
+    pod_ip: str | None,
+    host_ip: str = "10.0.0.1",
+    ready_since: float | None = None,
+) -> dict[str, Any]:
+    """A pod's status as a kubelet writes it, without containerStatuses."""
+    stamp = _stamp(started)
+    ready_cond: dict[str, Any] = {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "lastProbeTime": None,
+        "lastTransitionTime": _stamp(ready_since) if ready_since else stamp,
+    }
+    containers_ready = dict(ready_cond, type="ContainersReady")
+    if reason:
+        ready_cond["reason"] = containers_ready["reason"] = reason
+    status: dict[str, Any] = {"phase": phase, "hostIP": host_ip, "hostIPs": [{"ip": host_ip}]}
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    status["startTime"] = stamp
+    status["qosClass"] = "BestEffort"
+    status["conditions"] = [
+        {
+            "type": "PodReadyToStartContainers",
+            "status": "True" if pod_ip else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": stamp,
+        },
+        {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+        ready_cond,
+        containers_ready,
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+    ]
+    return status
+
+
+def stamp(at: float) -> str:
+    return _stamp(at)
 
 
 def _pod_ip(pod: dict[str, Any]) -> str:

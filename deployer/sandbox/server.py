@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,9 +18,15 @@ from aiohttp import web
 
 from deployer.sandbox.api import Api, Controls
 from deployer.sandbox.cluster import Cluster
+from deployer.sandbox.containers import ContainerRuntime
 from deployer.sandbox.controllers import Controllers
-from deployer.sandbox.runtime import BEHAVIOURS, SimulatedRuntime
+from deployer.sandbox.engine import EngineError
+from deployer.sandbox.mesh import Mesh
+from deployer.sandbox.prometheus import Prometheus
+from deployer.sandbox.runtime import BEHAVIOURS, PodRuntime, SimulatedRuntime
 from deployer.sandbox.store import Store
+
+RUNTIMES = ("simulated", "containers")
 
 
 def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
@@ -45,16 +53,37 @@ class Sandbox:
         ready_delay: float = 0.2,
         crash_backoff: float = 1.0,
         history: int = 10000,
+        runtime: str = "simulated",
+        prometheus: bool = False,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}")
         self.port = port
         self.state_dir = state_dir
         self.kubeconfig_path = kubeconfig_path
         self.store = Store(history=history, state_dir=state_dir)
         self.cluster = Cluster(self.store)
-        self.runtime = SimulatedRuntime(ready_delay=ready_delay, crash_backoff=crash_backoff)
+        self.simulated = SimulatedRuntime(ready_delay=ready_delay, crash_backoff=crash_backoff)
+        self.containers: ContainerRuntime | None = None
+        self.runtime: PodRuntime = self.simulated
+        self._scratch: Path | None = None
+        if runtime == "containers":
+            # dockerd's socket path must stay short (108 bytes): its directory lives in /tmp, whatever state_dir is
+            self._scratch = Path(tempfile.mkdtemp(prefix="deployer-sandbox-"))
+            self.containers = ContainerRuntime(
+                self._scratch,
+                lambda namespace, plural, name: self.store.get(("", plural, namespace, name)),
+                crash_backoff=crash_backoff,
+            )
+            self.runtime = self.containers
         self.controllers = Controllers(self.cluster, self.runtime)
         self.controls = Controls()
-        self.api = Api(self.cluster, self.controls, extra_routes=self._routes)
+        self.api = Api(self.cluster, self.controls, extra_routes=self._routes, pods=self.runtime)
+        self.mesh = Mesh(self.store, self.runtime.address)
+        self.mesh_port = 0
+        self.telemetry_port = 0
+        self.prometheus = Prometheus([]) if prometheus else None
+        self._runners: list[web.AppRunner] = []
         self._runner: web.AppRunner | None = None
         self._saver: asyncio.Task[None] | None = None
 
@@ -62,16 +91,42 @@ class Sandbox:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def mesh_url(self) -> str:
+        return f"http://127.0.0.1:{self.mesh_port}"
+
+    @property
+    def telemetry_url(self) -> str:
+        return f"http://127.0.0.1:{self.telemetry_port}/metrics"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "runtime": "containers" if self.containers else "simulated",
+            "mesh": self.mesh_url,
+            "telemetry": self.telemetry_url,
+            "prometheus": self.prometheus.url if self.prometheus else None,
+        }
+
     def _routes(self, app: web.Application) -> None:
         app.router.add_route("POST", "/sandbox/pods", self._pod_behaviour)
+        app.router.add_route("GET", "/sandbox/info", self._info)
+        app.router.add_route("GET", "/sandbox/ports", self._ports)
+
+    async def _info(self, _: web.Request) -> web.Response:
+        return web.json_response(self.info())
+
+    async def _ports(self, _: web.Request) -> web.Response:
+        return web.json_response(self.containers.published() if self.containers else [])
 
     async def _pod_behaviour(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.containers is not None:
+            return web.json_response({"error": "pod behaviours are for the simulated runtime"}, status=400)
         if body.get("behaviour") not in BEHAVIOURS or not body.get("image"):
             return web.json_response(
                 {"error": f"need image and behaviour (one of {', '.join(BEHAVIOURS)})"}, status=400
             )
-        self.runtime.set_behaviour(body["image"], body["behaviour"], float(body.get("after", 0)))
+        self.simulated.set_behaviour(body["image"], body["behaviour"], float(body.get("after", 0)))
         return web.json_response({"image": body["image"], "behaviour": body["behaviour"]})
 
     async def start(self) -> Sandbox:
@@ -84,6 +139,16 @@ class Sandbox:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.api.address = f"127.0.0.1:{self.port}"
+        self.mesh_port = await self._serve(self.mesh.front_door())
+        self.telemetry_port = await self._serve(self.mesh.telemetry())
+        try:
+            await self.runtime.start()
+            if self.prometheus is not None:
+                self.prometheus.targets = [f"127.0.0.1:{self.telemetry_port}"]
+                await asyncio.get_running_loop().run_in_executor(None, self.prometheus.start)
+        except (EngineError, RuntimeError, OSError):
+            await self.stop()
+            raise
         self.controllers.start()
         if self.kubeconfig_path:
             self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +156,13 @@ class Sandbox:
         if self.state_dir:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
         return self
+
+    async def _serve(self, app: web.Application) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runners.append(runner)
+        return int(runner.addresses[0][1])
 
     async def _save_periodically(self) -> None:
         while True:
@@ -104,8 +176,17 @@ class Sandbox:
                 await self._saver
         await self.controllers.stop()
         self.store.drop_watches()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
         if self._runner:
             await self._runner.cleanup()
+            self._runner = None
+        await self.runtime.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         self.store.save()
 
     async def __aenter__(self) -> Sandbox:
@@ -117,11 +198,32 @@ class Sandbox:
         await self.stop()
 
 
-async def serve(*, port: int, kubeconfig_path: Path, state_dir: Path | None, ready_delay: float) -> None:
+async def serve(
+    *,
+    port: int,
+    kubeconfig_path: Path,
+    state_dir: Path | None,
+    ready_delay: float,
+    runtime: str = "simulated",
+    prometheus: bool = False,
+    crash_backoff: float = 10.0,
+) -> None:
     """Run until cancelled (Ctrl-C), printing how to use the sandbox."""
-    sandbox = Sandbox(port=port, state_dir=state_dir, kubeconfig_path=kubeconfig_path, ready_delay=ready_delay)
+    sandbox = Sandbox(
+        port=port,
+        state_dir=state_dir,
+        kubeconfig_path=kubeconfig_path,
+        ready_delay=ready_delay,
+        runtime=runtime,
+        prometheus=prometheus,
+        crash_backoff=crash_backoff,
+    )
     await sandbox.start()
-    print(f"sandbox cluster serving on {sandbox.url}", flush=True)
+    print(f"sandbox cluster serving on {sandbox.url} ({runtime} pods)", flush=True)
+    print(f"  mesh front door: {sandbox.mesh_url}  (Host: SERVICE.NAMESPACE)", flush=True)
+    print(f"  mesh metrics:    {sandbox.telemetry_url}", flush=True)
+    if sandbox.prometheus is not None:
+        print(f"  prometheus:      {sandbox.prometheus.url}", flush=True)
     print(f"  export KUBECONFIG={kubeconfig_path}", flush=True)
     print("  kubectl get namespaces        # stop with Ctrl-C", flush=True)
     stopped = asyncio.Event()
