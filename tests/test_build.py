@@ -7,16 +7,14 @@ import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import BUILDAH, ROOT, STATE, edit, run_deployer
+from support import BUILDAH, ROOT, STATE, Registry, commit, edit, git, run_deployer, start_registry
 
 from deployer.build import BuildahBuilder, BuildRequest, RegistryClient, Repository
 from deployer.build.builders import run_streaming
@@ -28,53 +26,6 @@ pytestmark = pytest.mark.skipif(
     reason="buildah and docker-registry are installed by `make setup`",
 )
 STORAGE = STATE / "containers"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Registry:
-    host: str
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def requests(self, method: str, path_part: str) -> int:
-        """How many `method` requests whose path contains `path_part` the registry's access log shows."""
-        return sum(1 for line in self.log.read_text().splitlines() if f'"{method} ' in line and path_part in line)
-
-    def tags(self, path: str) -> list[str]:
-        with urllib.request.urlopen(f"http://{self.host}/v2/{path}/tags/list", timeout=10) as response:
-            return list(json.load(response)["tags"])
-
-
-def start_registry(tmp: Path, *, htpasswd: str | None = None, data: Path | None = None) -> Registry:
-    tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "info", "accesslog": {"disabled": False}},
-        "storage": {"filesystem": {"rootdirectory": str(data or tmp / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }
-    if htpasswd:
-        (tmp / "htpasswd").write_text(htpasswd)
-        config["auth"] = {"htpasswd": {"realm": "test", "path": str(tmp / "htpasswd")}}
-    (tmp / "config.yml").write_text(json.dumps(config))
-    log = tmp / "access.log"
-    process = subprocess.Popen(
-        ["docker-registry", "serve", str(tmp / "config.yml")], stdout=log.open("wb"), stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return Registry(f"127.0.0.1:{port}", log, process)
 
 
 @pytest.fixture
@@ -94,16 +45,6 @@ def app(tmp_path: Path, registry: Registry) -> Path:
     git(repo, "init", "-q", "-b", "main")
     commit(repo, "first")
     return repo
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def commit(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.email=dev@example.com", "-c", "user.name=dev", "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def build(repo: Path, *, settings: BuildSettings | None = None) -> tuple[str, list[Event]]:

@@ -8,8 +8,10 @@ from deployer.config.model import HttpCheck, PrometheusCheck
 _SELECT = 'reporter="destination",destination_workload_namespace="{namespace}",destination_workload=~"{workload}"'
 TEMPLATES = {
     # Istio's standard metrics, as Flagger's built-in checks query them
+    # "or on() vector(0)": a canary answering nothing but 5xx has no non-5xx series at all, and must score 0, not
+    # "no data" (with no requests at all, the denominator is empty and the result is still no data)
     "request-success-rate": (
-        f'sum(rate(istio_requests_total{{{_SELECT},response_code!~"5.*"}}[{{interval}}])) / '
+        f'(sum(rate(istio_requests_total{{{_SELECT},response_code!~"5.*"}}[{{interval}}])) or on() vector(0)) / '
         f"sum(rate(istio_requests_total{{{_SELECT}}}[{{interval}}]))"
     ),
     "request-duration": (

@@ -125,4 +125,4 @@ class KubeJobRunner:
             text = call(self.core.read_namespaced_pod_log, pod, namespace, tail_lines=20)
         except client.ApiException as exc:
             return (f"(logs unavailable: HTTP {exc.status})",)
-        return tuple(str(text).splitlines())
+        return tuple(str(text).splitlines()) or (f"(pod {pod} printed nothing)",)

@@ -215,6 +215,7 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
     await run.save(phase="canary")
     await _routes(run, weight=0, rules=True)
     await run.kube.apply(canaries, namespace=run.namespace)
+    await _canary_ready(run, canaries)
     rounds: list[Round] = []
     while True:
         result = verdict(rounds, policy)
@@ -250,6 +251,24 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
             ]
         )
     await _promote(run, previous)
+
+
+async def _canary_ready(run: _Release, canaries: list[dict[str, Any]]) -> None:
+    """No traffic reaches a canary before it rolled out (as in Flagger); one that never does is rolled back."""
+    for canary in canaries:
+        name = canary["metadata"]["name"]
+        try:
+            state = await run.kube.wait_rollout(
+                name,
+                namespace=run.namespace,
+                timeout=run.options.rollout_timeout,
+                sink=run.sink,
+                status_of=rollout_status,
+            )
+        except DeployError as exc:  # the rollout timeout
+            await _rollback(run, f"the canary never became ready: {exc.message}")
+        if state.state is Rollout.FAILED:
+            await _rollback(run, f"the canary never became ready: {state.message}")
 
 
 async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:

@@ -38,6 +38,7 @@ from deployer.sandbox.runtime import base_status, stamp
 
 log = logging.getLogger("deployer.sandbox.containers")
 T = TypeVar("T")
+PLEG_PERIOD = 0.5  # seconds a container must live before it is reported running
 Lookup = Callable[[str, str, str], dict[str, Any] | None]  # (namespace, plural, name) -> object
 
 
@@ -325,11 +326,15 @@ class ContainerRuntime:
                 continue
             docker_id, exited = started
             started_at = time.time()
+            # Like the kubelet's PLEG, which relists once a second, a container that dies at once is never seen
+            # running, so a crash-looping pod without a readiness probe does not flicker Ready.
+            await asyncio.wait({exited}, timeout=PLEG_PERIOD)
             probes = c.spec.get("readinessProbe"), c.spec.get("livenessProbe"), c.spec.get("startupProbe")
-            c.state = {"running": {"startedAt": stamp(started_at)}}
-            c.started = probes[2] is None
-            c.ready = probes[0] is None and c.started
-            self._notify(run)
+            if not exited.done():
+                c.state = {"running": {"startedAt": stamp(started_at)}}
+                c.started = probes[2] is None
+                c.ready = probes[0] is None and c.started
+                self._notify(run)
             probing = asyncio.ensure_future(self._probes(run, c, docker_id, probes))
             try:
                 code = await exited

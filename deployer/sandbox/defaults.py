@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 
@@ -48,6 +49,16 @@ def _template(spec: dict[str, Any], *, restart_policy: str = "Always") -> None:
             pod_spec(template["spec"], restart_policy=restart_policy)
 
 
+def _secret(obj: dict[str, Any]) -> None:
+    """stringData is write-only: the apiserver folds it into data (base64) and never stores it."""
+    plain = obj.pop("stringData", None)
+    if isinstance(plain, dict) and plain:
+        data: dict[str, Any] = obj["data"] if isinstance(obj.get("data"), dict) else {}
+        data.update({k: base64.b64encode(str(v).encode()).decode() for k, v in plain.items()})
+        obj["data"] = data
+    obj.setdefault("type", "Opaque")
+
+
 def apply_defaults(kind: str, obj: dict[str, Any]) -> None:
     """Fill the fields the apiserver defaults, in place."""
     spec = obj.get("spec")
@@ -91,7 +102,7 @@ def apply_defaults(kind: str, obj: dict[str, Any]) -> None:
             port.setdefault("protocol", "TCP")
             port.setdefault("targetPort", port.get("port"))
     elif kind == "Secret":
-        obj.setdefault("type", "Opaque")
+        _secret(obj)
     elif kind == "Namespace":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")

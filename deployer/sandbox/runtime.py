@@ -80,8 +80,11 @@ class SimulatedRuntime:
         return None  # a simulated pod serves nothing: proxying to it is refused as by a dead pod
 
     def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes:
-        if (namespace, name) not in self._runs:
+        run = self._runs.get((namespace, name))
+        if run is None:
             raise ValueError(f'pod "{name}" is not running yet')
+        if run.behaviour in ("fail", "crash"):  # what a failing program would leave: a last word and its code
+            return b"[sandbox] simulated container failed: exit code 1\n"
         return b""  # simulated containers print nothing
 
     def _wake(self, namespace: str, name: str, seconds: float) -> None:

@@ -6,6 +6,8 @@ a real cluster too when DEPLOYER_TEST_KUBECONFIG names one.
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from sandboxes import REAL_CLUSTER, Running, start_sandbox
+from support import Registry, push_base_image, start_registry
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,39 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     running = start_sandbox(tmp_path_factory.mktemp("sandbox"), ready_delay=0.2, crash_backoff=0.3)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def containers_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A sandbox running real containers, with Prometheus scraping its mesh; or DEPLOYER_TEST_KUBECONFIG."""
+    if REAL_CLUSTER:
+        yield Running(url="", kubeconfig=Path(REAL_CLUSTER))
+        return
+    if not shutil.which("dockerd"):
+        pytest.skip("dockerd is installed by `make setup`")
+    running = start_sandbox(
+        tmp_path_factory.mktemp("sandbox"), runtime="containers", crash_backoff=0.5, prometheus=True
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry for the images the containers run."""
+    if not shutil.which("docker-registry"):
+        pytest.skip("docker-registry is installed by `make setup`")
+    running = start_registry(tmp_path_factory.mktemp("registry"))
+    yield running
+    running.process.terminate()
+    running.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def busybox(registry: Registry) -> str:
+    """A busybox image the cluster can pull: the examples' local base in the test registry (DEPLOYER_TEST_BUSYBOX
+    names one for a real cluster)."""
+    return os.environ.get("DEPLOYER_TEST_BUSYBOX") or push_base_image(registry)
 
 
 @pytest.fixture

@@ -285,3 +285,15 @@ def test_server_side_apply_needs_a_field_manager(api: client.ApiClient, namespac
     )
     assert code == 400
     assert "fieldManager: Required value" in status["message"]
+
+
+def test_secret_string_data_is_folded_into_data_and_never_stored(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="token"), string_data={"token": "s3cret"}, data={"kept": "YQ=="}
+    )
+    created = core.create_namespaced_secret(namespace, secret)
+    assert created.string_data is None
+    assert created.data == {"kept": "YQ==", "token": "czNjcmV0"}
+    assert created.type == "Opaque"
+    assert core.read_namespaced_secret("token", namespace).data == created.data

@@ -37,6 +37,7 @@ kind: Deployment
 metadata: {name: shop}
 spec:
   replicas: 2
+  progressDeadlineSeconds: 3
   selector: {matchLabels: {app: shop}}
   template:
     metadata: {labels: {app: shop}}
@@ -188,8 +189,8 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
     code, _, err = deploy(app, cluster, "broken")
     assert code == 1
     assert err.splitlines()[0] == (
-        f"error: test ({namespace}): canary rolled back: 2 failed rounds (threshold 2); "
-        "at 20% readiness shop-canary: 0/2 pods ready"
+        f"error: test ({namespace}): canary rolled back: the canary never became ready: "
+        'deployment "shop-canary" exceeded its progress deadline'
     )
     after = apps.read_namespaced_deployment("shop", namespace)
     assert after.metadata.generation == before.metadata.generation
