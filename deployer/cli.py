@@ -152,7 +152,11 @@ def _add_sandbox(commands: Any) -> None:
     traffic.add_argument("--path", default="/", help="request path (default /)")
     traffic.add_argument("--mesh", help="the front door's URL (default: asked of the sandbox in --kubeconfig)")
     traffic.add_argument(
-        "--kubeconfig", type=Path, default=Path(".state/sandbox/kubeconfig"), dest="traffic_kubeconfig"
+        "--kubeconfig",
+        type=Path,
+        default=Path(os.environ.get("KUBECONFIG") or ".state/sandbox/kubeconfig"),
+        dest="traffic_kubeconfig",
+        help="the sandbox's kubeconfig (default: $KUBECONFIG, else .state/sandbox/kubeconfig)",
     )
 
 
@@ -281,14 +285,43 @@ def _state_dir() -> Path:
     return Path(os.environ.get("DEPLOYER_STATE_DIR", ".state"))
 
 
-def _printer(output: str) -> Callable[[Event], None]:
-    def show(event: Event) -> None:
-        if output == "json":
+def _printer(output: str, console: Any = None) -> Callable[[Event], None]:
+    """How events reach a person: JSON lines, rich progress in a terminal, else plain lines."""
+    if output == "json":
+
+        def as_json(event: Event) -> None:
             print(
                 json.dumps({"step": event.step, "kind": event.kind, "message": event.message, **event.data}), flush=True
             )
-        else:
-            print(event.message if event.kind == "output" else f"[{event.step}] {event.message}", flush=True)
+
+        return as_json
+    if console is not None or sys.stdout.isatty():
+        return _rich_printer(console)
+
+    def plain(event: Event) -> None:
+        print(event.message if event.kind == "output" else f"[{event.step}] {event.message}", flush=True)
+
+    return plain
+
+
+def _rich_printer(console: Any = None) -> Callable[[Event], None]:
+    from rich.console import Console  # noqa: PLC0415 - only for a terminal
+    from rich.text import Text  # noqa: PLC0415
+
+    screen = console or Console(highlight=False)
+    styles = {"warning": "bold yellow", "error": "bold red"}
+
+    def show(event: Event) -> None:
+        if event.kind == "output":
+            screen.print(Text(event.message, style="dim"))
+            return
+        line = Text.assemble((f"{event.step:>8} ", "bold cyan"), (event.message, styles.get(event.kind, "")))
+        weight = event.data.get("canary_weight")
+        if isinstance(weight, int):  # the traffic split as a bar: stable | canary
+            line.append("  ")
+            line.append("█" * round((100 - weight) / 5), style="green")
+            line.append("█" * round(weight / 5), style="magenta")
+        screen.print(line)
 
     return show
 

@@ -306,3 +306,16 @@ def test_console_script_prints_no_traceback_and_changes_nothing(example: Example
     assert result.out == ""
     after = sorted((p.relative_to(repo), p.read_bytes()) for p in repo.rglob("*") if p.is_file())
     assert before == after
+
+
+def test_sandbox_traffic_without_a_sandbox_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "kubeconfig"
+    result = run_deployer("sandbox", "traffic", "--kubeconfig", missing, "--host", "web.default")
+    assert result.code == 1
+    assert result.err == (
+        f"error: {missing}: cannot find the sandbox's mesh: [Errno 2] No such file or directory: '{missing}' "
+        "(is `deployer sandbox` running?)\n"
+    )
+    bad = run_deployer("sandbox", "traffic", "--mesh", "http://127.0.0.1:9", "--host", "x", "--rps", "0")
+    assert bad.code == 1
+    assert bad.err == "error: sandbox traffic: --rps and --duration must be positive\n"
