@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/canary.py
+	$(BIN)/python bench/mesh.py
 
 registry: setup
 	$(BIN)/deployer registry --port 5000 --storage .state/registry

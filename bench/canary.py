@@ -156,7 +156,10 @@ def one_run(tmp: Path) -> dict[str, float]:
         own_per_step = (elapsed - 3 * interval) / 3
         bad = app(tmp, "bench-b", f"{int(interval * 1000)}ms")
         asyncio.run(run_release(sandbox, bad, "v1"))
-        sandbox.post("/sandbox/pods", {"image": "127.0.0.1:5000/bench:broken", "behaviour": "never-ready"})
+        # ready at first (so it rolls out and gets traffic), unready 0.2 s later: a readiness check fails
+        sandbox.post(
+            "/sandbox/pods", {"image": "127.0.0.1:5000/bench:broken", "behaviour": "unready-after", "after": 0.2}
+        )
         _, events, ok = asyncio.run(run_release(sandbox, bad, "broken"))
         assert not ok
         failed_at = next(t for t, m in events if "FAILED" in m)
