@@ -18,7 +18,9 @@ from aiohttp import web
 from deployer.sandbox import discovery
 from deployer.sandbox.cluster import Cluster
 from deployer.sandbox.errors import ApiError, bad_request
+from deployer.sandbox.mesh import HOP_BY_HOP
 from deployer.sandbox.patch import json_patch, merge_patch
+from deployer.sandbox.pods import named_port
 from deployer.sandbox.protobuf import ProtobufError, decode_request
 from deployer.sandbox.resources import ResourceType
 from deployer.sandbox.schema import swagger_document
@@ -66,19 +68,7 @@ class Pods(Protocol):
     def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes: ...
 
 
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "host",
-    "authorization",
-}
+_HOP_BY_HOP = HOP_BY_HOP | {"authorization"}  # the apiserver never forwards the caller's credentials
 
 
 @dataclass(frozen=True)
@@ -565,8 +555,4 @@ def _pod_port(pod: dict[str, Any], port: str) -> int | None:
         return 80
     if port.isdigit():
         return int(port) if 0 < int(port) < 65536 else None
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for declared in container.get("ports") or []:
-            if declared.get("name") == port:
-                return int(declared["containerPort"])
-    return None
+    return named_port((pod.get("spec") or {}).get("containers") or [], port)

@@ -34,6 +34,7 @@ import aiohttp
 import docker.errors
 
 from deployer.sandbox.engine import LABEL, PAUSE_IMAGE, Engine
+from deployer.sandbox.pods import named_port
 from deployer.sandbox.runtime import base_status, stamp
 
 log = logging.getLogger("deployer.sandbox.containers")
@@ -635,7 +636,6 @@ class ContainerRuntime:
         ready = run.ready and phase == "Running"
         reason = None if ready else ("PodCompleted" if phase in ("Succeeded", "Failed") else "ContainersNotReady")
         status = base_status(
-            {"metadata": run.meta, "spec": run.spec},
             run.created,
             phase,
             ready=ready,
@@ -669,9 +669,9 @@ class ContainerRuntime:
 def _port(spec: dict[str, Any], port: Any) -> int:
     if isinstance(port, int):
         return port
-    for declared in spec.get("ports") or []:
-        if declared.get("name") == port:
-            return int(declared["containerPort"])
+    found = named_port([spec], port)
+    if found is not None:
+        return found
     if isinstance(port, str) and port.isdigit():
         return int(port)
     raise ValueError(f"port {port!r} is not declared by the container")

@@ -14,6 +14,8 @@ from typing import Any
 
 from deployer.sandbox.cluster import Cluster, now, random_suffix
 from deployer.sandbox.errors import ApiError
+from deployer.sandbox.pods import ready as pod_ready
+from deployer.sandbox.pods import target_port
 from deployer.sandbox.resources import ResourceType
 from deployer.sandbox.runtime import PodRuntime
 from deployer.sandbox.selectors import match_labels_selector
@@ -395,11 +397,12 @@ class Controllers:
         for _ in range(wanted - len(pods)):
             self._create_pod(rs, "ReplicaSet", "apps/v1", rs["spec"]["template"])
         if len(pods) > wanted:
-            doomed = sorted(pods, key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"]))[: len(pods) - wanted]
+            unready_first = sorted(pods, key=lambda p: (pod_ready(p), p["metadata"]["creationTimestamp"]))
+            doomed = unready_first[: len(pods) - wanted]
             for pod in doomed:
                 self.cluster.delete(self.rt("pods"), "v1", namespace, pod["metadata"]["name"])
             pods = [p for p in pods if p not in doomed]
-        ready = sum(1 for p in pods if _ready(p))
+        ready = sum(1 for p in pods if pod_ready(p))
         status = {
             "replicas": len(pods),
             "fullyLabeledReplicas": len(pods),
@@ -464,10 +467,10 @@ class Controllers:
             ref = {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
             return {"ip": p["status"]["podIP"], "nodeName": "sandbox-node", "targetRef": ref}
 
-        ready = [address(p) for p in pods if _ready(p)]
-        not_ready = [address(p) for p in pods if not _ready(p)]
+        ready = [address(p) for p in pods if pod_ready(p)]
+        not_ready = [address(p) for p in pods if not pod_ready(p)]
         ports = [
-            {"name": port.get("name"), "port": _target_port(port, pods), "protocol": port.get("protocol", "TCP")}
+            {"name": port.get("name"), "port": target_port(port, pods), "protocol": port.get("protocol", "TCP")}
             for port in service["spec"].get("ports") or []
         ]
         subset: dict[str, Any] = {"ports": [{k: v for k, v in p.items() if v is not None} for p in ports]}
@@ -557,7 +560,7 @@ class Controllers:
                 status["failed"] = failed
             if succeeded:
                 status["succeeded"] = succeeded
-        status["ready"] = sum(1 for p in pods if _ready(p))
+        status["ready"] = sum(1 for p in pods if pod_ready(p))
         self._status("jobs", job, status)
 
     def namespace(self, namespace: str, name: str) -> None:
@@ -673,25 +676,6 @@ def _condition(
         "reason": reason,
         "message": message,
     }
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
-
-
-def _target_port(port: dict[str, Any], pods: list[dict[str, Any]]) -> int:
-    target = port.get("targetPort", port.get("port"))
-    if isinstance(target, int):
-        return target
-    for pod in pods:
-        for container in pod["spec"].get("containers") or []:
-            for declared in container.get("ports") or []:
-                if declared.get("name") == target:
-                    return int(declared["containerPort"])
-    return int(port.get("port", 0))
 
 
 def _parse_time(stamp: str) -> float:

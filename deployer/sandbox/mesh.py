@@ -25,12 +25,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from deployer.sandbox.pods import ready, target_port
 from deployer.sandbox.selectors import match_labels_selector
 from deployer.sandbox.store import Store
 
 ISTIO_GROUP = "networking.istio.io"
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000)
-HOP_BY_HOP = {
+HOP_BY_HOP = {  # headers a proxy does not pass on
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -147,14 +148,14 @@ class Mesh:
             if spec.get("selector")
             and selector(p["metadata"].get("labels") or {})
             and not p["metadata"].get("deletionTimestamp")
-            and _ready(p)
+            and ready(p)
         ]
         candidates = [(p, self.address(namespace, p["metadata"]["name"])) for p in pods]
         reachable = [(p, ip) for p, ip in candidates if ip]
         if wanted is None or not reachable:
             raise NoRoute(503, "no healthy upstream", "UH")
         pod, ip = reachable[next(self._counter) % len(reachable)]
-        target = _target_port(wanted, pod)
+        target = target_port(wanted, [pod])
         return Upstream(str(ip), target, self._destination_labels(pod, service, namespace))
 
     def _destination_labels(self, pod: dict[str, Any], service: str, namespace: str) -> tuple[tuple[str, str], ...]:
@@ -302,19 +303,3 @@ def _matches(matches: list[dict[str, Any]] | None, method: str, path: str, heade
         and all(_string_match(rule, lowered.get(name.lower())) for name, rule in (m.get("headers") or {}).items())
         for m in matches
     )
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _target_port(port: dict[str, Any], pod: dict[str, Any]) -> int:
-    target = port.get("targetPort", port.get("port"))
-    if isinstance(target, int):
-        return target
-    for container in pod["spec"].get("containers") or []:
-        for declared in container.get("ports") or []:
-            if declared.get("name") == target:
-                return int(declared["containerPort"])
-    return int(port.get("port", 80))

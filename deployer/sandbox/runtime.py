@@ -35,7 +35,7 @@ class PodRuntime(Protocol):
         """The container's output; ValueError with the apiserver's message when there is none."""
 
 
-def _stamp(at: float) -> str:
+def stamp(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
@@ -116,7 +116,7 @@ class SimulatedRuntime:
     def _base(
         self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None
     ) -> dict[str, Any]:
-        return base_status(pod, run.started, phase, ready=ready, reason=reason, pod_ip=_pod_ip(pod))
+        return base_status(run.started, phase, ready=ready, reason=reason, pod_ip=_pod_ip(pod))
 
     def _containers(
         self,
@@ -149,7 +149,7 @@ class SimulatedRuntime:
 
     def _running(self, pod: dict[str, Any], run: _Run, *, ready: bool) -> dict[str, Any]:
         status = self._base(pod, run, "Running", ready=ready, reason=None if ready else "ContainersNotReady")
-        state = {"running": {"startedAt": _stamp(run.started + self.ready_delay)}}
+        state = {"running": {"startedAt": stamp(run.started + self.ready_delay)}}
         status["containerStatuses"] = self._containers(pod, state, ready=ready)
         return status
 
@@ -166,8 +166,8 @@ class SimulatedRuntime:
             "terminated": {
                 "exitCode": 1,
                 "reason": "Error",
-                "startedAt": _stamp(next_at - 0.1),
-                "finishedAt": _stamp(next_at),
+                "startedAt": stamp(next_at - 0.1),
+                "finishedAt": stamp(next_at),
             }
         }
         waiting = {
@@ -186,8 +186,8 @@ class SimulatedRuntime:
             "terminated": {
                 "exitCode": code,
                 "reason": "Error" if failed else "Completed",
-                "startedAt": _stamp(run.started),
-                "finishedAt": _stamp(run.started + self.ready_delay),
+                "startedAt": stamp(run.started),
+                "finishedAt": stamp(run.started + self.ready_delay),
             }
         }
         status["containerStatuses"] = self._containers(pod, state, ready=False)
@@ -195,7 +195,6 @@ class SimulatedRuntime:
 
 
 def base_status(
-    pod: dict[str, Any],
     started: float,
     phase: str,
     *,
@@ -206,12 +205,12 @@ def base_status(
     ready_since: float | None = None,
 ) -> dict[str, Any]:
     """A pod's status as a kubelet writes it, without containerStatuses."""
-    stamp = _stamp(started)
+    started_at = stamp(started)
     ready_cond: dict[str, Any] = {
         "type": "Ready",
         "status": "True" if ready else "False",
         "lastProbeTime": None,
-        "lastTransitionTime": _stamp(ready_since) if ready_since else stamp,
+        "lastTransitionTime": stamp(ready_since) if ready_since else started_at,
     }
     containers_ready = dict(ready_cond, type="ContainersReady")
     if reason:
@@ -220,25 +219,21 @@ def base_status(
     if pod_ip:
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]
-    status["startTime"] = stamp
+    status["startTime"] = started_at
     status["qosClass"] = "BestEffort"
     status["conditions"] = [
         {
             "type": "PodReadyToStartContainers",
             "status": "True" if pod_ip else "False",
             "lastProbeTime": None,
-            "lastTransitionTime": stamp,
+            "lastTransitionTime": started_at,
         },
-        {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+        {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": started_at},
         ready_cond,
         containers_ready,
-        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp},
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": started_at},
     ]
     return status
-
-
-def stamp(at: float) -> str:
-    return _stamp(at)
 
 
 def _pod_ip(pod: dict[str, Any]) -> str:

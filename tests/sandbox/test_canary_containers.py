@@ -64,11 +64,13 @@ def build_and_deploy(app: Path, cluster: Running) -> tuple[int, str, str]:
 
 
 def through_mesh(cluster: Running, host: str, count: int = 20) -> set[tuple[int, str]]:
+    mesh = mesh_url(cluster.kubeconfig)
+
     async def run() -> set[tuple[int, str]]:
         async with aiohttp.ClientSession() as session:
             answers = set()
             for _ in range(count):
-                async with session.get(f"{mesh_url(cluster.kubeconfig)}/", headers={"Host": host}) as answer:
+                async with session.get(f"{mesh}/", headers={"Host": host}) as answer:
                     answers.add((answer.status, (await answer.text()).strip()))
             return answers
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,16 +16,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from sandboxes import Running
+from support import free_port
 from test_release import DEPLOY, TEMPLATES, image_of, secrets_status
 from test_release import deploy as release_deploy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus: make setup")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
