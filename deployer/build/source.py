@@ -6,32 +6,66 @@ import asyncio
 import io
 import os
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from deployer.errors import DeployError
 
+ZERO = "0" * 40
+GitEnv = Mapping[str, str]
 
-async def _git(repo: Path, *args: str) -> bytes:
+
+async def _run(repo: Path, args: tuple[str, ...], env: GitEnv | None) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "git",
+        "-C",
+        str(repo),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
     )
     out, err = await proc.communicate()
-    if proc.returncode != 0:
+    return proc.returncode or 0, out, err
+
+
+async def git(repo: Path, *args: str, env: GitEnv | None = None) -> bytes:
+    """Run git in `repo`; `env` adds variables (a pre-receive hook's quarantine: GIT_OBJECT_DIRECTORY...)."""
+    code, out, err = await _run(repo, args, env)
+    if code != 0:
         raise DeployError(f"git {args[0]} failed: {' '.join(err.decode(errors='replace').split())}", where=str(repo))
     return out
 
 
-async def resolve_commit(repo: Path, ref: str) -> str:
+async def resolve_commit(repo: Path, ref: str, *, env: GitEnv | None = None) -> str:
     """The full SHA of `ref` in `repo` (a work tree or a bare repository)."""
     try:
-        return (await _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")).decode().strip()
+        return (await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", env=env)).decode().strip()
     except DeployError:
         raise DeployError(f"no commit {ref!r} in the repository", where=str(repo)) from None
 
 
-async def export_commit(repo: Path, commit: str, dest: Path) -> Path:
+async def read_at(repo: Path, commit: str, path: str, *, env: GitEnv | None = None) -> str | None:
+    """The text of `path` at `commit`, or None if the commit has no such file."""
+    code, out, _ = await _run(repo, ("cat-file", "blob", f"{commit}:{path}"), env)
+    return out.decode(errors="replace") if code == 0 else None
+
+
+async def ref_value(repo: Path, ref: str) -> str:
+    """The commit `ref` points at, or ZERO if there is no such ref."""
+    code, out, _ = await _run(repo, ("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"), None)
+    return out.decode().strip() if code == 0 else ZERO
+
+
+async def is_ancestor(repo: Path, older: str, newer: str, *, env: GitEnv | None = None) -> bool:
+    """`older` is in the history of `newer`."""
+    code, _, _ = await _run(repo, ("merge-base", "--is-ancestor", older, newer), env)
+    return code == 0
+
+
+async def export_commit(repo: Path, commit: str, dest: Path, *, env: GitEnv | None = None) -> Path:
     """Write the tree of `commit` into `dest` (files, symlinks and modes as committed) and return `dest`."""
-    archive = await _git(repo, "archive", "--format=tar", commit)
+    archive = await git(repo, "archive", "--format=tar", commit, env=env)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         tar.extractall(dest, filter="tar")  # "tar" keeps modes; it refuses absolute paths and links out of dest

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from deployer.config.model import DeployConfig, conflicts, json_schema
+from deployer.config.model import DeployConfig, conflicts
 from deployer.config.repo import RepoFiles
 from deployer.config.yamlio import Document, load_document
 from deployer.errors import DeployError
 
 DEPLOY_FILE = "deploy.yaml"
+M = TypeVar("M", bound=BaseModel)
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -54,12 +55,12 @@ def _deref(node: dict[str, Any] | None, defs: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
-def _describe(error: ErrorDetails, doc: Document) -> tuple[tuple[str | int, ...], str]:
+def _describe(error: ErrorDetails, doc: Document, schema: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
     loc = tuple(error["loc"])
     known = next(loc[:n] for n in range(len(loc), -1, -1) if n == 0 or loc[:n] in doc.positions)
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent = _schema_at(json_schema(), loc[:-1]) or {}
+        parent = _schema_at(schema, loc[:-1]) or {}
         allowed = ", ".join(parent.get("properties", {})) or "none"
         return loc, f"unknown key {loc[-1]!r} (allowed here: {allowed})"
     if kind == "missing":
@@ -70,18 +71,23 @@ def _describe(error: ErrorDetails, doc: Document) -> tuple[tuple[str | int, ...]
     return known, message
 
 
-def parse_deploy_config(text: str, *, source: str = DEPLOY_FILE) -> DeployConfig:
-    """deploy.yaml text → DeployConfig, or one DeployError naming `file:line:col` and the field."""
+def parse_model(model: type[M], text: str, *, source: str, keys: str) -> tuple[M, Document]:
+    """YAML text → a checked `model`, or one DeployError naming `file:line:col` and the field."""
     doc = load_document(text, source=source)
     if not isinstance(doc.data, dict):
-        raise DeployError("expected a mapping with keys app, image, render, environments", where=source)
+        raise DeployError(f"expected a mapping with keys {keys}", where=source)
     try:
-        config = DeployConfig.model_validate(doc.data)
+        return model.model_validate(doc.data), doc
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        path, message = _describe(errors[0], doc)
+        path, message = _describe(errors[0], doc, model.model_json_schema(by_alias=True, mode="validation"))
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise DeployError(f"{_dotted(path)}: {message}{more}", where=doc.where(path)) from None
+
+
+def parse_deploy_config(text: str, *, source: str = DEPLOY_FILE) -> DeployConfig:
+    """deploy.yaml text → DeployConfig, or one DeployError naming `file:line:col` and the field."""
+    config, doc = parse_model(DeployConfig, text, source=source, keys="app, image, render, environments")
     found = conflicts(config)
     if found:
         path, message = found[0]

@@ -49,11 +49,14 @@ class Kube:
             return False
         return True
 
-    async def apply(self, objects: list[dict[str, Any]], *, namespace: str) -> list[dict[str, Any]]:
-        """Server-side apply each object in order (forcing: git is the source of truth for these fields)."""
-        return await asyncio.to_thread(lambda: [self._apply(obj, namespace) for obj in objects])
+    async def apply(
+        self, objects: list[dict[str, Any]], *, namespace: str, dry_run: bool = False
+    ) -> list[dict[str, Any]]:
+        """Server-side apply each object in order (forcing: git is the source of truth for these fields).
+        With `dry_run`, the cluster answers what it would store and stores nothing."""
+        return await asyncio.to_thread(lambda: [self._apply(obj, namespace, dry_run) for obj in objects])
 
-    def _apply(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    def _apply(self, obj: dict[str, Any], namespace: str, dry_run: bool = False) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])
         ns = namespace if resource.namespaced else None
         try:
@@ -64,6 +67,7 @@ class Kube:
                 namespace=ns,
                 field_manager=self.manager,
                 force_conflicts=True,
+                **({"dry_run": "All"} if dry_run else {}),
             )
         except client.ApiException as exc:
             message = _message(exc)

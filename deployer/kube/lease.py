@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes import client
@@ -18,6 +20,8 @@ from kubernetes import client
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink
 from deployer.kube.jobs import call
+
+_serial = itertools.count(1)
 
 
 def _now() -> datetime.datetime:
@@ -29,13 +33,14 @@ def _stamp(moment: datetime.datetime) -> str:
 
 
 def holder_identity() -> str:
-    """`host-pid`: unique per process, and lets a process on the same host see that a holder has died."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """`host-pid#n`: unique per lock taken (a server runs many releases in one process), and lets a process on
+    the same host see that a holder has died."""
+    return f"{socket.gethostname()}-{os.getpid()}#{next(_serial)}"
 
 
 def _dead_here(holder: str) -> bool:
     """A holder on this host whose process is gone (it was killed) holds nothing any more."""
-    host, _, pid = holder.rpartition("-")
+    host, _, pid = holder.partition("#")[0].rpartition("-")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -61,12 +66,14 @@ class Lock:
         wait: bool = True,
         timeout: float = 600.0,
         sink: EventSink | None = None,
+        explain: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.leases = client.CoordinationV1Api(api)
         self.namespace, self.name, self.holder = namespace, name, holder
         self.duration, self.wait, self.timeout = duration, wait, timeout
         self.sink = sink or (lambda event: None)
         self._renewer: asyncio.Task[None] | None = None
+        self.explain = explain  # says what the holder is doing, in the pusher's words
 
     def _body(self, resource_version: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "deployer"}}
@@ -127,18 +134,27 @@ class Lock:
 
     async def __aenter__(self) -> Lock:
         deadline = asyncio.get_running_loop().time() + self.timeout
-        told = False
+        told, what = False, None
         while (holder := await asyncio.to_thread(self._try)) is not None:
             if not self.wait:
                 raise DeployError(
                     f"another release holds the lock: {holder}", where=f"Lease {self.namespace}/{self.name}"
                 )
             if not told:
-                self.sink(Event("lock", f"waiting for the release held by {holder} to finish"))
+                what = await self.explain() if self.explain else None
+                self.sink(
+                    Event(
+                        "lock",
+                        (f"{what}; " if what else "")
+                        + f"waiting for the release held by {holder} to finish (up to {self.timeout:g}s)",
+                        data={"holder": holder, "busy": what},
+                    )
+                )
                 told = True
             if asyncio.get_running_loop().time() > deadline:
                 raise DeployError(
-                    f"gave up waiting for the lock held by {holder} after {self.timeout:g}s",
+                    (f"{what}; " if what else "")
+                    + f"gave up waiting for the lock held by {holder} after {self.timeout:g}s",
                     where=f"Lease {self.namespace}/{self.name}",
                 )
             await asyncio.sleep(min(1.0, self.duration / 3))

@@ -125,3 +125,17 @@ class Records:
             return labels.get(REQUEST)
 
         return await asyncio.to_thread(read)
+
+
+async def pending_environments(api: client.ApiClient, *, namespace: str, app: str) -> list[str]:
+    """Environments of `app` in `namespace` with a release still marked pending (left mid-flight)."""
+
+    def read() -> list[str]:
+        core = client.CoreV1Api(api)
+        selector = f"owner=deployer,deployer.dev/app={app},deployer.dev/status=pending"
+        listed = core.api_client.sanitize_for_serialization(
+            call(core.list_namespaced_secret, namespace, label_selector=selector)
+        )
+        return sorted({s["metadata"]["labels"]["deployer.dev/environment"] for s in listed["items"]})
+
+    return await asyncio.to_thread(read)

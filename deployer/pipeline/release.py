@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,14 +49,40 @@ class ReleaseOptions:
     rollout_timeout: float = 300.0
     pusher: str = ""
     prometheus_url: str | None = None
+    lock_timeout: float = 600.0
+    # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
+    precondition: Callable[[], Awaitable[None]] | None = None
 
 
 def environment_lock(
-    api: client.ApiClient, *, namespace: str, app: str, environment: str, wait: bool = True, sink: EventSink = discard
+    api: client.ApiClient,
+    *,
+    namespace: str,
+    app: str,
+    environment: str,
+    wait: bool = True,
+    timeout: float = 600.0,
+    sink: EventSink = discard,
 ) -> Lock:
-    """The one lock every change to an environment's releases takes: the Lease `deployer-<app>-<env>`."""
+    """The one lock every change to an environment's releases takes: the Lease `deployer-<app>-<env>`.
+    While it waits, it says which release holds the environment: "staging is being released: <commit> by <user>"."""
+
+    async def explain() -> str | None:
+        records = await Records(api, namespace=namespace, app=app, environment=environment).history()
+        busy = next((r for r in reversed(records) if r["status"] == "pending"), None)
+        if busy is None:
+            return None
+        return f"{environment} is being released: {str(busy['commit'])[:12]} by {busy.get('pusher') or 'someone'}"
+
     return Lock(
-        api, namespace=namespace, name=f"deployer-{app}-{environment}", holder=holder_identity(), wait=wait, sink=sink
+        api,
+        namespace=namespace,
+        name=f"deployer-{app}-{environment}",
+        holder=holder_identity(),
+        wait=wait,
+        timeout=timeout,
+        sink=sink,
+        explain=explain,
     )
 
 
@@ -99,8 +126,11 @@ async def release(
         app=rendered.app,
         environment=rendered.environment,
         wait=options.wait_for_lock,
+        timeout=options.lock_timeout,
         sink=sink,
     ):
+        if options.precondition is not None:
+            await options.precondition()
         records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
         history = await records.history()
         previous = next((r for r in reversed(history) if r["status"] == "deployed"), None)

@@ -180,27 +180,35 @@ async def build_image(*, repo: Path, ref: str, settings: BuildSettings, sink: Ev
     commit = await resolve_commit(repo, ref)
     with tempfile.TemporaryDirectory(prefix="deployer-build-") as tmp:
         files = RepoFiles(await export_commit(repo, commit, Path(tmp) / "tree"))
-        config = load_deploy_config(files)
-        repository = Repository.parse(config.image.repository)
-        found = await settings.registry.digest(repository, commit)
-        if found is not None:
-            sink(
-                Event(
-                    "build",
-                    f"{config.image.repository}:{commit[:12]} is already in the registry; not rebuilt",
-                    data={"digest": found, "built": False},
-                )
-            )
-            return ImageRef(repository=config.image.repository, tag=commit, digest=found)
-        request = _build_request(
-            files,
-            config,
-            commit=commit,
-            settings=settings,
-            insecure=settings.registry.scheme(repository.registry) == "http",
+        return await build_exported(
+            files=files, config=load_deploy_config(files), commit=commit, settings=settings, sink=sink
         )
-        sink(Event("build", f"building {request.image} with {settings.builder.name}"))
-        await settings.builder.build_and_push(request, sink)
+
+
+async def build_exported(
+    *, files: RepoFiles, config: DeployConfig, commit: str, settings: BuildSettings, sink: EventSink = discard
+) -> ImageRef:
+    """Step 3 over a commit's exported tree: build and push unless the registry has the commit's image."""
+    repository = Repository.parse(config.image.repository)
+    found = await settings.registry.digest(repository, commit)
+    if found is not None:
+        sink(
+            Event(
+                "build",
+                f"{config.image.repository}:{commit[:12]} is already in the registry; not rebuilt",
+                data={"digest": found, "built": False},
+            )
+        )
+        return ImageRef(repository=config.image.repository, tag=commit, digest=found)
+    request = _build_request(
+        files,
+        config,
+        commit=commit,
+        settings=settings,
+        insecure=settings.registry.scheme(repository.registry) == "http",
+    )
+    sink(Event("build", f"building {request.image} with {settings.builder.name}"))
+    await settings.builder.build_and_push(request, sink)
     digest = await settings.registry.digest(repository, commit)
     if digest is None:
         raise DeployError(f"{request.image} was pushed but the registry does not list it", where="registry")

@@ -27,8 +27,15 @@ _IGNORED_META = {
 }
 
 
+# List-map keys with a default in kube's OpenAPI: structured-merge-diff reads an applied item that leaves them out
+# as having the default, so `{port: 80}` applied again matches the stored `{port: 80, protocol: TCP}` instead of
+# being added beside it. (ContainerPort, ServicePort and EndpointPort: protocol defaults to TCP.)
+_KEY_DEFAULTS = {"protocol": "TCP"}
+
+
 def _item_key(item: dict[str, Any], keys: list[str]) -> str:
-    return "k:" + json.dumps({k: item[k] for k in keys if k in item}, separators=(",", ":"), sort_keys=True)
+    values = {k: item[k] if k in item else _KEY_DEFAULTS[k] for k in keys if k in item or k in _KEY_DEFAULTS}
+    return "k:" + json.dumps(values, separators=(",", ":"), sort_keys=True)
 
 
 def field_set(obj: Any, schema: dict[str, Any] | None, prefix: Path = (), *, top: bool = True) -> set[Path]:

@@ -275,6 +275,25 @@ def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: clie
     assert applied["metadata"]["labels"] == {"a": "1"}
 
 
+def test_server_side_apply_reads_a_left_out_defaulted_list_key_as_its_default(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """Applying `ports: [{port: 80}]` again matches the stored `{port: 80, protocol: TCP}`: one port, not two
+    (structured-merge-diff's defaulted list-map keys), also in a dry run."""
+    dyn = DynamicClient(api).resources.get(api_version="v1", kind="Service")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    for dry_run in ({}, {}, {"dry_run": "All"}):
+        applied = dyn.server_side_apply(
+            body=body, name="web", namespace=namespace, field_manager="deployer", **dry_run
+        ).to_dict()
+        assert [(p["port"], p["protocol"]) for p in applied["spec"]["ports"]] == [(80, "TCP")]
+
+
 def test_server_side_apply_needs_a_field_manager(api: client.ApiClient, namespace: str) -> None:
     code, _, status = raw(
         api,

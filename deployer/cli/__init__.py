@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from deployer import __version__
 from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
+from deployer.cli import git as git_commands
 from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument("--storage", type=Path, default=Path(".state/registry"))
 
     _add_sandbox(commands)
+    git_commands.add_commands(commands)
     return parser
 
 
@@ -491,6 +493,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "promote": lambda args: asyncio.run(_operation(args)),
     "abort": lambda args: asyncio.run(_operation(args)),
     "sandbox": _sandbox,
+    "serve": git_commands.serve,
+    "init": git_commands.init,
+    "scan": git_commands.scan,
+    "secret": git_commands.secret,
 }
 
 

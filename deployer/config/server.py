@@ -1,0 +1,289 @@
+"""The server config (server.yaml): what the operator allows. It never comes from a pushed repo.
+
+It says which apps may deploy into which namespaces, who may push to which environments (SSH keys, or
+HTTP tokens stored as sha256 digests), the registry, the builder, the cluster, the default canary policy
+and its limits, and which push options each environment allows. The checks a push must pass are pure
+functions here; the server applies them before anything runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import re
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, Field, model_validator
+
+from deployer.config.load import parse_model
+from deployer.config.model import DNS1123_LABEL, CanaryPolicy, DeployConfig, Duration, Name, StrictModel
+from deployer.errors import DeployError
+
+PUSH_OPTIONS = ("dry-run", "skip-canary", "async", "set")
+PushOption = Literal["dry-run", "skip-canary", "async", "set"]
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_TOKEN_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+
+
+def _host_port(value: str) -> str:
+    match = _HOST_PORT.match(value)
+    if not match or int(match.group(2)) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT such as 127.0.0.1:2222 (port 0 picks a free one)")
+    return value
+
+
+def _public_key(value: str) -> str:
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES:
+        raise ValueError(
+            f"expected an OpenSSH public key line such as 'ssh-ed25519 AAAA... alice@laptop', got {value!r}"
+        )
+    try:
+        base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise ValueError(f"the key data of {parts[0]} key is not base64") from None
+    return value
+
+
+def _token_digest(value: str) -> str:
+    if not _TOKEN_DIGEST.match(value):
+        raise ValueError(
+            "expected 'sha256:' and 64 lowercase hex digits (the digest of the token, never the token: "
+            'printf %s "$TOKEN" | sha256sum)'
+        )
+    return value
+
+
+def _all_options() -> list[PushOption]:
+    return ["dry-run", "skip-canary", "async", "set"]
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+Glob = Annotated[str, Field(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")]
+
+
+class Listen(StrictModel):
+    ssh: HostPort | None = Field(default="127.0.0.1:2222", description="SSH remote; null turns it off.")
+    http: HostPort | None = Field(default="127.0.0.1:8080", description="Smart HTTP, /healthz and /metrics.")
+    ssh_user: str = Field(default="git", description="The user name in ssh://USER@HOST/APP.git.")
+
+
+class User(StrictModel):
+    keys: list[Annotated[str, AfterValidator(_public_key)]] = Field(default_factory=list)
+    tokens: list[Annotated[str, AfterValidator(_token_digest)]] = Field(default_factory=list)
+    apps: list[Glob] = Field(default_factory=lambda: ["*"], description="Apps this user may push; '*' is all.")
+    environments: list[Glob] = Field(
+        default_factory=lambda: ["*"], description="Environments this user may deploy to; '*' is all."
+    )
+
+
+class AppPolicy(StrictModel):
+    namespaces: Annotated[list[Name], Field(min_length=1)]
+
+
+class CanaryDefaults(StrictModel):
+    """Used for what an environment's `canary` in deploy.yaml leaves unset."""
+
+    steps: list[Annotated[int, Field(ge=1, le=99)]] | None = None
+    interval: Duration | None = None
+    threshold: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Self:
+        steps = self.steps or []
+        if any(after <= before for before, after in itertools.pairwise(steps)):
+            raise ValueError(f"steps must increase strictly, got {steps}")
+        return self
+
+
+class CanaryLimits(StrictModel):
+    required: bool = Field(default=False, description="Refuse `canary: false` (and `-o skip-canary`).")
+    min_interval: Duration = 0.0
+    max_interval: Duration | None = None
+    min_steps: Annotated[int, Field(ge=1)] = 1
+
+
+class EnvironmentPolicy(StrictModel):
+    push_options: list[PushOption] = Field(default_factory=_all_options)
+    canary: CanaryLimits | None = Field(
+        default=None, description="Limits for this environment (default: canary.limits)."
+    )
+    lock_wait: Duration = Field(default=600.0, description="How long a push waits for a release in flight.")
+
+
+class CanaryConfig(StrictModel):
+    defaults: CanaryDefaults = Field(default_factory=CanaryDefaults)
+    limits: CanaryLimits = Field(default_factory=CanaryLimits)
+
+
+class ClusterConfig(StrictModel):
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.kubeconfig is None) == (not self.in_cluster):
+            raise ValueError("set exactly one of 'kubeconfig' or 'inCluster: true'")
+        return self
+
+
+class RegistryConfig(StrictModel):
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+$")] = Field(
+        description="Images must live in this registry (deploy.yaml's image.repository starts with it)."
+    )
+    insecure: bool = Field(default=False, description="Plain http (loopback registries always are).")
+    auth_file: str | None = None
+
+
+class BuilderConfig(StrictModel):
+    kind: Literal["auto", "buildah", "docker"] = "auto"
+    storage: str | None = Field(default=None, description="buildah storage root (default: DATA_DIR/containers).")
+    max_context_mb: Annotated[int, Field(ge=1)] = 200
+
+
+class Limits(StrictModel):
+    max_push_mb: Annotated[int, Field(ge=1)] = Field(default=100, description="git's receive.maxInputSize.")
+    rollout_timeout: Duration = 300.0
+
+
+class ServerConfig(StrictModel):
+    """The whole of server.yaml."""
+
+    data_dir: str = Field(description="Repositories, the SSH host key and the hook socket live here.")
+    listen: Listen = Field(default_factory=Listen)
+    cluster: ClusterConfig
+    registry: RegistryConfig
+    builder: BuilderConfig = Field(default_factory=BuilderConfig)
+    prometheus: str | None = Field(default=None, description="Prometheus URL for the canary's prometheus checks.")
+    apps: Annotated[dict[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)], AppPolicy], Field(min_length=1)]
+    users: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], User] = Field(default_factory=dict)
+    environments: dict[Glob, EnvironmentPolicy] = Field(
+        default_factory=dict, description="Policy per environment name; '*' is the default."
+    )
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    limits: Limits = Field(default_factory=Limits)
+
+    def policy(self, environment: str) -> EnvironmentPolicy:
+        """The environment's own policy, else the '*' entry, else the defaults."""
+        return self.environments.get(environment) or self.environments.get("*") or EnvironmentPolicy()
+
+
+def parse_server_config(text: str, *, source: str) -> ServerConfig:
+    """server.yaml text → ServerConfig, or one DeployError naming `file:line:col` and the field."""
+    config, _ = parse_model(ServerConfig, text, source=source, keys="dataDir, cluster, registry, apps, users")
+    return config
+
+
+def token_digest(token: str) -> str:
+    """What server.yaml stores for a token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def user_for_token(config: ServerConfig, token: str) -> str | None:
+    """The user a token belongs to (compared in constant time), or None."""
+    digest = token_digest(token)
+    for name, user in config.users.items():
+        if any(hmac.compare_digest(digest, known) for known in user.tokens):
+            return name
+    return None
+
+
+def user_for_key(config: ServerConfig, key_type: str, key_data: str) -> str | None:
+    """The user an SSH public key (type and base64 data) belongs to, or None."""
+    for name, user in config.users.items():
+        for line in user.keys:
+            parts = line.split()
+            if parts[0] == key_type and hmac.compare_digest(parts[1], key_data):
+                return name
+    return None
+
+
+def _allowed(patterns: list[str], name: str) -> bool:
+    return "*" in patterns or name in patterns
+
+
+def check_app(config: ServerConfig, *, user: str, app: str) -> None:
+    """The repository may be pushed at all: a known app, and a user allowed to push it."""
+    if app not in config.apps:
+        raise DeployError(f"unknown app {app!r}: the server deploys {', '.join(sorted(config.apps))}", where="server")
+    if not _allowed(config.users[user].apps, app):
+        raise DeployError(f"user {user!r} may not push app {app!r}", where="server")
+
+
+def check_environment(
+    server: ServerConfig, deploy: DeployConfig, *, user: str, app: str, environment: str, options: set[str]
+) -> CanaryPolicy:
+    """Everything the server decides before a release runs; returns the canary policy to use (server defaults
+    filled in). Raises DeployError naming what is refused and why."""
+    if deploy.app != app:
+        raise DeployError(
+            f"app: {deploy.app!r} does not match the repository {app}.git; push to {deploy.app}.git or rename it",
+            where="deploy.yaml",
+        )
+    if not _allowed(server.users[user].environments, environment):
+        raise DeployError(f"user {user!r} may not deploy to {environment}", where="server")
+    env = deploy.environments[environment]
+    allowed = server.apps[app].namespaces
+    if env.namespace not in allowed:
+        raise DeployError(
+            f"environments.{environment}.namespace: {env.namespace!r} is not allowed for app {app!r} "
+            f"(allowed: {', '.join(allowed)})",
+            where="deploy.yaml",
+        )
+    if not deploy.image.repository.startswith(server.registry.host.rstrip("/") + "/"):
+        raise DeployError(
+            f"image.repository: {deploy.image.repository!r} is not in the server's registry {server.registry.host}",
+            where="deploy.yaml",
+        )
+    policy = server.policy(environment)
+    for option in sorted(options - set(policy.push_options)):
+        allowed_text = ", ".join(policy.push_options) or "none"
+        raise DeployError(f"push option {option!r} is not allowed for {environment} (allowed: {allowed_text})")
+    return effective_canary(server, env.canary, environment=environment, skip=("skip-canary" in options))
+
+
+def effective_canary(server: ServerConfig, canary: CanaryPolicy, *, environment: str, skip: bool) -> CanaryPolicy:
+    """The environment's canary with the server's defaults for what deploy.yaml left unset, checked against the
+    server's limits for that environment."""
+    defaults = server.canary.defaults
+    unset = {
+        key: value
+        for key, value in (
+            ("steps", defaults.steps),
+            ("interval", defaults.interval),
+            ("threshold", defaults.threshold),
+        )
+        if value is not None and key not in canary.model_fields_set
+    }
+    policy = canary.model_copy(update=unset)  # both sides are validated already
+    limits = server.policy(environment).canary or server.canary.limits
+    where = "deploy.yaml"
+    field = f"environments.{environment}.canary"
+    if limits.required and (not policy.enabled or skip):
+        what = "-o skip-canary" if skip else "canary: false"
+        raise DeployError(f"{field}: {what} is refused: the server requires a canary for {environment}", where=where)
+    if not policy.enabled:
+        return policy
+    if policy.interval < limits.min_interval:
+        raise DeployError(
+            f"{field}.interval: {policy.interval:g}s is below the server's minimum for {environment} "
+            f"({limits.min_interval:g}s)",
+            where=where,
+        )
+    if limits.max_interval is not None and policy.interval > limits.max_interval:
+        raise DeployError(
+            f"{field}.interval: {policy.interval:g}s is above the server's maximum for {environment} "
+            f"({limits.max_interval:g}s)",
+            where=where,
+        )
+    if len(policy.steps) < limits.min_steps:
+        raise DeployError(
+            f"{field}.steps: {len(policy.steps)} step(s), the server requires at least {limits.min_steps} "
+            f"for {environment}",
+            where=where,
+        )
+    return policy

@@ -1,0 +1,327 @@
+"""One push → at most one release (DESIGN.md section 1, steps 1 to 10), as the server runs it for pre-receive.
+
+Plan first, before anything runs: each ref update is mapped to an environment by the deploy.yaml at the NEW
+commit, and the server config decides whether this user may do it, with these push options. Then the secret
+scan, then build, render, validate and the release. Any DeployError rejects the whole push: git leaves every
+ref where it was.
+
+The rules for refs, decided here and documented in README.md:
+- a branch no environment claims is accepted without a deploy; tags deploy nothing;
+- deleting an environment's branch is refused (the branch records what is live);
+- a push deploys one environment: two ref updates that would deploy two are refused (push them one by one);
+- a non-fast-forward push to an environment's branch is accepted only when the new commit is an older commit of
+  that branch (a rollback through the full pipeline, canary included); rewriting it with other history is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from deployer.build.scan import scan_push
+from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref_value
+from deployer.canary.objects import canary_targets, owned_by_release, stable_objects
+from deployer.config import DEPLOY_FILE, RepoFiles, environments_for_branch, load_deploy_config, parse_deploy_config
+from deployer.config.model import CanaryPolicy, DeployConfig
+from deployer.config.server import ServerConfig, check_app, check_environment
+from deployer.errors import DeployError
+from deployer.events import Event, EventSink
+from deployer.helm import Helm
+from deployer.kube.cluster import Kube
+from deployer.pipeline.release import ReleaseOptions, release
+from deployer.pipeline.steps import BuildSettings, Rendered, build_exported, render_environment
+
+OPTION_HELP = "known: dry-run, skip-canary, async, set.KEY=VALUE"
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    old: str
+    new: str
+    ref: str
+
+    @property
+    def branch(self) -> str | None:
+        return self.ref.removeprefix("refs/heads/") if self.ref.startswith("refs/heads/") else None
+
+    @property
+    def short(self) -> str:
+        return self.branch or self.ref
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    dry_run: bool = False
+    skip_canary: bool = False
+    follow: bool = True  # False with `-o async`
+    sets: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, options: list[str]) -> PushOptions:
+        """git push -o values → options; an unknown one is refused by name."""
+        dry_run = skip = is_async = False
+        sets: list[str] = []
+        for option in options:
+            if option == "dry-run":
+                dry_run = True
+            elif option == "skip-canary":
+                skip = True
+            elif option == "async":
+                is_async = True
+            elif option.startswith("set.") and "=" in option:
+                sets.append(option.removeprefix("set."))
+            else:
+                raise DeployError(f"unknown push option {option!r} ({OPTION_HELP})", where="git push -o")
+        return cls(dry_run=dry_run, skip_canary=skip, follow=not is_async, sets=tuple(sets))
+
+    @property
+    def names(self) -> set[str]:
+        """The option names the server's per-environment policy allows or forbids."""
+        chosen = {("dry-run", self.dry_run), ("skip-canary", self.skip_canary), ("async", not self.follow)}
+        return {name for name, on in chosen if on} | ({"set"} if self.sets else set())
+
+
+@dataclass(frozen=True)
+class Push:
+    """What git-receive-pack handed to pre-receive, and who pushed."""
+
+    repo: Path
+    app: str
+    user: str
+    updates: tuple[RefUpdate, ...]
+    options: tuple[str, ...] = ()
+    git_env: dict[str, str] = field(default_factory=dict)  # the quarantine: objects not yet in the repo
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """The one release a push asks for."""
+
+    update: RefUpdate
+    environment: str
+    namespace: str
+    policy: CanaryPolicy
+
+
+@dataclass
+class Outcome:
+    """One line of the verdict table."""
+
+    ref: str
+    environment: str
+    commit: str
+    result: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the server lends a push: the cluster, the builder and registry, helm."""
+
+    server: ServerConfig
+    api: client.ApiClient
+    build: BuildSettings
+    helm: Helm | None = None
+
+
+async def plan(push: Push, server: ServerConfig, sink: EventSink) -> tuple[Deploy | None, list[Outcome]]:
+    """Steps 1: ref updates → at most one deploy, or a DeployError refusing the push before anything runs."""
+    check_app(server, user=push.user, app=push.app)
+    options = PushOptions.parse(list(push.options))
+    deploys: list[Deploy] = []
+    outcomes: list[Outcome] = []
+    for update in push.updates:
+        found = await _plan_update(push, update, server, options)
+        if isinstance(found, Outcome):
+            outcomes.append(found)
+            sink(Event("plan", f"{update.short}: {found.detail}"))
+        else:
+            deploys.extend(found)
+    if len(deploys) > 1:
+        names = ", ".join(f"{d.update.short} → {d.environment}" for d in deploys)
+        raise DeployError(f"this push would deploy {len(deploys)} environments ({names}); push them one at a time")
+    for deploy in deploys:
+        sink(
+            Event(
+                "plan",
+                f"{deploy.update.short} → {deploy.environment} (namespace {deploy.namespace}), "
+                f"commit {deploy.update.new[:12]} by {push.user}",
+            )
+        )
+    return (deploys[0] if deploys else None), outcomes
+
+
+async def _plan_update(
+    push: Push, update: RefUpdate, server: ServerConfig, options: PushOptions
+) -> Outcome | list[Deploy]:
+    if update.branch is None:
+        return Outcome(update.ref, "-", update.new[:12], "accepted", "not a branch; nothing to deploy")
+    if update.new == ZERO:
+        config = await _deploy_config(push, update.old, required=False)
+        claimed = environments_for_branch(config, update.branch) if config else []
+        if claimed:
+            raise DeployError(
+                f"deleting branch {update.branch!r} is refused: it records what is live in {', '.join(claimed)}",
+                where=update.ref,
+            )
+        return Outcome(update.ref, "-", "-", "accepted", "branch deleted; nothing to deploy")
+    config = await _deploy_config(push, update.new, required=True)
+    assert config is not None
+    environments = environments_for_branch(config, update.branch)
+    if not environments:
+        return Outcome(
+            update.ref,
+            "-",
+            update.new[:12],
+            "accepted",
+            f"no environment claims branch {update.branch!r}; not deployed",
+        )
+    deploys = []
+    for name in environments:
+        policy = check_environment(
+            server, config, user=push.user, app=push.app, environment=name, options=options.names
+        )
+        deploys.append(Deploy(update, name, config.environments[name].namespace, policy))
+    fast_forward = update.old == ZERO or await is_ancestor(push.repo, update.old, update.new, env=push.git_env)
+    if not fast_forward and not await is_ancestor(push.repo, update.new, update.old, env=push.git_env):
+        raise DeployError(
+            f"non-fast-forward push to {update.branch!r} ({environments[0]}): {update.new[:12]} is not in the "
+            "branch's history. Merge instead; to roll back, push an older commit of the branch with --force",
+            where=update.ref,
+        )
+    return deploys
+
+
+async def _deploy_config(push: Push, commit: str, *, required: bool) -> DeployConfig | None:
+    text = await read_at(push.repo, commit, DEPLOY_FILE, env=push.git_env)
+    if text is None:
+        if not required:
+            return None
+        raise DeployError(
+            f"not found at commit {commit[:12]}; every app repo needs one at its top (see `deployer init`)",
+            where=DEPLOY_FILE,
+        )
+    return parse_deploy_config(text, source=DEPLOY_FILE)
+
+
+async def scan(push: Push, sink: EventSink) -> None:
+    """Refuse likely secrets added to values and config files by the pushed commits, naming file and line."""
+    found = []
+    for update in push.updates:
+        found += await scan_push(push.repo, new=update.new, exclude=("--all",), env=push.git_env)
+    if found:
+        raise DeployError(
+            f"{found[0]}: looks like a secret; keep secrets out of git (deployer secret set), or mark a false "
+            "positive with '# pragma: allowlist secret'" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""),
+            where="secret scan",
+            details=tuple(str(f) for f in found[1:10]),
+        )
+    sink(Event("scan", "no secrets found in values or config files"))
+
+
+async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink) -> dict[str, Any]:
+    """Steps 3 to 10 for the planned deploy; returns the release record. A dry run ends in a DeployError."""
+    options = PushOptions.parse(list(push.options))
+    commit = target.update.new
+    with tempfile.TemporaryDirectory(prefix="deployer-push-") as tmp:
+        files = RepoFiles(await export_commit(push.repo, commit, Path(tmp) / "tree", env=push.git_env))
+        config = load_deploy_config(files)
+        image = await build_exported(files=files, config=config, commit=commit, settings=services.build, sink=sink)
+        rendered = await render_environment(
+            repo=files,
+            config=config,
+            environment=target.environment,
+            commit=commit,
+            digest=image.digest,
+            sets=options.sets,
+            helm=services.helm,
+        )
+    _render_summary(rendered, config, target, options, sink)
+    if options.dry_run:
+        await dry_run(services.api, rendered, target.policy, sink)
+        raise DeployError(
+            "dry run: built, rendered and compared with the cluster; nothing was changed and the push is rejected "
+            "so that the branch stays where it was",
+            where="dry-run",
+        )
+    return await release(
+        api=services.api,
+        rendered=rendered,
+        policy=target.policy,
+        image=image,
+        options=ReleaseOptions(
+            skip_canary=options.skip_canary,
+            rollout_timeout=services.server.limits.rollout_timeout,
+            pusher=push.user,
+            prometheus_url=services.server.prometheus,
+            lock_timeout=services.server.policy(target.environment).lock_wait,
+            precondition=lambda: _unmoved(push, target.update),
+        ),
+        sink=sink,
+        jobs=tuple(config.environments[target.environment].jobs),
+    )
+
+
+async def _unmoved(push: Push, update: RefUpdate) -> None:
+    """A push that waited for the lock: the branch must still be where git will move it from."""
+    now = await ref_value(push.repo, update.ref)
+    if now != update.old:
+        raise DeployError(
+            f"{update.short} moved to {now[:12]} while this push waited for the release before it; "
+            "fetch, merge and push again",
+            where=update.ref,
+        )
+
+
+def _render_summary(
+    rendered: Rendered, config: DeployConfig, target: Deploy, options: PushOptions, sink: EventSink
+) -> None:
+    kinds: dict[str, int] = {}
+    for obj in rendered.manifests:
+        kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+    files = config.environments[target.environment].values
+    sources = ", ".join(files) if files else "no values files"
+    if options.sets:
+        sources += (
+            f", -o set: {', '.join(expr.split('=', 1)[0] for expr in options.sets)}"  # keys: values may be private
+        )
+    counted = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    sink(Event("render", f"{len(rendered.manifests)} objects ({counted}) from {sources}; all valid"))
+
+
+async def dry_run(api: client.ApiClient, rendered: Rendered, policy: CanaryPolicy, sink: EventSink) -> None:
+    """What promotion would change, object by object, from a server-side dry-run apply (as `kubectl diff`)."""
+    kube = await asyncio.to_thread(Kube, api)
+    objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
+    targets = canary_targets(objects) if policy.enabled else []
+    for obj in stable_objects(objects, targets):
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        live = await kube.get(
+            obj["apiVersion"], obj["kind"], namespace=rendered.namespace, name=obj["metadata"]["name"]
+        )
+        if live is None:
+            sink(Event("dry-run", f"{name}: would be created"))
+            continue
+        [after] = await kube.apply([obj], namespace=rendered.namespace, dry_run=True)
+        lines = list(
+            difflib.unified_diff(_comparable(live), _comparable(after), "live", "after this push", lineterm="", n=1)
+        )
+        if not lines:
+            sink(Event("dry-run", f"{name}: unchanged"))
+            continue
+        sink(Event("dry-run", f"{name}: would change"))
+        for line in lines[2:42]:
+            sink(Event("dry-run", line, kind="output"))
+
+
+def _comparable(obj: dict[str, Any]) -> list[str]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k in ("labels", "annotations") and v}
+    body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    return yaml.safe_dump({"metadata": meta, **body}, sort_keys=True).splitlines()

@@ -1,0 +1,331 @@
+"""The server's heart, shared by both git transports: the app repositories, the pre-receive hook socket, and the
+push → release run whose events become `remote:` lines.
+
+A transport (SSH or HTTP) authenticates the pusher, then asks `git_environment` for the environment of its
+git-receive-pack: a one-time push token ties the hook's connection back to that user and app, so a hook cannot
+claim to be anyone else. Releases run in this process, not in the hook, and are never cancelled by a pusher
+going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from deployer.build.source import ZERO, git
+from deployer.config.model import DNS1123_LABEL
+from deployer.config.server import ServerConfig, check_app
+from deployer.errors import DeployError
+from deployer.events import Event
+from deployer.kube.records import pending_environments
+from deployer.pipeline import operations
+from deployer.pipeline.push import Deploy, Outcome, Push, PushOptions, RefUpdate, Services, deploy, plan, scan
+from deployer.server.metrics import Metrics
+
+log = logging.getLogger("deployer.server")
+SERVICES = ("git-receive-pack", "git-upload-pack")
+_HOOK = """#!/bin/sh
+# Installed by the deployer: hands the push to the server's pipeline and streams its progress.
+exec {python} -m deployer.server.hook
+"""
+
+
+@dataclass(frozen=True)
+class Pusher:
+    user: str
+    app: str
+
+
+def app_from_path(path: str) -> str:
+    """`/hello.git`, `hello.git` or `/hello` → `hello`; anything else is refused."""
+    import re  # noqa: PLC0415 - tiny, and keeps the module's imports about the server
+
+    name = path.strip("/").removesuffix(".git")
+    if not re.fullmatch(DNS1123_LABEL, name) or len(name) > 63:
+        raise DeployError(f"{path!r} is not a repository path such as /APP.git", where="git remote")
+    return name
+
+
+class DeployServer:
+    def __init__(self, config: ServerConfig, *, services: Services) -> None:
+        self.config = config
+        self.services = services
+        self.data = Path(config.data_dir).resolve()
+        self.repos = self.data / "repos"
+        self.socket = self.data / "hook.sock"
+        self.metrics = Metrics()
+        self._pushers: dict[str, Pusher] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._hooks: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen for hooks, then bring releases left mid-flight by an earlier server to a consistent end."""
+        self.repos.mkdir(parents=True, exist_ok=True)
+        self.data.chmod(0o700)
+        self.socket.unlink(missing_ok=True)
+        self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
+        self.socket.chmod(0o600)
+        await self.recover()
+
+    async def stop(self) -> None:
+        if self._hooks is not None:
+            self._hooks.close()
+            await self._hooks.wait_closed()
+        for task in list(self._background):  # async releases: let them reach their end, for a while
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        self.socket.unlink(missing_ok=True)
+
+    async def recover(self) -> list[str]:
+        """Releases a dead server left pending, in every namespace the config allows, rolled back."""
+        done = []
+        for app, policy in self.config.apps.items():
+            for namespace in policy.namespaces:
+                try:
+                    for environment in await pending_environments(self.services.api, namespace=namespace, app=app):
+                        env = operations.Environment(app=app, environment=environment, namespace=namespace)
+                        revisions = await operations.recover(
+                            api=self.services.api, env=env, sink=self._log(app, environment)
+                        )
+                        done += [f"{app}/{environment} revision {r}" for r in revisions]
+                except (DeployError, client.ApiException, OSError) as exc:
+                    log.warning("recover %s in %s: %s", app, namespace, exc)
+        for item in done:
+            log.info("recovered %s (rolled back)", item)
+        return done
+
+    # --- what transports use ------------------------------------------------------------------------------
+
+    async def git_environment(self, *, service: str, path: str, user: str) -> tuple[Path, dict[str, str]]:
+        """Check a git request (service, repository, user) and return the repository and the environment for
+        git-receive-pack/upload-pack. The repository is created on the first push."""
+        if service not in SERVICES:
+            raise DeployError(f"only git-receive-pack and git-upload-pack are allowed, not {service!r}", where="server")
+        app = app_from_path(path)
+        check_app(self.config, user=user, app=app)
+        repo = self.repos / f"{app}.git"
+        if not repo.exists():
+            if service == "git-upload-pack":
+                raise DeployError(f"no repository {app}.git yet: push to it first", where="server")
+            await self._create(repo)
+        token = secrets.token_urlsafe(24)
+        self._pushers[token] = Pusher(user, app)
+        return repo, {"DEPLOYER_PUSH_TOKEN": token, "DEPLOYER_HOOK_SOCKET": str(self.socket)}
+
+    def forget(self, env: dict[str, str]) -> None:
+        """A git process ended: its push token is void."""
+        self._pushers.pop(env.get("DEPLOYER_PUSH_TOKEN", ""), None)
+
+    async def _create(self, repo: Path) -> None:
+        await git(self.repos, "init", "--quiet", "--bare", str(repo))
+        for key, value in (
+            ("receive.advertisePushOptions", "true"),
+            ("receive.maxInputSize", str(self.config.limits.max_push_mb * 2**20)),
+            ("receive.denyNonFastForwards", "false"),  # the pipeline's own rule (pipeline/push.py)
+            ("receive.denyDeletes", "false"),
+            ("core.logAllRefUpdates", "true"),
+        ):
+            await git(repo, "config", key, value)
+        hook = repo / "hooks" / "pre-receive"
+        hook.write_text(_HOOK.format(python=sys.executable), encoding="utf-8")
+        hook.chmod(0o755)
+        log.info("created repository %s", repo.name)
+
+    # --- the hook ----------------------------------------------------------------------------------------
+
+    async def _hook(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def say(text: str) -> None:
+            if not writer.is_closing():
+                writer.write(json.dumps({"line": text}).encode() + b"\n")
+
+        try:
+            request = json.loads(await reader.readline())
+            pusher = self._pushers.get(str(request.get("token")))
+            if pusher is None:
+                say("error: this push did not come through the deployer's git remote")
+                code = 1
+            else:
+                push = Push(
+                    repo=Path(request["repo"]),
+                    app=pusher.app,
+                    user=pusher.user,
+                    updates=tuple(RefUpdate(*u) for u in request["updates"]),
+                    options=tuple(request.get("options") or ()),
+                    git_env={k: str(v) for k, v in (request.get("git_env") or {}).items()},
+                )
+                code = await self.handle(push, say)
+            writer.write(json.dumps({"exit": code}).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the hook is gone (its git process was killed); the release itself has ended consistently
+        finally:
+            writer.close()
+
+    def _log(self, app: str, environment: str) -> Callable[[Event], None]:
+        def write(event: Event) -> None:
+            log.info("%s/%s [%s] %s", app, environment, event.step, event.message)
+
+        return write
+
+    async def handle(self, push: Push, say: Callable[[str], None]) -> int:
+        """Run one push; `say` gets each line for the pusher. Returns the hook's exit status (0 accepts)."""
+        started = time.monotonic()
+        target: Deploy | None = None
+        outcomes: list[Outcome] = []
+
+        def emit(event: Event) -> None:
+            prefix = "warning: " if event.kind == "warning" else ""
+            text = f"  {event.message}" if event.kind == "output" else f"{prefix}{event.message}"
+            say(f"{event.step:>8}  {text}")
+            log.info("%s %s [%s] %s", push.app, push.user, event.step, event.message)
+
+        try:
+            target, outcomes = await plan(push, self.config, emit)
+            await scan(push, emit)
+            if target is None:
+                _table(say, outcomes)
+                say("accepted: nothing to deploy")
+                self.metrics.pushes.labels(push.app, "accepted").inc()
+                return 0
+            return await self._release(push, target, outcomes=outcomes, emit=emit, say=say, started=started)
+        except DeployError as exc:
+            if target is not None:
+                outcomes.append(Outcome(target.update.ref, target.environment, target.update.new[:12], "refused"))
+            _error(say, exc)
+            say("push rejected: nothing was deployed and no branch moved")
+            self.metrics.pushes.labels(push.app, "rejected").inc()
+            return 1
+
+    async def _release(
+        self,
+        push: Push,
+        target: Deploy,
+        *,
+        outcomes: list[Outcome],
+        emit: Callable[[Event], None],
+        say: Callable[[str], None],
+        started: float,
+    ) -> int:
+        """Steps 3 to 10 in a task no disconnect cancels; with `-o async`, answer once the canary has traffic."""
+        follow = PushOptions.parse(list(push.options)).follow
+        traffic = asyncio.Event()
+        listening = [True]
+
+        def sink(event: Event) -> None:
+            if int(event.data.get("canary_weight") or 0) > 0:
+                traffic.set()
+            if listening[0]:
+                emit(event)
+            else:
+                log.info("%s/%s [%s] %s", push.app, target.environment, event.step, event.message)
+
+        gauge = self.metrics.in_flight.labels(push.app, target.environment)
+        gauge.inc()
+        task = asyncio.create_task(self._run(push, target, sink, started, gauge))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        if not follow:
+            waiter = asyncio.create_task(traffic.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not task.done():
+                listening[0] = False
+                outcomes.append(Outcome(target.update.ref, target.environment, target.update.new[:12], "accepted"))
+                _table(say, outcomes)
+                say(
+                    "accepted (-o async): the canary goes on in the server; if it is rolled back, "
+                    f"{target.update.short} moves back to {target.update.old[:12]}. Follow it: deployer status "
+                    f"--env {target.environment} --app {push.app} --namespace {target.namespace}"
+                )
+                self.metrics.pushes.labels(push.app, "accepted").inc()
+                return 0
+        result, record, error = await asyncio.shield(task)
+        outcomes.append(_outcome(target, result, record, error))
+        _table(say, outcomes)
+        if error is not None:
+            _error(say, error)
+            say(f"push rejected: {target.environment} still runs what it ran; {target.update.short} did not move")
+            self.metrics.pushes.labels(push.app, "rejected").inc()
+            return 1
+        say(
+            f"{target.environment} is live at {target.update.new[:12]} (revision {record['revision']}); "
+            f"{target.update.short} moves"
+        )
+        self.metrics.pushes.labels(push.app, "accepted").inc()
+        return 0
+
+    async def _run(
+        self, push: Push, target: Deploy, sink: Callable[[Event], None], started: float, gauge: Any
+    ) -> tuple[str, dict[str, Any], DeployError | None]:
+        """The release, to its end; then metrics, and for an async push that failed, the branch put back."""
+        record: dict[str, Any] = {}
+        error: DeployError | None = None
+        try:
+            record = await deploy(push, target, self.services, sink)
+            result = "released"
+        except DeployError as exc:
+            error = exc
+            result = (
+                "dry-run" if exc.where == "dry-run" else ("rolled-back" if "rolled back" in exc.message else "failed")
+            )
+        except Exception as exc:
+            log.exception("release of %s to %s", push.app, target.environment)
+            error = DeployError(f"internal error: {type(exc).__name__}: {exc}", where="server")
+            result = "failed"
+        finally:
+            gauge.dec()
+        self.metrics.ended(
+            app=push.app, environment=target.environment, result=result, seconds=time.monotonic() - started
+        )
+        if error is not None and not PushOptions.parse(list(push.options)).follow:
+            await self._put_back(push, target.update)
+        return result, record, error
+
+    async def _put_back(self, push: Push, update: RefUpdate) -> None:
+        """An async push that failed after git accepted it: the branch goes back to what is live."""
+        with contextlib.suppress(DeployError):
+            if update.old == ZERO:
+                await git(push.repo, "update-ref", "-d", update.ref, update.new)
+            else:
+                await git(
+                    push.repo, "update-ref", "-m", "deployer: release rolled back", update.ref, update.old, update.new
+                )
+            log.info("%s: %s put back to %s (release failed)", push.app, update.ref, update.old[:12])
+
+
+def _outcome(target: Deploy, result: str, record: dict[str, Any], error: DeployError | None) -> Outcome:
+    commit = target.update.new[:12]
+    if error is not None:
+        return Outcome(target.update.ref, target.environment, commit, result, error.message)
+    weights = [str(r["weight"]) + "%" for r in record.get("rounds", [])]
+    checks = sorted({c["name"] for r in record.get("rounds", []) for c in r["checks"]})
+    path = " → ".join([*weights, "100%"]) if weights else "no canary"
+    detail = f"revision {record['revision']}: {path}" + (f"; checks: {', '.join(checks)}" if checks else "")
+    return Outcome(target.update.ref, target.environment, commit, result, detail)
+
+
+def _table(say: Callable[[str], None], outcomes: list[Outcome]) -> None:
+    rows = [("ref", "environment", "commit", "result", "detail")] + [
+        (o.ref, o.environment, o.commit, o.result, o.detail) for o in outcomes
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    say("")
+    for row in rows:
+        say("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
+
+
+def _error(say: Callable[[str], None], exc: DeployError) -> None:
+    say(f"error: {exc}")
+    for line in exc.details:
+        say(f"  | {line}")

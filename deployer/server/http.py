@@ -1,0 +1,164 @@
+"""Smart HTTP (aiohttp around `git http-backend`), /healthz and /metrics.
+
+Authentication is a token: HTTP basic (any user name, the token as password: http://alice:TOKEN@host/app.git)
+or `Authorization: Bearer TOKEN`. Refusals after authentication are answered the way git shows them best: an
+`ERR` packet in the ref advertisement, which git prints as "fatal: remote error: ...". The CGI runs to its end
+even when the client goes away, so a release in flight ends consistently and git moves the ref only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+from typing import Any
+
+from aiohttp import web
+
+from deployer.config.server import user_for_token
+from deployer.errors import DeployError
+from deployer.server.core import SERVICES, DeployServer
+
+log = logging.getLogger("deployer.server.http")
+_CHUNK = 64 * 1024
+
+
+def _pkt(text: str) -> bytes:
+    data = text.encode()
+    return f"{len(data) + 4:04x}".encode() + data
+
+
+def _user(server: DeployServer, request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    token = ""
+    if scheme.lower() == "bearer":
+        token = value.strip()
+    elif scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            token = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+    return user_for_token(server.config, token) if token else None
+
+
+def _refused(service: str, message: str) -> web.Response:
+    body = _pkt(f"# service={service}\n") + b"0000" + _pkt(f"ERR {message}\n")
+    return web.Response(body=body, content_type=f"application/x-{service}-advertisement")
+
+
+class GitHttp:
+    def __init__(self, server: DeployServer) -> None:
+        self.server = server
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/{repo}/info/refs", self.git)
+        app.router.add_post("/{repo}/{service}", self.git)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        in_flight = sum(1 for t in self.server._background if not t.done())
+        return web.json_response({"status": "ok", "releasesInFlight": in_flight})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.server.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def git(self, request: web.Request) -> web.StreamResponse:
+        service = request.match_info.get("service") or request.query.get("service", "")
+        if service not in SERVICES:
+            return web.Response(status=403, text="only git-receive-pack and git-upload-pack are served here\n")
+        if request.method == "POST" and request.content_type != f"application/x-{service}-request":
+            return web.Response(status=415, text=f"expected Content-Type application/x-{service}-request\n")
+        user = _user(self.server, request)
+        if user is None:
+            return web.Response(
+                status=401,
+                text="authentication required: a token as password, or Authorization: Bearer TOKEN\n",
+                headers={"WWW-Authenticate": 'Basic realm="deployer"'},
+            )
+        try:
+            repo, env = await self.server.git_environment(service=service, path=request.match_info["repo"], user=user)
+        except DeployError as exc:
+            if request.method == "GET":
+                return _refused(service, str(exc))
+            return web.Response(status=403, text=f"{exc}\n")
+        rest = "info/refs" if request.method == "GET" else service
+        cgi = {
+            "GIT_PROJECT_ROOT": str(repo.parent),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{repo.name}/{rest}",
+            "REQUEST_METHOD": request.method,
+            "QUERY_STRING": request.query_string,
+            "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+            "REMOTE_USER": user,
+            "REMOTE_ADDR": request.remote or "",
+            "GIT_PROTOCOL": request.headers.get("Git-Protocol", ""),
+            "HTTP_CONTENT_ENCODING": request.headers.get("Content-Encoding", ""),
+            **env,
+        }
+        if request.content_length is not None:
+            cgi["CONTENT_LENGTH"] = str(request.content_length)
+        # shielded: a client that goes away must not cancel a push whose release is running
+        return await asyncio.shield(self._cgi(request, cgi))
+
+    async def _cgi(self, request: web.Request, cgi: dict[str, str]) -> web.StreamResponse:
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "http-backend",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **cgi},
+        )
+        assert proc.stdin and proc.stdout and proc.stderr
+        feeder = asyncio.create_task(self._feed(request, proc.stdin))
+        errors = asyncio.create_task(proc.stderr.read())
+        status, headers = await _cgi_headers(proc.stdout)
+        response = web.StreamResponse(status=status, headers=headers)
+        client = True
+        try:
+            await response.prepare(request)
+        except (ConnectionError, RuntimeError):
+            client = False
+        while chunk := await proc.stdout.read(_CHUNK):
+            if client:
+                try:
+                    await response.write(chunk)
+                except (ConnectionError, RuntimeError):
+                    client = False  # keep draining: the git process and its hook run to their end
+                    log.info("client went away during %s; the push goes on", cgi["PATH_INFO"])
+        await proc.wait()
+        self.server.forget(cgi)
+        feeder.cancel()
+        stderr = (await errors).decode(errors="replace").strip()
+        if stderr:
+            log.info("git http-backend: %s", " ".join(stderr.split()))
+        if client:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await response.write_eof()
+        return response
+
+    async def _feed(self, request: web.Request, stdin: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):  # a broken body, or a git that stopped reading, ends the input
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                stdin.write(chunk)
+                await stdin.drain()
+        with contextlib.suppress(Exception):
+            stdin.close()
+
+
+async def _cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    status, headers = 200, dict[str, Any]()
+    while True:
+        line = (await stdout.readline()).decode("latin-1").rstrip("\r\n")
+        if not line:
+            return status, headers
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            with contextlib.suppress(ValueError):
+                status = int(value.strip().split()[0])
+        else:
+            headers[name.strip()] = value.strip()

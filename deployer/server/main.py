@@ -1,0 +1,89 @@
+"""Wiring for `deployer serve`: the config's cluster, builder and registry, then the listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from deployer.build import RegistryClient, choose_builder
+from deployer.config.server import ServerConfig
+from deployer.errors import DeployError
+from deployer.kube import connect
+from deployer.pipeline.push import Services
+from deployer.pipeline.steps import BuildSettings
+from deployer.server.core import DeployServer
+from deployer.server.http import GitHttp
+from deployer.server.ssh import GitSsh
+
+log = logging.getLogger("deployer.server")
+
+
+def services(config: ServerConfig) -> Services:
+    """The cluster, the builder and the registry client, as the operator configured them."""
+    data = Path(config.data_dir).resolve()
+    cluster = config.cluster
+    api = connect(Path(cluster.kubeconfig) if cluster.kubeconfig else None, cluster.context)
+    registry = config.registry
+    auth = Path(registry.auth_file) if registry.auth_file else None
+    build = BuildSettings(
+        builder=choose_builder(config.builder.kind, storage=Path(config.builder.storage or data / "containers")),
+        registry=RegistryClient(insecure=frozenset([registry.host] if registry.insecure else []), auth_file=auth),
+        max_context_bytes=config.builder.max_context_mb * 2**20,
+        auth_file=auth,
+    )
+    return Services(server=config, api=api, build=build)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print) -> None:
+    """Run until SIGINT/SIGTERM; releases in flight get time to end before the process exits."""
+    server = DeployServer(config, services=services(config))
+    await server.start()
+    runner: web.AppRunner | None = None
+    acceptor = None
+    try:
+        if config.listen.http:
+            host, port = _split(config.listen.http)
+            runner = web.AppRunner(GitHttp(server).app(), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise DeployError(
+                    f"cannot listen on {config.listen.http}: {exc.strerror}", where="listen.http"
+                ) from None
+            bound = runner.addresses[0][1]
+            announce(f"http: http://{host}:{bound}/APP.git  (/healthz, /metrics)")
+        if config.listen.ssh:
+            host, port = _split(config.listen.ssh)
+            try:
+                acceptor = await GitSsh(server).listen(host, port)
+            except OSError as exc:
+                raise DeployError(f"cannot listen on {config.listen.ssh}: {exc.strerror}", where="listen.ssh") from None
+            bound = acceptor.sockets[0].getsockname()[1]
+            announce(f"ssh: ssh://{config.listen.ssh_user}@{host}:{bound}/APP.git")
+        announce("deployer serving; stop with Ctrl-C")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        if acceptor is not None:
+            acceptor.close()
+            with contextlib.suppress(Exception):
+                await acceptor.wait_closed()
+        if runner is not None:
+            await runner.cleanup()
+        await server.stop()

@@ -1,0 +1,543 @@
+"""git push to deploy, end to end: the real git client over SSH and smart HTTP against `deployer serve`, which
+builds with buildah into the registry and releases on the cluster. Each test pushes its own app (its own bare
+repository and namespaces), so the tests do not depend on each other's order.
+
+A real cluster (DEPLOYER_TEST_KUBECONFIG) also needs DEPLOYER_TEST_REGISTRY: a registry both this machine and the
+cluster reach.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gitserver import (
+    GitServer,
+    Key,
+    git_env,
+    history_json,
+    make_key,
+    new_token,
+    push,
+    server_config,
+    start_server,
+    token_entry,
+)
+from kubernetes import client
+from sandboxes import Running
+from support import EXAMPLES, Registry, commit, edit, git, run_deployer
+
+pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
+
+APPS = [f"app{i}" for i in range(30)]
+_next_app = itertools.count()
+
+
+@dataclass
+class App:
+    name: str
+    repo: Path
+    staging: str  # namespaces
+    prod: str
+
+    def head(self) -> str:
+        return git(self.repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def registry_host(registry: Registry) -> str:
+    return os.environ.get("DEPLOYER_TEST_REGISTRY") or registry.host
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
+    where = tmp_path_factory.mktemp("keys")
+    return {name: make_key(where, name) for name in ("alice", "bob", "mallory")}
+
+
+@pytest.fixture(scope="module")
+def server(
+    cluster: Running, registry_host: str, keys: dict[str, Key], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GitServer]:
+    core = client.CoreV1Api(cluster.api())
+    for app in APPS:
+        for env in ("staging", "prod"):
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=f"{app}-{env}")))
+    tokens = {"alice": new_token(), "bob": new_token()}
+    tmp = tmp_path_factory.mktemp("server")
+    config = server_config(
+        data=tmp / "data",
+        kubeconfig=cluster.kubeconfig,
+        registry=registry_host,
+        namespaces=[],
+        users={
+            "alice": {"keys": [keys["alice"].public], "tokens": [token_entry(tokens["alice"])]},
+            "bob": {"keys": [keys["bob"].public], "tokens": [token_entry(tokens["bob"])], "environments": ["staging"]},
+        },
+        environments={"prod": {"pushOptions": ["dry-run"]}, "*": {"lockWait": "2m"}},
+        limits={"maxPushMb": 2, "rolloutTimeout": "60s"},
+    )
+    config["apps"] = {app: {"namespaces": [f"{app}-staging", f"{app}-prod"]} for app in APPS}
+    running = start_server(tmp, config)
+    running.keys, running.tokens = keys, tokens
+    yield running
+    assert running.stop() == 0, running.log.read_text()[-2000:]
+    for app in APPS:
+        for env in ("staging", "prod"):
+            core.delete_namespace(f"{app}-{env}")
+
+
+@pytest.fixture
+def app(tmp_path: Path, registry_host: str) -> App:
+    """examples/hello as a fresh app repository: a 1s canary of one step, readiness checked (the simulated
+    runtime serves no HTTP)."""
+    name = APPS[next(_next_app)]
+    repo = tmp_path / name
+    shutil.copytree(EXAMPLES / "hello", repo)
+    deploy = repo / "deploy.yaml"
+    edit(deploy, "app: hello", f"app: {name}")
+    edit(deploy, "repository: 127.0.0.1:5000/hello", f"repository: {registry_host}/{name}")
+    edit(deploy, "namespace: hello-staging", f"namespace: {name}-staging")
+    edit(deploy, "namespace: hello-prod", f"namespace: {name}-prod")
+    edit(deploy, "steps: [20, 50]\n      interval: 10s", "steps: [50]\n      interval: 1s")
+    edit(deploy, "        - name: homepage\n          http: {path: /, port: http, status: 200, timeout: 2s}\n", "")
+    edit(deploy, "      threshold: 2\n      checks:\n", "      threshold: 1\n      checks: []\n")
+    edit(deploy, "steps: [5, 10, 25, 50]\n      interval: 1m", "steps: [50]\n      interval: 1s")
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "first")
+    return App(name, repo, f"{name}-staging", f"{name}-prod")
+
+
+def change(app: App, text: str) -> str:
+    (app.repo / "app" / "greeting.txt").write_text(text + "\n")
+    return commit(app.repo, text)
+
+
+def live_image(api: client.ApiClient, namespace: str, name: str) -> str:
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    return str(deployment.spec.template.spec.containers[0].image)
+
+
+def weights(api: client.ApiClient, namespace: str, name: str) -> list[int]:
+    vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "networking.istio.io", "v1", namespace, "virtualservices", name
+    )
+    return [r["weight"] for r in vs["spec"]["http"][0]["route"]]
+
+
+def deployments(api: client.ApiClient, namespace: str) -> list[str]:
+    return sorted(d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items)
+
+
+# --- the product ---------------------------------------------------------------------------------------------
+
+
+def test_first_push_over_ssh_goes_live_and_the_branch_moves(
+    server: GitServer, app: App, api: client.ApiClient, registry_host: str
+) -> None:
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 0, pushed
+    lines = pushed.remote
+    assert any(f"main → staging (namespace {app.staging}), commit {app.head()[:12]} by alice" in x for x in lines)
+    assert any("STEP 1/10: FROM" in x for x in lines), "build output is streamed"
+    assert any("render  3 objects (1 Deployment, 1 Ingress, 1 Service)" in x for x in lines)
+    assert any(x.startswith("refs/heads/main  staging") and "released" in x for x in lines), lines
+    assert f"staging is live at {app.head()[:12]} (revision 1); main moves" in lines
+    assert server.ref("refs/heads/main", app.name) == app.head()
+    assert live_image(api, app.staging, app.name).startswith(f"{registry_host}/{app.name}@sha256:")
+    [record] = history_json(server_kubeconfig(server), app.staging, app=app.name)
+    assert (record["status"], record["commit"], record["pusher"]) == ("deployed", app.head(), "alice")
+
+
+def server_kubeconfig(server: GitServer) -> Path:
+    import yaml  # noqa: PLC0415
+
+    return Path(yaml.safe_load(server.config_path.read_text())["cluster"]["kubeconfig"])
+
+
+def test_a_change_over_http_goes_through_the_canary_and_is_promoted(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    first_image = live_image(api, app.staging, app.name)
+    new = change(app, "second")
+    pushed = push(app.repo, server.http_url(app.name), "main")
+    assert pushed.code == 0, pushed
+    assert any("canary  weights stable 50% / canary 50%" in x for x in pushed.remote), pushed
+    assert any(f"check readiness {app.name}-canary: ok 1/1 pods ready" in x for x in pushed.remote)
+    assert any("revision 2: 50% → 100%" in x for x in pushed.remote)
+    assert server.ref("refs/heads/main", app.name) == new
+    assert live_image(api, app.staging, app.name) != first_image
+    assert weights(api, app.staging, app.name) == [100, 0]
+    assert deployments(api, app.staging) == [app.name]
+
+
+@pytest.mark.sandbox_only  # a crashing image is a sandbox behaviour
+def test_a_change_that_crashes_is_rolled_back_and_the_push_rejected(
+    server: GitServer, app: App, api: client.ApiClient, cluster: Running
+) -> None:
+    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+    before = live_image(api, app.staging, app.name)
+    old = app.head()
+    change(app, "crashes")
+    built = run_deployer("build", "--repo", app.repo)  # the same image the server will find in the registry
+    assert built.code == 0, built.err
+    cluster.control(
+        "/sandbox/pods", {"image": built.out.strip().splitlines()[-1].removeprefix("image: "), "behaviour": "crash"}
+    )
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert "rolled-back" in "\n".join(pushed.remote)
+    assert any(
+        "error: staging" in x and "canary rolled back: the canary never became ready" in x for x in pushed.remote
+    )
+    assert "push rejected: staging still runs what it ran; main did not move" in pushed.remote
+    assert "[remote rejected] main -> main (pre-receive hook declined)" in pushed.output
+    assert server.ref("refs/heads/main", app.name) == old
+    assert live_image(api, app.staging, app.name) == before
+    assert weights(api, app.staging, app.name) == [100, 0]
+    assert deployments(api, app.staging) == [app.name]
+
+
+def test_dry_run_builds_renders_diffs_and_changes_nothing(server: GitServer, app: App, api: client.ApiClient) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    before, old = live_image(api, app.staging, app.name), app.head()
+    change(app, "maybe")
+    pushed = push(app.repo, server.http_url(app.name), "main", options=("dry-run",))
+    assert pushed.code == 1
+    text = "\n".join(pushed.remote)
+    assert f"Deployment/{app.name}: would change" in text
+    assert f"Service/{app.name}: unchanged" in text, text
+    assert any(x.strip().startswith("dry-run") and "+" in x and "image:" in x for x in pushed.remote), text
+    assert "error: dry-run: dry run: built, rendered and compared with the cluster; nothing was changed" in text
+    assert server.ref("refs/heads/main", app.name) == old
+    assert live_image(api, app.staging, app.name) == before
+    assert len(history_json(server_kubeconfig(server), app.staging, app=app.name)) == 1
+
+
+def test_prod_push_with_a_staging_only_key_is_refused_before_anything_runs(server: GitServer, app: App) -> None:
+    pushed = push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["bob"])
+    assert pushed.code == 1
+    assert "error: server: user 'bob' may not deploy to prod" in pushed.remote
+    assert not any(x.strip().startswith(("build", "release")) for x in pushed.remote), pushed
+    assert server.ref("refs/heads/prod", app.name) is None
+    allowed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["bob"])
+    assert allowed.code == 0, allowed
+
+
+def test_prod_push_is_deployed_and_forbidden_push_options_are_refused(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    refused = push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["alice"], options=("skip-canary",))
+    assert refused.code == 1
+    assert "error: push option 'skip-canary' is not allowed for prod (allowed: dry-run)" in refused.remote
+    pushed = push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["alice"])
+    assert pushed.code == 0, pushed
+    assert server.ref("refs/heads/prod", app.name) == app.head()
+    assert deployments(api, app.prod) == [app.name]
+
+
+def test_two_concurrent_pushes_to_one_environment_are_serialized(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    edit(app.repo / "deploy.yaml", "branches: [main]", "branches: [main, 'hotfix/*']")
+    edit(
+        app.repo / "deploy.yaml",
+        "steps: [50]\n      interval: 1s\n      threshold: 1",
+        "steps: [50]\n      interval: 3s\n      threshold: 1",
+    )
+    commit(app.repo, "hotfix branches deploy to staging too")
+    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+    first = change(app, "from alice")
+    git(app.repo, "checkout", "-q", "-b", "hotfix/x")
+    second = change(app, "from bob")
+    env = git_env(server.keys["alice"])
+    alice = subprocess.Popen(
+        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), f"{first}:refs/heads/main"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    bob = push(app.repo, server.http_url(app.name, user="bob"), "hotfix/x")
+    alice_out, _ = alice.communicate(timeout=180)
+    assert alice.returncode == 0, alice_out
+    assert bob.code == 0, bob
+    assert any(f"staging is being released: {first[:12]} by alice" in x for x in bob.remote), bob
+    records = history_json(server_kubeconfig(server), app.staging, app=app.name)
+    assert [(r["commit"], r["pusher"], r["status"]) for r in records[-2:]] == [
+        (first, "alice", "deployed"),
+        (second, "bob", "deployed"),
+    ]
+    assert server.ref("refs/heads/main", app.name) == first
+    assert server.ref("refs/heads/hotfix/x", app.name) == second
+
+
+def test_a_push_whose_branch_moved_while_it_waited_is_refused(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 3s")
+    base = commit(app.repo, "slower canary")
+    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+    first = change(app, "one")
+    git(app.repo, "checkout", "-q", "-b", "other", base)
+    second = change(app, "two")
+    alice = subprocess.Popen(
+        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), f"{first}:refs/heads/main"],
+        env=git_env(server.keys["alice"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
+    assert alice.wait(timeout=180) == 0
+    assert late.code == 1
+    assert any(f"main moved to {first[:12]} while this push waited" in x for x in late.remote), late
+    assert server.ref("refs/heads/main", app.name) == first
+    assert history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]["commit"] == first
+
+
+def test_killing_the_git_client_mid_canary_still_ends_consistently(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 4s")
+    new = commit(app.repo, "slow canary")
+    proc = subprocess.Popen(
+        ["git", "-C", str(app.repo), "push", "--progress", server.ssh_url(app.name), "main"],
+        env=git_env(server.keys["alice"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "canary 50%" in line:
+            break
+    proc.kill()  # Ctrl-C or a dropped network: the client is gone mid-canary
+    proc.wait()
+    assert any("canary 50%" in x for x in seen), "".join(seen)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.ref("refs/heads/main", app.name) != new:
+        time.sleep(0.5)
+    assert server.ref("refs/heads/main", app.name) == new  # the release succeeded, so git moved the branch
+    record = history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]
+    assert (record["commit"], record["status"]) == (new, "deployed")
+    assert weights(api, app.staging, app.name) == [100, 0]
+    assert deployments(api, app.staging) == [app.name]
+
+
+def test_async_push_is_accepted_once_the_canary_has_traffic(server: GitServer, app: App) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 3s")
+    new = commit(app.repo, "async")
+    started = time.monotonic()
+    pushed = push(app.repo, server.http_url(app.name), "main", options=("async",))
+    assert pushed.code == 0, pushed
+    assert time.monotonic() - started < 10
+    assert any(x.startswith("accepted (-o async)") for x in pushed.remote), pushed
+    assert not any("revision 2 is live" in x for x in pushed.remote)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]
+        if record["status"] != "pending":
+            break
+        time.sleep(0.5)
+    assert (record["commit"], record["status"]) == (new, "deployed")
+    status = run_deployer(
+        "status",
+        "--env",
+        "staging",
+        "--app",
+        app.name,
+        "--namespace",
+        app.staging,
+        "--kubeconfig",
+        server_kubeconfig(server),
+    )
+    assert status.code == 0 and "deployed" in status.out
+
+
+def test_a_branch_no_environment_claims_and_tags_deploy_nothing(server: GitServer, app: App) -> None:
+    git(app.repo, "tag", "v1")
+    pushed = push(app.repo, server.ssh_url(app.name), "main:feature/x", "v1", key=server.keys["alice"])
+    assert pushed.code == 0, pushed
+    assert "    plan  feature/x: no environment claims branch 'feature/x'; not deployed" in pushed.remote
+    assert "    plan  refs/tags/v1: not a branch; nothing to deploy" in pushed.remote
+    assert "accepted: nothing to deploy" in pushed.remote
+    assert server.ref("refs/heads/feature/x", app.name) == app.head()
+    deleted = push(app.repo, server.ssh_url(app.name), ":feature/x", key=server.keys["alice"])
+    assert deleted.code == 0 and server.ref("refs/heads/feature/x", app.name) is None
+
+
+def test_deleting_an_environment_branch_is_refused(server: GitServer, app: App) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    pushed = push(app.repo, server.http_url(app.name), ":main")
+    assert pushed.code == 1
+    assert any("deleting branch 'main' is refused: it records what is live in staging" in x for x in pushed.remote)
+    assert server.ref("refs/heads/main", app.name) == app.head()
+
+
+def test_force_push_rolls_back_to_an_older_commit_but_never_rewrites_history(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    good = app.head()
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    good_image = live_image(api, app.staging, app.name)
+    newer = change(app, "newer")
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    git(app.repo, "checkout", "-q", "-b", "rewrite", good)
+    rewritten = change(app, "rewritten")
+    refused = push(app.repo, server.http_url(app.name), f"{rewritten}:refs/heads/main", force=True)
+    assert refused.code == 1
+    assert any(
+        "non-fast-forward push to 'main' (staging)" in x and "not in the branch's history" in x for x in refused.remote
+    )
+    assert server.ref("refs/heads/main", app.name) == newer
+    back = push(app.repo, server.http_url(app.name), f"{good}:refs/heads/main", force=True)
+    assert back.code == 0, back
+    assert server.ref("refs/heads/main", app.name) == good
+    assert live_image(api, app.staging, app.name) == good_image  # the same commit's image, not rebuilt
+    assert any("is already in the registry; not rebuilt" in x for x in back.remote)
+
+
+# --- bad input: one clear line on the client, and no change ------------------------------------------------
+
+
+def test_a_push_without_deploy_yaml_is_refused(server: GitServer, app: App) -> None:
+    git(app.repo, "rm", "-q", "deploy.yaml")
+    commit(app.repo, "no deploy.yaml")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert any(x.startswith(f"error: deploy.yaml: not found at commit {app.head()[:12]}") for x in pushed.remote)
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_an_invalid_deploy_yaml_is_refused_with_file_line_and_field(server: GitServer, app: App) -> None:
+    edit(app.repo / "deploy.yaml", "      threshold: 1\n", "      threshold: many\n")
+    commit(app.repo, "bad threshold")
+    pushed = push(app.repo, server.http_url(app.name), "main")
+    assert pushed.code == 1
+    assert any(
+        x.startswith("error: deploy.yaml:") and "environments.staging.canary.threshold" in x for x in pushed.remote
+    )
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_an_unknown_app_is_refused_over_ssh_and_http(server: GitServer, app: App) -> None:
+    over_ssh = push(app.repo, server.ssh_url("shop"), "main", key=server.keys["alice"])
+    assert over_ssh.code != 0
+    assert "error: server: unknown app 'shop': the server deploys app0" in over_ssh.output
+    over_http = push(app.repo, server.http_url("shop"), "main")
+    assert over_http.code != 0
+    assert "fatal: remote error: server: unknown app 'shop'" in over_http.output
+    assert not (server.data / "repos" / "shop.git").exists()
+
+
+def test_a_namespace_the_server_does_not_allow_is_refused(server: GitServer, app: App) -> None:
+    edit(app.repo / "deploy.yaml", f"namespace: {app.staging}", "namespace: kube-system")
+    commit(app.repo, "sneaky")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert any("environments.staging.namespace: 'kube-system' is not allowed for app" in x for x in pushed.remote), (
+        pushed
+    )
+
+
+def test_a_push_that_adds_a_secret_is_refused_naming_file_and_line(server: GitServer, app: App) -> None:
+    path = app.repo / "environments" / "staging.yaml"
+    path.write_text(path.read_text() + "database:\n  password: hunter2Xq9zLmP4vR8wTk\n")
+    commit(app.repo, "oops")
+    pushed = push(app.repo, server.http_url(app.name), "main")
+    assert pushed.code == 1
+    line = len(path.read_text().splitlines())
+    assert any(
+        x.startswith(f"error: secret scan: environments/staging.yaml:{line}: Secret Keyword") for x in pushed.remote
+    ), pushed
+    assert "hunter2Xq9zLmP4vR8wTk" not in pushed.output
+    assert "hunter2Xq9zLmP4vR8wTk" not in server.log.read_text()
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_a_push_over_the_size_limit_is_refused(server: GitServer, app: App) -> None:
+    (app.repo / "big.bin").write_bytes(os.urandom(3 * 2**20))
+    commit(app.repo, "big")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code != 0
+    assert "pack exceeds maximum allowed size" in pushed.output
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_unknown_and_forbidden_push_options_are_refused(server: GitServer, app: App) -> None:
+    pushed = push(app.repo, server.http_url(app.name), "main", options=("yolo",))
+    assert pushed.code == 1
+    assert any("error: git push -o: unknown push option 'yolo'" in x for x in pushed.remote)
+
+
+def test_http_refuses_bad_credentials_garbage_and_other_services(server: GitServer, app: App) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    wrong = push(app.repo, f"http://alice:wrong@127.0.0.1:{server.http_port}/{app.name}.git", "main")
+    assert wrong.code != 0 and "Authentication failed" in wrong.output
+    assert server.get(f"/{app.name}.git/info/refs?service=git-receive-pack")[0] == 401
+    assert server.get(f"/{app.name}.git/info/refs?service=git-shell")[0] == 403
+    assert server.get("/../../etc/passwd")[0] == 404
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/{app.name}.git/git-receive-pack",
+        data=os.urandom(4096),
+        headers={
+            "Content-Type": "application/x-git-receive-pack-request",
+            "Authorization": f"Bearer {server.tokens['alice']}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    assert status < 500
+    assert server.get("/healthz")[0] == 200  # still serving
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_ssh_allows_only_git_commands(server: GitServer, app: App) -> None:
+    ssh = git_env(server.keys["alice"])["GIT_SSH_COMMAND"].split()
+    for command in ("ls -la /", "git-receive-pack '/app0.git'; rm -rf /", ""):
+        done = subprocess.run(
+            [*ssh, "-p", str(server.ssh_port), "git@127.0.0.1", *([command] if command else [])],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode != 0
+        assert "error: ssh:" in done.stderr, done.stderr
+    stranger = make_key(server.data.parent / "strangers", "eve")
+    denied = push(app.repo, server.ssh_url(app.name), "main", key=stranger)
+    assert denied.code != 0 and "Permission denied (publickey)" in denied.output
+
+
+def test_healthz_and_metrics(server: GitServer, app: App) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    code, body = server.get("/healthz")
+    assert code == 200 and '"status": "ok"' in body
+    code, metrics = server.get("/metrics")
+    assert code == 200
+    assert f'deployer_releases_total{{app="{app.name}",environment="staging",result="released"}} 1.0' in metrics
+    assert (
+        f'deployer_release_duration_seconds_count{{app="{app.name}",environment="staging",result="released"}} 1.0'
+        in metrics
+    )
+    assert f'deployer_releases_in_flight{{app="{app.name}",environment="staging"}} 0.0' in metrics

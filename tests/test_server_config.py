@@ -1,0 +1,149 @@
+"""server.yaml: what the operator allows, checked before anything runs (no server, no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.config import parse_deploy_config
+from deployer.config.server import (
+    ServerConfig,
+    check_app,
+    check_environment,
+    parse_server_config,
+    token_digest,
+    user_for_key,
+    user_for_token,
+)
+from deployer.errors import DeployError
+from deployer.pipeline.push import PushOptions
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxkZXBsb3llci10ZXN0LWtleS1ub3QtcmVhbC0xMjM0 alice@laptop"
+SERVER = f"""
+dataDir: /var/lib/deployer
+cluster: {{inCluster: true}}
+registry: {{host: "registry.example.com:5000"}}
+apps:
+  hello: {{namespaces: [hello-staging, hello-prod]}}
+users:
+  alice: {{keys: ["{KEY}"], tokens: ["{token_digest("s3cret-token")}"]}}
+  bob: {{tokens: ["{token_digest("bob-token")}"], environments: [staging]}}
+environments:
+  prod:
+    pushOptions: [dry-run]
+    canary: {{required: true, minInterval: 30s}}
+canary:
+  defaults: {{steps: [10, 50], interval: 20s}}
+"""
+DEPLOY = """
+app: hello
+image: {repository: registry.example.com:5000/hello}
+render: {helm: {chart: charts/hello}}
+environments:
+  staging: {branches: [main], namespace: hello-staging}
+  prod:
+    branches: [prod]
+    namespace: hello-prod
+    canary: {steps: [5, 50], interval: 1m}
+"""
+
+
+@pytest.fixture
+def server() -> ServerConfig:
+    return parse_server_config(SERVER, source="server.yaml")
+
+
+def test_unknown_key_is_refused_with_file_line_and_allowed_keys() -> None:
+    with pytest.raises(DeployError) as caught:
+        parse_server_config(SERVER.replace("apps:", "aps: {}\napps:"), source="server.yaml")
+    assert str(caught.value).startswith("server.yaml:5:1: aps: unknown key 'aps'")
+    assert "apps" in str(caught.value)
+
+
+def test_plain_token_in_config_is_refused_and_digest_explained() -> None:
+    with pytest.raises(DeployError, match=r"users.bob.tokens\[0\]: expected 'sha256:' and 64 lowercase hex"):
+        parse_server_config(SERVER.replace(token_digest("bob-token"), "bob-token"), source="server.yaml")
+
+
+def test_malformed_public_key_is_refused(server: ServerConfig) -> None:
+    with pytest.raises(DeployError, match=r"users.alice.keys\[0\]: expected an OpenSSH public key line"):
+        parse_server_config(SERVER.replace(KEY, "AAAA alice"), source="server.yaml")
+
+
+def test_cluster_needs_exactly_one_source() -> None:
+    with pytest.raises(DeployError, match="cluster: set exactly one of 'kubeconfig' or 'inCluster: true'"):
+        parse_server_config(SERVER.replace("{inCluster: true}", "{}"), source="server.yaml")
+
+
+def test_users_are_found_by_token_and_by_key(server: ServerConfig) -> None:
+    assert user_for_token(server, "s3cret-token") == "alice"
+    assert user_for_token(server, "bob-token") == "bob"
+    assert user_for_token(server, "guess") is None
+    assert user_for_key(server, "ssh-ed25519", KEY.split()[1]) == "alice"
+    assert user_for_key(server, "ssh-rsa", KEY.split()[1]) is None
+
+
+def test_unknown_app_is_refused_naming_the_apps(server: ServerConfig) -> None:
+    with pytest.raises(DeployError, match="unknown app 'shop': the server deploys hello"):
+        check_app(server, user="alice", app="shop")
+
+
+def test_staging_only_user_is_refused_prod(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY)
+    check_environment(server, deploy, user="bob", app="hello", environment="staging", options=set())
+    with pytest.raises(DeployError, match="user 'bob' may not deploy to prod"):
+        check_environment(server, deploy, user="bob", app="hello", environment="prod", options=set())
+
+
+def test_namespace_the_server_does_not_allow_is_refused(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY.replace("namespace: hello-staging", "namespace: kube-system"))
+    with pytest.raises(DeployError) as caught:
+        check_environment(server, deploy, user="alice", app="hello", environment="staging", options=set())
+    assert str(caught.value) == (
+        "deploy.yaml: environments.staging.namespace: 'kube-system' is not allowed for app 'hello' "
+        "(allowed: hello-staging, hello-prod)"
+    )
+
+
+def test_image_outside_the_servers_registry_is_refused(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY.replace("registry.example.com:5000/hello", "docker.io/evil/hello"))
+    with pytest.raises(DeployError, match=r"is not in the server's registry registry\.example\.com:5000"):
+        check_environment(server, deploy, user="alice", app="hello", environment="staging", options=set())
+
+
+def test_repository_name_must_match_the_app(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY.replace("app: hello", "app: other"))
+    with pytest.raises(DeployError, match=r"app: 'other' does not match the repository hello.git"):
+        check_environment(server, deploy, user="alice", app="hello", environment="staging", options=set())
+
+
+def test_push_options_are_allowed_per_environment(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY)
+    check_environment(server, deploy, user="alice", app="hello", environment="staging", options={"async", "set"})
+    check_environment(server, deploy, user="alice", app="hello", environment="prod", options={"dry-run"})
+    with pytest.raises(DeployError, match=r"push option 'async' is not allowed for prod \(allowed: dry-run\)"):
+        check_environment(server, deploy, user="alice", app="hello", environment="prod", options={"async"})
+
+
+def test_server_defaults_fill_what_deploy_yaml_leaves_unset(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY)
+    staging = check_environment(server, deploy, user="alice", app="hello", environment="staging", options=set())
+    assert (staging.steps, staging.interval) == ([10, 50], 20.0)
+    prod = check_environment(server, deploy, user="alice", app="hello", environment="prod", options=set())
+    assert (prod.steps, prod.interval) == ([5, 50], 60.0)  # deploy.yaml's own values win
+
+
+def test_canary_limits_refuse_short_intervals_and_disabled_canaries(server: ServerConfig) -> None:
+    short = parse_deploy_config(DEPLOY.replace("interval: 1m", "interval: 5s"))
+    with pytest.raises(DeployError, match=r"canary.interval: 5s is below the server's minimum for prod \(30s\)"):
+        check_environment(server, short, user="alice", app="hello", environment="prod", options=set())
+    off = parse_deploy_config(DEPLOY.replace("canary: {steps: [5, 50], interval: 1m}", "canary: false"))
+    with pytest.raises(DeployError, match="canary: false is refused: the server requires a canary for prod"):
+        check_environment(server, off, user="alice", app="hello", environment="prod", options=set())
+
+
+def test_push_options_parse_and_unknown_ones_are_named() -> None:
+    parsed = PushOptions.parse(["dry-run", "set.replicaCount=3", "async"])
+    assert parsed.dry_run and not parsed.follow and parsed.sets == ("replicaCount=3",)
+    assert parsed.names == {"dry-run", "async", "set"}
+    with pytest.raises(DeployError, match="unknown push option 'force-it'"):
+        PushOptions.parse(["force-it"])
