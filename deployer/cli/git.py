@@ -14,7 +14,7 @@ from typing import Any
 
 from deployer.build.scan import scan_push
 from deployer.build.source import ZERO
-from deployer.config import load_deploy_config
+from deployer.config import load_deploy_config, parse_deploy_config
 from deployer.config.repo import RepoFiles
 from deployer.config.server import parse_server_config
 from deployer.errors import DeployError
@@ -133,7 +133,8 @@ def init(args: argparse.Namespace) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote    {name}")
     if args.server:
-        config = load_deploy_config(RepoFiles(repo)) if (repo / "deploy.yaml").exists() else None
+        deploy = repo / "deploy.yaml"
+        config = parse_deploy_config(deploy.read_text(encoding="utf-8")) if deploy.exists() else None
         url = f"{args.server.rstrip('/')}/{app}.git"
         for env in config.environments if config else ("staging", "prod"):
             if _git(repo, "remote", "get-url", env, check=False):

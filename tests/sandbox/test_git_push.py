@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from gitserver import (
     GitServer,
     Key,
@@ -32,7 +33,7 @@ from gitserver import (
 )
 from kubernetes import client
 from sandboxes import Running
-from support import EXAMPLES, Registry, commit, edit, git, run_deployer
+from support import EXAMPLES, Registry, commit, edit, free_port, git, run_deployer
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
@@ -157,8 +158,6 @@ def test_first_push_over_ssh_goes_live_and_the_branch_moves(
 
 
 def server_kubeconfig(server: GitServer) -> Path:
-    import yaml  # noqa: PLC0415
-
     return Path(yaml.safe_load(server.config_path.read_text())["cluster"]["kubeconfig"])
 
 
@@ -541,3 +540,58 @@ def test_healthz_and_metrics(server: GitServer, app: App) -> None:
         in metrics
     )
     assert f'deployer_releases_in_flight{{app="{app.name}",environment="staging"}} 0.0' in metrics
+
+
+# --- a server that dies mid-release ----------------------------------------------------------------------------
+
+
+def keyscan(port: int) -> str:
+    done = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.split(None, 1)[1].strip() if done.stdout else ""
+
+
+def test_a_server_killed_mid_canary_recovers_at_start_and_keeps_its_host_key(
+    server: GitServer, app: App, api: client.ApiClient, tmp_path: Path
+) -> None:
+    config = yaml.safe_load(server.config_path.read_text())
+    config["dataDir"] = str(tmp_path / "data")
+    config["listen"] = {"ssh": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
+    first = start_server(tmp_path / "one", config)
+    first.keys, first.tokens = server.keys, server.tokens
+    try:
+        assert push(app.repo, first.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+        host_key = keyscan(first.ssh_port)
+        old = app.head()
+        edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 30s")
+        commit(app.repo, "long canary")
+        proc = subprocess.Popen(
+            ["git", "-C", str(app.repo), "push", first.ssh_url(app.name), "main"],
+            env=git_env(server.keys["alice"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "canary 50%" in line:
+                break
+        assert weights(api, app.staging, app.name) == [50, 50]
+        first.process.kill()  # the deployer dies mid-canary (OOM, node lost)
+        first.process.wait()
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode != 0, rest
+    finally:
+        first.stop()
+    second = start_server(tmp_path / "two", config)  # recovers before it listens
+    try:
+        record = history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]
+        assert record["status"] == "rolled-back"
+        assert record["reason"] == "recovered: the deployer stopped during canary"
+        assert weights(api, app.staging, app.name) == [100, 0]
+        assert deployments(api, app.staging) == [app.name]
+        assert second.ref("refs/heads/main", app.name) == old
+        assert keyscan(second.ssh_port) == host_key != ""
+    finally:
+        assert second.stop() == 0
