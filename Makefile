@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/mesh.py
+	$(BIN)/python bench/push.py
 
 registry: setup
 	$(BIN)/deployer registry --port 5000 --storage .state/registry

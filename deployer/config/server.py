@@ -153,7 +153,7 @@ class Limits(StrictModel):
 class ServerConfig(StrictModel):
     """The whole of server.yaml."""
 
-    data_dir: str = Field(description="Repositories, the SSH host key and the hook socket live here.")
+    data_dir: str = Field(description="The bare repositories and the SSH host key (created once, kept) live here.")
     listen: Listen = Field(default_factory=Listen)
     cluster: ClusterConfig
     registry: RegistryConfig

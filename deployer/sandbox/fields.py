@@ -79,7 +79,12 @@ def value_at(obj: Any, path: Path) -> Any:
         elif element.startswith("k:") and isinstance(node, list):
             wanted = json.loads(element[2:])
             node = next(
-                (i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())), _MISSING
+                (
+                    i
+                    for i in node
+                    if isinstance(i, dict) and all(i.get(k, _KEY_DEFAULTS.get(k)) == v for k, v in wanted.items())
+                ),
+                _MISSING,
             )
         elif element.startswith("v:") and isinstance(node, list):
             value = json.loads(element[2:])

@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ class DeployServer:
         self.services = services
         self.data = Path(config.data_dir).resolve()
         self.repos = self.data / "repos"
-        self.socket = self.data / "hook.sock"
+        # per process, outside dataDir: replicas may share dataDir (one volume), each hook talks to its own server
+        self.socket = Path(tempfile.mkdtemp(prefix="deployer-hook-")) / "hook.sock"
         self.metrics = Metrics()
         self._pushers: dict[str, Pusher] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -73,7 +75,6 @@ class DeployServer:
         """Listen for hooks, then bring releases left mid-flight by an earlier server to a consistent end."""
         self.repos.mkdir(parents=True, exist_ok=True)
         self.data.chmod(0o700)
-        self.socket.unlink(missing_ok=True)
         self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
         self.socket.chmod(0o600)
         await self.recover()
@@ -86,6 +87,7 @@ class DeployServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), timeout=30)
         self.socket.unlink(missing_ok=True)
+        self.socket.parent.rmdir()
 
     async def recover(self) -> list[str]:
         """Releases a dead server left pending, in every namespace the config allows, rolled back."""

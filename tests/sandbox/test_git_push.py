@@ -368,6 +368,47 @@ def test_async_push_is_accepted_once_the_canary_has_traffic(server: GitServer, a
     assert status.code == 0 and "deployed" in status.out
 
 
+def test_skip_canary_and_set_push_options(server: GitServer, app: App, api: client.ApiClient) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    change(app, "straight through")
+    pushed = push(app.repo, server.http_url(app.name), "main", options=("skip-canary", "set.replicas=2"))
+    assert pushed.code == 0, pushed
+    assert any("-o set: replicas; all valid" in x for x in pushed.remote)
+    assert any("no canary: applying 3 objects without a canary" in x for x in pushed.remote)
+    assert not any("/ canary 50%" in x for x in pushed.remote)
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(app.name, app.staging)
+    assert deployment.spec.replicas == 2
+
+
+def test_pushes_to_different_apps_run_at_the_same_time(server: GitServer, app: App, tmp_path: Path) -> None:
+    other = APPS[next(_next_app)]
+    second = tmp_path / other
+    shutil.copytree(app.repo, second)
+    for old, new in ((f"app: {app.name}", f"app: {other}"), (f"/{app.name}\n", f"/{other}\n")):
+        edit(second / "deploy.yaml", old, new)
+    edit(second / "deploy.yaml", f"namespace: {app.staging}", f"namespace: {other}-staging")
+    commit(second, "another app")
+    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 8s")
+    commit(app.repo, "a long canary")
+    assert push(app.repo, server.ssh_url(app.name), "main~1:refs/heads/main", key=server.keys["alice"]).code == 0
+    slow = subprocess.Popen(
+        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), "main"],
+        env=git_env(server.keys["alice"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert slow.stdout is not None
+    for line in slow.stdout:
+        if "canary 50%" in line:
+            break
+    fast = push(second, server.ssh_url(other), "main", key=server.keys["alice"])
+    assert fast.code == 0, fast
+    assert slow.poll() is None  # the first app's canary is still in its interval
+    slow.communicate(timeout=120)
+    assert slow.returncode == 0
+
+
 def test_a_branch_no_environment_claims_and_tags_deploy_nothing(server: GitServer, app: App) -> None:
     git(app.repo, "tag", "v1")
     pushed = push(app.repo, server.ssh_url(app.name), "main:feature/x", "v1", key=server.keys["alice"])
