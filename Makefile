@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test lint demo bench registry sandbox clean
+.PHONY: setup test lint demo bench image registry sandbox clean
 
 setup:
 	@scripts/setup
@@ -28,6 +28,9 @@ bench: setup
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/mesh.py
 	$(BIN)/python bench/push.py
+
+image: setup
+	@scripts/image
 
 registry: setup
 	$(BIN)/deployer registry --port 5000 --storage .state/registry

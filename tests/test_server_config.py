@@ -13,6 +13,7 @@ from deployer.config.server import (
     token_digest,
     user_for_key,
     user_for_token,
+    with_authorized_keys,
 )
 from deployer.errors import DeployError
 from deployer.pipeline.push import PushOptions
@@ -147,3 +148,18 @@ def test_push_options_parse_and_unknown_ones_are_named() -> None:
     assert parsed.names == {"dry-run", "async", "set"}
     with pytest.raises(DeployError, match="unknown push option 'force-it'"):
         PushOptions.parse(["force-it"])
+
+
+def test_authorized_keys_files_give_each_key_its_environment(server: ServerConfig) -> None:
+    carol = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0ND carol"
+    merged = with_authorized_keys(
+        server, {"staging": f"# staging deployers\n{carol}\n", "prod": f"{carol}\n{KEY.rsplit(' ', 1)[0]} alice\n"}
+    )
+    assert user_for_key(merged, "ssh-ed25519", carol.split()[1]) == "carol"
+    assert merged.users["carol"].environments == ["staging", "prod"]
+    assert merged.users["alice"].environments == ["*"]  # alice could deploy everywhere already
+    with pytest.raises(DeployError) as caught:
+        with_authorized_keys(
+            server, {"prod": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIERERERERERERERERERERERERERERERERERERERERERE\n"}
+        )
+    assert str(caught.value) == "prod:1: each key needs a comment naming its user (ssh-ed25519 AAAA... alice)"

@@ -16,7 +16,7 @@ from deployer.build.scan import scan_push
 from deployer.build.source import ZERO
 from deployer.config import load_deploy_config, parse_deploy_config
 from deployer.config.repo import RepoFiles
-from deployer.config.server import parse_server_config
+from deployer.config.server import parse_server_config, with_authorized_keys
 from deployer.errors import DeployError
 
 _VALUES_NOTE = "# secrets never go here: `deployer secret set`, then reference the Secret by name\n"
@@ -61,6 +61,14 @@ def serve(args: argparse.Namespace) -> int:
     if not args.config.is_file():
         raise DeployError("no such file", where=str(args.config))
     config = parse_server_config(args.config.read_text(encoding="utf-8"), source=str(args.config))
+    files = {}
+    for environment, path in config.authorized_keys.items():
+        if not Path(path).is_file():
+            raise DeployError("no such file", where=f"{args.config}: authorizedKeys.{environment}: {path}")
+        files[environment] = Path(path).read_text(encoding="utf-8")
+    config = with_authorized_keys(config, files)
+    if config.host_key and not Path(config.host_key).is_file():
+        raise DeployError("no such file", where=f"{args.config}: hostKey: {config.host_key}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -153,6 +153,14 @@ class Limits(StrictModel):
 class ServerConfig(StrictModel):
     """The whole of server.yaml."""
 
+    host_key: str | None = Field(
+        default=None, description="An OpenSSH private host key file (e.g. from a Secret); default: made in dataDir."
+    )
+    authorized_keys: dict[Glob, str] = Field(
+        default_factory=dict,
+        description="Per environment, an authorized_keys file: each key may deploy there, as the user its comment "
+        "names. How an operator gives a developer prod: add the key to prod's file.",
+    )
     data_dir: str = Field(description="The bare repositories and the SSH host key (created once, kept) live here.")
     listen: Listen = Field(default_factory=Listen)
     cluster: ClusterConfig
@@ -176,6 +184,36 @@ def parse_server_config(text: str, *, source: str) -> ServerConfig:
     """server.yaml text → ServerConfig, or one DeployError naming `file:line:col` and the field."""
     config, _ = parse_model(ServerConfig, text, source=source, keys="dataDir, cluster, registry, apps, users")
     return config
+
+
+def with_authorized_keys(config: ServerConfig, files: dict[str, str]) -> ServerConfig:
+    """`config` with the users of its authorizedKeys files (environment → file text) added: each line
+    `TYPE DATA NAME` lets NAME deploy to that environment (users: entries of the same name gain the key)."""
+    users = {name: user.model_copy(deep=True) for name, user in config.users.items()}
+    for environment, text in files.items():
+        where = config.authorized_keys.get(environment, environment)
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.split()
+            try:
+                _public_key(line)
+            except ValueError as exc:
+                raise DeployError(str(exc), where=f"{where}:{number}") from None
+            if len(parts) < 3:
+                raise DeployError(
+                    "each key needs a comment naming its user (ssh-ed25519 AAAA... alice)", where=f"{where}:{number}"
+                )
+            name = parts[2]
+            user = users.get(name) or User(environments=[])
+            keys = user.keys if line in user.keys else [*user.keys, line]
+            envs = (
+                user.environments
+                if environment in user.environments or "*" in user.environments
+                else [*user.environments, environment]
+            )
+            users[name] = user.model_copy(update={"keys": keys, "environments": envs})
+    return config.model_copy(update={"users": users})
 
 
 def token_digest(token: str) -> str:

@@ -85,7 +85,10 @@ class GitSsh:
         self.server = server
 
     async def listen(self, host: str, port: int) -> asyncssh.SSHAcceptor:
-        key = host_key(self.server.data / "ssh_host_ed25519_key")
+        configured = self.server.config.host_key
+        key = (
+            asyncssh.read_private_key(configured) if configured else host_key(self.server.data / "ssh_host_ed25519_key")
+        )
         return await asyncssh.create_server(
             lambda: _Connection(self.server),
             host,

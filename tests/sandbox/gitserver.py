@@ -187,6 +187,28 @@ def push(
     return Pushed(done.returncode, done.stdout + done.stderr)
 
 
+def push_in_background(repo: Path, url: str, refspec: str, *, key: Key) -> subprocess.Popen[str]:
+    """`git push URL REFSPEC` left running; read its output with `read_until`."""
+    return subprocess.Popen(
+        ["git", "-C", str(repo), "push", "--progress", url, refspec],
+        env=git_env(key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """The push's output lines up to the first containing `text` (all of them if it never comes)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            break
+    return seen
+
+
 def history_json(kubeconfig: Path, namespace: str, env: str = "staging", app: str = "hello") -> list[dict[str, Any]]:
     exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
     done = subprocess.run(
@@ -220,6 +242,8 @@ __all__ = [
     "make_key",
     "new_token",
     "push",
+    "push_in_background",
+    "read_until",
     "server_config",
     "start_server",
     "token_entry",

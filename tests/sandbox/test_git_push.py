@@ -27,6 +27,8 @@ from gitserver import (
     make_key,
     new_token,
     push,
+    push_in_background,
+    read_until,
     server_config,
     start_server,
     token_entry,
@@ -257,14 +259,7 @@ def test_two_concurrent_pushes_to_one_environment_are_serialized(
     first = change(app, "from alice")
     git(app.repo, "checkout", "-q", "-b", "hotfix/x")
     second = change(app, "from bob")
-    env = git_env(server.keys["alice"])
-    alice = subprocess.Popen(
-        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), f"{first}:refs/heads/main"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
     time.sleep(1.0)
     bob = push(app.repo, server.http_url(app.name, user="bob"), "hotfix/x")
     alice_out, _ = alice.communicate(timeout=180)
@@ -289,13 +284,7 @@ def test_a_push_whose_branch_moved_while_it_waited_is_refused(
     first = change(app, "one")
     git(app.repo, "checkout", "-q", "-b", "other", base)
     second = change(app, "two")
-    alice = subprocess.Popen(
-        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), f"{first}:refs/heads/main"],
-        env=git_env(server.keys["alice"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
     time.sleep(1.0)
     late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
     assert alice.wait(timeout=180) == 0
@@ -311,19 +300,8 @@ def test_killing_the_git_client_mid_canary_still_ends_consistently(
     assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
     edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 4s")
     new = commit(app.repo, "slow canary")
-    proc = subprocess.Popen(
-        ["git", "-C", str(app.repo), "push", "--progress", server.ssh_url(app.name), "main"],
-        env=git_env(server.keys["alice"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "canary 50%" in line:
-            break
+    proc = push_in_background(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    seen = read_until(proc, "canary 50%")
     proc.kill()  # Ctrl-C or a dropped network: the client is gone mid-canary
     proc.wait()
     assert any("canary 50%" in x for x in seen), "".join(seen)
@@ -391,17 +369,8 @@ def test_pushes_to_different_apps_run_at_the_same_time(server: GitServer, app: A
     edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 8s")
     commit(app.repo, "a long canary")
     assert push(app.repo, server.ssh_url(app.name), "main~1:refs/heads/main", key=server.keys["alice"]).code == 0
-    slow = subprocess.Popen(
-        ["git", "-C", str(app.repo), "push", server.ssh_url(app.name), "main"],
-        env=git_env(server.keys["alice"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert slow.stdout is not None
-    for line in slow.stdout:
-        if "canary 50%" in line:
-            break
+    slow = push_in_background(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    read_until(slow, "canary 50%")
     fast = push(second, server.ssh_url(other), "main", key=server.keys["alice"])
     assert fast.code == 0, fast
     assert slow.poll() is None  # the first app's canary is still in its interval
@@ -607,17 +576,8 @@ def test_a_server_killed_mid_canary_recovers_at_start_and_keeps_its_host_key(
         old = app.head()
         edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 30s")
         commit(app.repo, "long canary")
-        proc = subprocess.Popen(
-            ["git", "-C", str(app.repo), "push", first.ssh_url(app.name), "main"],
-            env=git_env(server.keys["alice"]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "canary 50%" in line:
-                break
+        proc = push_in_background(app.repo, first.ssh_url(app.name), "main", key=server.keys["alice"])
+        read_until(proc, "canary 50%")
         assert weights(api, app.staging, app.name) == [50, 50]
         first.process.kill()  # the deployer dies mid-canary (OOM, node lost)
         first.process.wait()
@@ -636,3 +596,35 @@ def test_a_server_killed_mid_canary_recovers_at_start_and_keeps_its_host_key(
         assert keyscan(second.ssh_port) == host_key != ""
     finally:
         assert second.stop() == 0
+
+
+def test_two_replicas_on_one_volume_serialize_an_environment_through_its_lease(
+    server: GitServer, app: App, tmp_path: Path
+) -> None:
+    """The chart's N replicas: servers sharing the repositories' volume; a push to either waits for the other's
+    release of the same environment (the Lease), then runs."""
+    config = yaml.safe_load(server.config_path.read_text())
+    config["listen"] = {"ssh": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
+    replica = start_server(tmp_path / "replica", config)  # same dataDir: the shared volume
+    replica.tokens = server.tokens
+    try:
+        edit(app.repo / "deploy.yaml", "branches: [main]", "branches: [main, 'hotfix/*']")
+        edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 8s")
+        commit(app.repo, "hotfix branches deploy to staging too")
+        assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+        first = change(app, "through the first replica")
+        git(app.repo, "checkout", "-q", "-b", "hotfix/y")
+        second = change(app, "through the second replica")
+        alice = push_in_background(
+            app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"]
+        )
+        read_until(alice, "canary 50%")
+        bob = push(app.repo, replica.http_url(app.name, user="bob"), "hotfix/y")
+        alice.communicate(timeout=180)
+        assert alice.returncode == 0
+        assert bob.code == 0, bob
+        assert any(f"staging is being released: {first[:12]} by alice" in x for x in bob.remote), bob
+        records = history_json(server_kubeconfig(server), app.staging, app=app.name)
+        assert [(r["commit"], r["status"]) for r in records[-2:]] == [(first, "deployed"), (second, "deployed")]
+    finally:
+        assert replica.stop() == 0

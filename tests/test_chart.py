@@ -1,0 +1,186 @@
+"""charts/deployer: lint, each environment's values rendered and validated against the Kubernetes schema, the
+server config it mounts accepted by the server, and RBAC that grants exactly the API calls the code makes."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import ROOT
+
+from deployer.config.server import parse_server_config, with_authorized_keys
+from deployer.render.manifests import parse_objects
+from deployer.render.validate import validate_objects
+
+HELM = str(ROOT / ".tools" / "bin" / "helm")
+CHART = ROOT / "charts" / "deployer"
+ENVIRONMENTS = ["staging", "prod"]
+
+pytestmark = pytest.mark.skipif(not Path(HELM).exists(), reason="helm is installed by `make setup`")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
+
+
+def rendered(*values: str) -> list[dict[str, Any]]:
+    args = [arg for v in values for arg in ("-f", str(ROOT / "environments" / f"{v}.yaml"))]
+    done = helm("template", "deployer", str(CHART), "-n", "deployer", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_helm_lint_passes(environment: str) -> None:
+    done = helm("lint", "--strict", str(CHART), "-f", str(ROOT / "environments" / f"{environment}.yaml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_each_environment_renders_objects_valid_against_the_kubernetes_schema(environment: str) -> None:
+    text = helm(
+        "template", "deployer", str(CHART), "-n", "deployer", "-f", str(ROOT / "environments" / f"{environment}.yaml")
+    )
+    assert text.returncode == 0, text.stderr
+    objects = [obj for doc in text.stdout.split("\n---\n") for obj in parse_objects(doc, source=f"{environment}")]
+    unvalidated = validate_objects(objects)
+    assert unvalidated == (["ServiceMonitor/deployer"] if environment == "prod" else [])  # a CRD: metadata only
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_the_mounted_server_config_is_one_the_server_accepts(environment: str) -> None:
+    docs = rendered(environment)
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    config = parse_server_config(config_map["data"]["server.yaml"], source="server.yaml")
+    files = {
+        env: base64.b64decode(secret["data"][Path(path).name]).decode() for env, path in config.authorized_keys.items()
+    }
+    merged = with_authorized_keys(config, files)
+    assert config.cluster.in_cluster and config.host_key == "/etc/deployer/secret/ssh_host_key"
+    assert "alice" in merged.users and environment in merged.users["alice"].environments
+    assert base64.b64decode(secret["data"]["ssh_host_key"]).startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_staging_and_prod_really_differ() -> None:
+    staging, prod = (rendered(e) for e in ENVIRONMENTS)
+    deployment = {
+        name: next(d for d in docs if d["kind"] == "Deployment") for name, docs in (("s", staging), ("p", prod))
+    }
+    assert (deployment["s"]["spec"]["replicas"], deployment["p"]["spec"]["replicas"]) == (1, 2)
+    assert deployment["p"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    configs = {
+        name: parse_server_config(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"], source="s")
+        for name, docs in (("s", staging), ("p", prod))
+    }
+    assert configs["s"].policy("staging").push_options == ["dry-run", "skip-canary", "async", "set"]
+    assert configs["p"].policy("prod").push_options == ["dry-run"]
+    assert list(configs["s"].authorized_keys) == ["staging"] and list(configs["p"].authorized_keys) == ["prod"]
+    assert {d["kind"] for d in prod} - {d["kind"] for d in staging} == {"ServiceMonitor", "NetworkPolicy"}
+
+
+def test_bad_values_are_refused_by_the_schema() -> None:
+    done = helm("template", "deployer", str(CHART), "--set", "replicas=0", "--set", "apps.Bad_Name.namespaces={x}")
+    assert done.returncode != 0
+    assert "/replicas" in done.stderr and "minimum" in done.stderr
+
+
+# --- least privilege -------------------------------------------------------------------------------------------
+
+# The adapters the server runs; kube/secrets.py is `deployer secret set`, run by a developer with their own rights.
+SERVER_ADAPTERS = [*sorted((ROOT / "deployer" / "kube").glob("*.py")), ROOT / "deployer" / "health" / "__init__.py"]
+CLIENT_ONLY = {ROOT / "deployer" / "kube" / "secrets.py"}
+VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
+RESOURCES = {
+    "lease": ("coordination.k8s.io", "leases"),
+    "secret": ("", "secrets"),
+    "pod": ("", "pods"),
+    "pod_log": ("", "pods/log"),
+    "deployment": ("apps", "deployments"),
+    "job": ("batch", "jobs"),
+    "job_status": ("batch", "jobs/status"),
+}
+# the dynamic client on whatever kinds a release renders (kube/cluster.py): apply creates or patches, get reads
+# one object or lists by label, delete prunes
+DYNAMIC = {
+    "server_side_apply": ("create", "patch"),
+    ".get,": ("get",),
+    "label_selector=selector": ("list",),
+    ".delete,": ("delete",),
+}
+
+
+def code_calls() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every API call in the server's adapters, read from the source."""
+    calls: set[tuple[str, str, str]] = set()
+    managed = [
+        (m["apiGroup"], r)
+        for m in yaml.safe_load((CHART / "values.yaml").read_text())["managedResources"]
+        for r in m["resources"]
+    ]
+    for path in SERVER_ADAPTERS:
+        if path in CLIENT_ONLY:
+            continue
+        source = path.read_text()
+        for verb, resource in re.findall(r"\.(create|read|replace|patch|delete|list)_namespaced_([a-z_]+)\b", source):
+            assert resource in RESOURCES, f"{path.name}: a call on {resource!r} the test (and the Role) do not know"
+            group, plural = RESOURCES[resource]
+            calls.add((group, plural, VERBS[verb]))
+        for resource in re.findall(r"\.stream\(\s*(?:self\.\w+|[\w.()]+)\.list_namespaced_([a-z_]+)", source):
+            calls.add((*RESOURCES[resource], "watch"))
+        if "/proxy{path}" in source:
+            calls.add(("", "pods/proxy", "get"))
+        for pattern, verbs in DYNAMIC.items():
+            if pattern in source:
+                calls |= {(group, plural, verb) for group, plural in managed for verb in verbs}
+    return calls
+
+
+def role_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert roles
+    granted = [
+        {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        for role in roles
+    ]
+    assert all(g == granted[0] for g in granted), "every namespace gets the same Role"
+    return granted[0]
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_the_role_grants_exactly_the_api_calls_the_code_makes(environment: str) -> None:
+    code = code_calls()
+    granted = role_rules(rendered(environment))
+    watched = {(g, r, "watch") for g, r, v in code if v == "watch"}
+    assert code - granted == set(), f"the code calls what the Role does not grant: {sorted(code - granted)}"
+    assert granted - code - watched == set(), f"the Role grants what the code never calls: {sorted(granted - code)}"
+    assert ("coordination.k8s.io", "leases", "update") in code and ("", "pods/proxy", "get") in code
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_no_cluster_wide_rights_and_no_wildcards(environment: str) -> None:
+    docs = rendered(environment)
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for role in (d for d in docs if d["kind"] == "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+    namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")}
+    config = parse_server_config(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"], source="s")
+    assert namespaces == {ns for app in config.apps.values() for ns in app.namespaces}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert "docker.sock" not in yaml.safe_dump(deployment)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert not container["securityContext"].get("privileged")
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
