@@ -8,8 +8,9 @@ FROM ${BASE} AS build
 COPY wheels /wheels
 # pip runs from its own wheel (Debian's python3 has no ensurepip) and downloads nothing. Then out goes what the
 # deployer never imports: the async client, and schemas of Kubernetes versions it does not validate with.
-RUN python3 -m venv --without-pip /opt/deployer \
- && /opt/deployer/bin/python /wheels/pip-*.whl/pip install --quiet --no-index --no-compile --find-links /wheels deployer \
+RUN set -- /wheels/pip-*.whl \
+ && python3 -m venv --without-pip /opt/deployer \
+ && /opt/deployer/bin/python "$1/pip" install --quiet --no-index --no-compile --find-links /wheels deployer \
  && cd /opt/deployer/lib/python3.11/site-packages \
  && rm -rf kubernetes/aio kubernetes/test kubernetes/client/api/__pycache__ \
  && find kubernetes_validate/kubernetes-json-schema -mindepth 1 -maxdepth 1 ! -name 'v1.35.0-local*' -exec rm -rf {} +

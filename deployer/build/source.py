@@ -68,8 +68,23 @@ async def export_commit(repo: Path, commit: str, dest: Path, *, env: GitEnv | No
     archive = await git(repo, "archive", "--format=tar", commit, env=env)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-        tar.extractall(dest, filter="tar")  # "tar" keeps modes; it refuses absolute paths and links out of dest
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(dest, filter="tar")  # "tar" keeps modes; it refuses absolute paths and links out of dest
+        else:  # Python before 3.11.4 (Debian bookworm's 3.11.2): the same refusals, by hand
+            tar.extractall(dest, members=[_inside(member, dest) for member in tar.getmembers()])  # noqa: S202
     return dest
+
+
+def _inside(member: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
+    """`member` if it and any link it makes stay inside `dest` (what the "tar" extraction filter checks)."""
+    root = dest.resolve()
+    target = (root / member.name).resolve()
+    link = (target.parent / member.linkname).resolve() if member.issym() else (root / member.linkname).resolve()
+    bad = member.name.startswith("/") or not target.is_relative_to(root)
+    bad = bad or ((member.issym() or member.islnk()) and not link.is_relative_to(root))
+    if bad or member.isdev():
+        raise DeployError(f"{member.name!r} would be written outside the build tree", where="git archive")
+    return member
 
 
 def tree_size(path: Path) -> int:

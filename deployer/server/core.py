@@ -73,8 +73,13 @@ class DeployServer:
 
     async def start(self) -> None:
         """Listen for hooks, then bring releases left mid-flight by an earlier server to a consistent end."""
-        self.repos.mkdir(parents=True, exist_ok=True)
-        self.data.chmod(0o700)
+        try:
+            self.repos.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.repos / ".writable"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise DeployError(f"cannot use {self.data}: {exc.strerror}", where="server.yaml: dataDir") from None
         self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
         self.socket.chmod(0o600)
         await self.recover()
