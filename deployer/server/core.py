@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -48,10 +51,17 @@ class Pusher:
     app: str
 
 
+def _reap_hook_dirs() -> None:
+    """Socket directories of servers that died without cleaning up (SIGKILL, OOM): their pid is gone."""
+    for stale in Path(tempfile.gettempdir()).glob("deployer-hook-*-*"):
+        pid = stale.name.split("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def app_from_path(path: str) -> str:
     """`/hello.git`, `hello.git` or `/hello` → `hello`; anything else is refused."""
-    import re  # noqa: PLC0415 - tiny, and keeps the module's imports about the server
-
     name = path.strip("/").removesuffix(".git")
     if not re.fullmatch(DNS1123_LABEL, name) or len(name) > 63:
         raise DeployError(f"{path!r} is not a repository path such as /APP.git", where="git remote")
@@ -65,7 +75,8 @@ class DeployServer:
         self.data = Path(config.data_dir).resolve()
         self.repos = self.data / "repos"
         # per process, outside dataDir: replicas may share dataDir (one volume), each hook talks to its own server
-        self.socket = Path(tempfile.mkdtemp(prefix="deployer-hook-")) / "hook.sock"
+        _reap_hook_dirs()
+        self.socket = Path(tempfile.mkdtemp(prefix=f"deployer-hook-{os.getpid()}-")) / "hook.sock"
         self.metrics = Metrics()
         self._pushers: dict[str, Pusher] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -83,6 +94,11 @@ class DeployServer:
         self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
         self.socket.chmod(0o600)
         await self.recover()
+
+    @property
+    def in_flight(self) -> int:
+        """Releases running now (async pushes included)."""
+        return sum(1 for task in self._background if not task.done())
 
     async def stop(self) -> None:
         if self._hooks is not None:

@@ -60,8 +60,7 @@ class GitHttp:
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
-        in_flight = sum(1 for t in self.server._background if not t.done())
-        return web.json_response({"status": "ok", "releasesInFlight": in_flight})
+        return web.json_response({"status": "ok", "releasesInFlight": self.server.in_flight})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.server.metrics.exposition(), content_type="text/plain", charset="utf-8")

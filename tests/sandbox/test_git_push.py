@@ -85,7 +85,7 @@ def server(
             "bob": {"keys": [keys["bob"].public], "tokens": [token_entry(tokens["bob"])], "environments": ["staging"]},
         },
         environments={"prod": {"pushOptions": ["dry-run"]}, "*": {"lockWait": "2m"}},
-        limits={"maxPushMb": 2, "rolloutTimeout": "60s"},
+        limits={"maxPushMb": 2, "rolloutTimeout": "15s"},
     )
     config["apps"] = {app: {"namespaces": [f"{app}-staging", f"{app}-prod"]} for app in APPS}
     running = start_server(tmp, config)
