@@ -53,8 +53,10 @@ async def read_at(repo: Path, commit: str, path: str, *, env: GitEnv | None = No
 
 async def ref_value(repo: Path, ref: str) -> str:
     """The commit `ref` points at, or ZERO if there is no such ref."""
-    code, out, _ = await _run(repo, ("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"), None)
-    return out.decode().strip() if code == 0 else ZERO
+    try:
+        return await resolve_commit(repo, ref)
+    except DeployError:
+        return ZERO
 
 
 async def is_ancestor(repo: Path, older: str, newer: str, *, env: GitEnv | None = None) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,11 @@ class Push:
     options: tuple[str, ...] = ()
     git_env: dict[str, str] = field(default_factory=dict)  # the quarantine: objects not yet in the repo
 
+    @functools.cached_property
+    def parsed(self) -> PushOptions:
+        """The push options, parsed once (an unknown one raises DeployError at the first use: the plan)."""
+        return PushOptions.parse(list(self.options))
+
 
 @dataclass(frozen=True)
 class Deploy:
@@ -134,7 +140,7 @@ class Services:
 async def plan(push: Push, server: ServerConfig, sink: EventSink) -> tuple[Deploy | None, list[Outcome]]:
     """Steps 1: ref updates → at most one deploy, or a DeployError refusing the push before anything runs."""
     check_app(server, user=push.user, app=push.app)
-    options = PushOptions.parse(list(push.options))
+    options = push.parsed
     deploys: list[Deploy] = []
     outcomes: list[Outcome] = []
     for update in push.updates:
@@ -228,7 +234,7 @@ async def scan(push: Push, sink: EventSink) -> None:
 
 async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink) -> dict[str, Any]:
     """Steps 3 to 10 for the planned deploy; returns the release record. A dry run ends in a DeployError."""
-    options = PushOptions.parse(list(push.options))
+    options = push.parsed
     commit = target.update.new
     with tempfile.TemporaryDirectory(prefix="deployer-push-") as tmp:
         files = RepoFiles(await export_commit(push.repo, commit, Path(tmp) / "tree", env=push.git_env))

@@ -222,15 +222,20 @@ async def _routes(run: _Release, *, weight: int, rules: bool = False) -> None:
     run.sink(Event("canary", f"weights stable {100 - weight}% / canary {weight}%", data={"canary_weight": weight}))
 
 
+async def _rollout(run: _Release, deployment: str) -> Any:
+    """Wait for one Deployment's rollout (kubectl's rules), up to the release's rollout timeout."""
+    return await run.kube.wait_rollout(
+        deployment,
+        namespace=run.namespace,
+        timeout=run.options.rollout_timeout,
+        sink=run.sink,
+        status_of=rollout_status,
+    )
+
+
 async def _wait_stable(run: _Release) -> None:
     for deployment in [o["metadata"]["name"] for o in run.objects if o["kind"] == "Deployment"]:
-        state = await run.kube.wait_rollout(
-            deployment,
-            namespace=run.namespace,
-            timeout=run.options.rollout_timeout,
-            sink=run.sink,
-            status_of=rollout_status,
-        )
+        state = await _rollout(run, deployment)
         if state.state is Rollout.FAILED:
             raise DeployError(state.message, where=run.namespace)
 
@@ -288,13 +293,7 @@ async def _canary_ready(run: _Release, canaries: list[dict[str, Any]]) -> None:
     for canary in canaries:
         name = canary["metadata"]["name"]
         try:
-            state = await run.kube.wait_rollout(
-                name,
-                namespace=run.namespace,
-                timeout=run.options.rollout_timeout,
-                sink=run.sink,
-                status_of=rollout_status,
-            )
+            state = await _rollout(run, name)
         except DeployError as exc:  # the rollout timeout
             await _rollback(run, f"the canary never became ready: {exc.message}")
         if state.state is Rollout.FAILED:

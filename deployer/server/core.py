@@ -34,7 +34,7 @@ from deployer.errors import DeployError
 from deployer.events import Event
 from deployer.kube.records import pending_environments
 from deployer.pipeline import operations
-from deployer.pipeline.push import Deploy, Outcome, Push, PushOptions, RefUpdate, Services, deploy, plan, scan
+from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
 from deployer.server.metrics import Metrics
 
 log = logging.getLogger("deployer.server")
@@ -241,7 +241,7 @@ class DeployServer:
         started: float,
     ) -> int:
         """Steps 3 to 10 in a task no disconnect cancels; with `-o async`, answer once the canary has traffic."""
-        follow = PushOptions.parse(list(push.options)).follow
+        follow = push.parsed.follow
         traffic = asyncio.Event()
         listening = [True]
 
@@ -311,7 +311,7 @@ class DeployServer:
         self.metrics.ended(
             app=push.app, environment=target.environment, result=result, seconds=time.monotonic() - started
         )
-        if error is not None and not PushOptions.parse(list(push.options)).follow:
+        if error is not None and not push.parsed.follow:
             await self._put_back(push, target.update)
         return result, record, error
 
