@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import socket
-import statistics
 import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +19,10 @@ from deployer.build import BuildahBuilder, RegistryClient
 from deployer.pipeline import BuildSettings, build_image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from runs import repeat, report  # noqa: E402
+from support import start_registry  # noqa: E402
 
 
 def git(repo: Path, *args: str) -> None:
@@ -30,26 +31,6 @@ def git(repo: Path, *args: str) -> None:
         check=True,
         capture_output=True,
     )
-
-
-def registry(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (tmp / "config.yml").write_text(
-        json.dumps(
-            {
-                "version": 0.1,
-                "http": {"addr": f"127.0.0.1:{port}"},
-                "storage": {"filesystem": {"rootdirectory": str(tmp / "data")}},
-            }
-        )
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(tmp / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    time.sleep(0.5)
-    return proc, f"127.0.0.1:{port}"
 
 
 def one_run(tmp: Path) -> dict[str, float]:
@@ -61,7 +42,8 @@ def one_run(tmp: Path) -> dict[str, float]:
         cwd=ROOT,
         env={**os.environ, "DEPLOYER_STATE_DIR": str(tmp)},
     )
-    proc, host = registry(tmp)
+    registry = start_registry(tmp / "registry")
+    host = registry.host
     try:
         repo = tmp / "app"
         shutil.copytree(ROOT / "examples" / "hello", repo)
@@ -105,21 +87,21 @@ def one_run(tmp: Path) -> dict[str, float]:
             "plain `buildah bud --layers` (cached)": plain,
         }
     finally:
-        proc.terminate()
-        proc.wait()
+        registry.process.terminate()
+        registry.process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    runs = []
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(one_run(Path(tmp)))
-    print(f"image builds of examples/hello with buildah and a local docker-registry, median of {args.runs} runs")
-    for key in runs[0]:
-        print(f"  {key:40} {statistics.median(r[key] for r in runs):8.0f} ms")
+    report(
+        f"image builds of examples/hello with buildah and a local docker-registry, median of {args.runs} runs",
+        repeat(one_run, args.runs),
+        width=40,
+        spec="8.0f",
+        unit=" ms",
+    )
 
 
 if __name__ == "__main__":

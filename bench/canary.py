@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from runs import repeat, report  # bench/runs.py: this script's own folder is on sys.path
 
 from deployer.config import RepoFiles, load_deploy_config
 from deployer.errors import DeployError
@@ -88,6 +88,9 @@ def chart(tmp: Path) -> Path:
 
 
 class Sandbox:
+    """The sandbox as its own process (not a thread of this one), so that it does not share the GIL with the
+    release being timed."""
+
     def __init__(self, tmp: Path) -> None:
         self.kubeconfig = tmp / "kubeconfig"
         exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
@@ -201,13 +204,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    runs = []
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(one_run(Path(tmp)))
-    print(f"canary releases on the sandbox, median of {args.runs} runs")
-    for key in runs[0]:
-        print(f"  {key:60} {statistics.median(r[key] for r in runs):9.1f}")
+    report(
+        f"canary releases on the sandbox, median of {args.runs} runs",
+        repeat(one_run, args.runs),
+        width=60,
+        spec="9.1f",
+    )
 
 
 if __name__ == "__main__":
