@@ -146,9 +146,30 @@ def _add_sandbox(commands: Any) -> None:
         "--crash-backoff", type=float, default=10.0, help="first CrashLoopBackOff delay in seconds (kubelet: 10)"
     )
     sandbox.add_argument("--prometheus", action="store_true", help="also run Prometheus, scraping the mesh")
+    sandbox.add_argument(
+        "--scrape-interval", default="15s", help="Prometheus' scrape interval (default 15s, as common Istio setups)"
+    )
+    sandbox.add_argument(
+        "--propagation-delay",
+        type=float,
+        default=1.0,
+        help="seconds until a routing change reaches the gateway and the sidecars (default 1)",
+    )
+    sandbox.add_argument(
+        "--hpa-sync-period", type=float, default=15.0, help="seconds between autoscaler runs (kube's default 15)"
+    )
     sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", metavar="{traffic}")
-    traffic = sandbox_commands.add_parser("traffic", help="send steady load through the mesh's front door")
-    traffic.add_argument("--host", required=True, help="Host header: SERVICE.NAMESPACE or a VirtualService host")
+    traffic = sandbox_commands.add_parser(
+        "traffic", help="send steady load through the ingress gateway, or from a pod in the mesh (--from)"
+    )
+    traffic.add_argument("--host", required=True, help="Host header: a gateway host, or with --from a service host")
+    traffic.add_argument(
+        "--from",
+        dest="source",
+        metavar="NAMESPACE[/LABELS]",
+        help="send as a pod of this namespace (labels k=v,...), through its sidecar if it has one",
+    )
+    traffic.add_argument("--no-sidecar", action="store_true", help="with --from: a client without a sidecar")
     traffic.add_argument("--rps", type=float, default=10.0, help="requests a second (default 10)")
     traffic.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
     traffic.add_argument("--path", default="/", help="request path (default /)")
@@ -228,10 +249,12 @@ async def _validate(args: argparse.Namespace) -> int:
 def _traffic(args: argparse.Namespace) -> int:
     from deployer.sandbox import traffic  # noqa: PLC0415 - a separate program, loaded only when asked for
 
+    if args.no_sidecar and not args.source:
+        raise DeployError("--no-sidecar needs --from NAMESPACE", where="sandbox traffic")
     mesh = args.mesh
     if mesh is None:
         try:
-            mesh = traffic.mesh_url(args.traffic_kubeconfig)
+            mesh = traffic.mesh_url(args.traffic_kubeconfig, "clients" if args.source else "gateway")
         except (OSError, ValueError, KeyError) as exc:
             raise DeployError(
                 f"cannot find the sandbox's mesh: {exc} (is `deployer sandbox` running?)",
@@ -248,6 +271,8 @@ def _traffic(args: argparse.Namespace) -> int:
             duration=args.duration,
             path=args.path,
             report=lambda line: print(line, flush=True),
+            source=args.source,
+            sidecar=not args.no_sidecar,
         )
     )
     total = sum(counts.values())
@@ -272,6 +297,9 @@ def _sandbox(args: argparse.Namespace) -> int:
                 runtime=args.runtime,
                 prometheus=args.prometheus,
                 crash_backoff=args.crash_backoff,
+                scrape_interval=args.scrape_interval,
+                propagation_delay=args.propagation_delay,
+                hpa_sync_period=args.hpa_sync_period,
             )
         )
     except OSError as exc:

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,9 +94,16 @@ class Api:
     """Routes requests to the cluster."""
 
     def __init__(
-        self, cluster: Cluster, controls: Controls, *, extra_routes: Any = None, pods: Pods | None = None
+        self,
+        cluster: Cluster,
+        controls: Controls,
+        *,
+        extra_routes: Any = None,
+        pods: Pods | None = None,
+        resets: Callable[[dict[str, Any], int], bool] | None = None,
     ) -> None:
         self.pods = pods
+        self.resets = resets  # (pod, port) -> a plaintext connection is reset there (a sidecar under STRICT mTLS)
         self.cluster = cluster
         self.controls = controls
         self.extra_routes = extra_routes
@@ -330,6 +338,13 @@ class Api:
                 "ServiceUnavailable",
                 f"error trying to reach service: dial tcp {pod_ip}:{port}: connect: connection refused",
             )
+        if self.resets is not None and self.resets(pod, port):  # the apiserver is outside the mesh (istio#27169)
+            raise ApiError(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: read tcp {self.address.split(':')[0]}:{40000 + port % 20000}->"
+                f"{pod_ip}:{port}: read: connection reset by peer",
+            )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         url = f"http://{ip}:{port}{rest or '/'}"
         if request.query_string:
@@ -468,6 +483,7 @@ class Api:
             patch_type="merge",
             body={"spec": {"replicas": replicas}},
             manager=request.query.get("fieldManager") or _default_manager(request),
+            subresource="scale",
         )
         return _scale(updated)
 

@@ -12,6 +12,7 @@ import datetime
 import json
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from deployer.sandbox import fields
@@ -25,6 +26,10 @@ from deployer.sandbox.store import Key, Store
 from deployer.sandbox.validation import admit_decoding, check_name, validate
 
 CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
+# Admission webhooks, as kube-apiserver calls them: mutating ones on create after defaulting, validating ones
+# after the built-in validation, on every write but status (`old` is None on create).
+Mutator = Callable[[ResourceType, dict[str, Any]], None]
+Validator = Callable[[ResourceType, dict[str, Any], dict[str, Any] | None], None]
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _META_KEEP = (
     "uid",
@@ -50,6 +55,12 @@ def _check_fresh(rt: ResourceType, old: dict[str, Any], wanted_rv: str | None) -
         )
 
 
+def _shares_fields(a: str, b: str) -> bool:
+    """Managers of these subresources own fields of one object: a write through /scale owns the parent's
+    spec.replicas (k8s.io/apimachinery managedfields ScaleHandler), so it and the main resource compete."""
+    return a == b or {a, b} == {"", "scale"}
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -65,6 +76,8 @@ class Cluster:
         self.store = store
         self.registry = Registry()
         self.warnings: list[str] = []  # of the last write, read by the HTTP layer right after the call
+        self.mutators: list[Mutator] = []
+        self.validators: list[Validator] = []
         for crd in [o for k, o in store.objects.items() if k[:2] == CRD]:
             self.registry.add(from_crd(crd))
         for crd in PREINSTALLED_CRDS:
@@ -220,7 +233,11 @@ class Cluster:
         apply_defaults(rt.kind, obj)
         if rt.has_status and rt.kind != "Namespace":
             obj.pop("status", None)
+        for mutate in self.mutators:
+            mutate(rt, obj)
         validate(rt, obj, None)
+        for check in self.validators:
+            check(rt, obj, None)
         meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         self._admit_new(rt, obj)
@@ -360,7 +377,7 @@ class Cluster:
         )
         others: dict[tuple[str, str], set[fields.Path]] = {}
         for entry in entries:
-            if entry is not mine and entry.get("subresource", "") == subresource:
+            if entry is not mine and _shares_fields(entry.get("subresource", ""), subresource):
                 owner = (entry["manager"], entry.get("apiVersion", ""))
                 others[owner] = others.get(owner, set()) | fields.from_fields_v1(entry.get("fieldsV1", {}))
         found = fields.conflicts(self._view(rt, base, subresource), applied_view, applied_set, others)
@@ -383,7 +400,7 @@ class Cluster:
             fields.remove_path(merged, path)
         forced = {c.path for c in found}
         for entry in entries:
-            if entry is not mine and entry.get("subresource", "") == subresource:
+            if entry is not mine and _shares_fields(entry.get("subresource", ""), subresource):
                 entry["fieldsV1"] = fields.to_fields_v1(fields.from_fields_v1(entry.get("fieldsV1", {})) - forced)
         entries = [e for e in entries if e is not mine and e.get("fieldsV1")]
         entries.append(self._entry(manager, "Apply", rt.api_version(version), applied_set, subresource))
@@ -524,6 +541,8 @@ class Cluster:
         apply_defaults(rt.kind, new)
         if subresource != "status":
             validate(rt, new, old)
+            for check in self.validators:
+                check(rt, new, old)
         if "generation" in old["metadata"] and self._spec_changed(old, new):
             new["metadata"]["generation"] = old["metadata"]["generation"] + 1
         if manager is not None:
@@ -607,7 +626,7 @@ class Cluster:
         key = (manager, "Update", subresource)
         mine = next((e for e in entries if (e["manager"], e["operation"], e.get("subresource", "")) == key), None)
         for entry in entries:
-            if entry.get("subresource", "") == subresource and entry is not mine:
+            if _shares_fields(entry.get("subresource", ""), subresource) and entry is not mine:
                 entry["fieldsV1"] = fields.to_fields_v1(
                     fields.from_fields_v1(entry.get("fieldsV1", {})) - removed - changed
                 )

@@ -10,7 +10,11 @@ It does what a kubelet does for the fields the deployer and its users rely on:
 - restarts by restartPolicy, with CrashLoopBackOff (first restart at once, then a doubling back-off, capped),
   restartCount and lastState.terminated; image pulls with ErrImagePull/ImagePullBackOff;
 - logs of the current and the previous container.
-Resource requests and limits are ignored. The status it reports has the shape a kubelet writes.
+An injected `istio-proxy` container is not run: the sandbox's mesh plays it, so it is reported running and ready
+once the pod's network exists. The containerPorts of a pod with a sidecar are published through the sandbox's
+own forwarder instead of docker's, so that the sidecar's inbound rules hold there too (a STRICT PeerAuthentication
+resets the connection). Resource requests and limits are
+ignored. The status it reports has the shape a kubelet writes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import functools
 import logging
 import re
 import shutil
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +40,7 @@ import aiohttp
 import docker.errors
 
 from deployer.sandbox.engine import LABEL, PAUSE_IMAGE, Engine
+from deployer.sandbox.injection import is_sidecar
 from deployer.sandbox.pods import named_port
 from deployer.sandbox.runtime import base_status, stamp
 
@@ -58,6 +65,7 @@ class _Container:
     ready: bool = False
     started: bool = False
     image_id: str = ""
+    sidecar: bool = False  # played by the mesh, never run
 
     @property
     def name(self) -> str:
@@ -79,6 +87,7 @@ class _Pod:
     ready_since: float | None = None
     was_ready: bool = False
     task: asyncio.Task[None] | None = None
+    forwarders: list[asyncio.Server] = field(default_factory=list)  # published ports of a pod with a sidecar
 
     @property
     def ready(self) -> bool:
@@ -106,6 +115,8 @@ class ContainerRuntime:
         self.crash_backoff = crash_backoff
         self.max_backoff = max_backoff
         self.on_change: Callable[[str, str], None] = lambda namespace, name: None
+        # (pod, port) -> the pod's sidecar resets plaintext there; set by the sandbox once its mesh exists
+        self.resets: Callable[[dict[str, Any], int], bool] = lambda pod, port: False
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._exits: dict[str, asyncio.Future[int]] = {}
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sandbox-docker")
@@ -132,6 +143,8 @@ class ContainerRuntime:
 
     async def stop(self) -> None:
         for run in list(self._pods.values()):
+            for server in run.forwarders:
+                server.close()
             if run.task:
                 run.task.cancel()
         await asyncio.gather(*(r.task for r in self._pods.values() if r.task), return_exceptions=True)
@@ -179,7 +192,7 @@ class ContainerRuntime:
                 return None
             if run is not None:
                 self.forget(*key)
-            containers = [_Container(c) for c in spec.get("containers") or []]
+            containers = [_Container(c, sidecar=is_sidecar(pod, c)) for c in spec.get("containers") or []]
             run = _Pod(meta["namespace"], meta["name"], meta["uid"], spec, meta, time.time(), containers)
             self._pods[key] = run
             run.task = asyncio.get_running_loop().create_task(self._run_pod(run))
@@ -191,6 +204,8 @@ class ContainerRuntime:
             return
         if run.task:
             run.task.cancel()
+        for server in run.forwarders:
+            server.close()
         ids = [i for c in run.containers for i in (c.docker_id, c.previous_id) if i]
         if run.pause_id:
             ids.append(run.pause_id)
@@ -233,6 +248,8 @@ class ContainerRuntime:
         found = next((c for c in run.containers if c.name == container), None)
         if found is None:
             raise ValueError(f"container {container} is not valid for pod {name}")
+        if found.sidecar:
+            return b""
         docker_id = found.previous_id if previous else found.docker_id
         if docker_id is None:
             if previous:
@@ -253,9 +270,12 @@ class ContainerRuntime:
         try:
             await self._pull_images(run)
             await self._start_pause(run)
+            for c in run.containers:
+                if c.sidecar:
+                    c.state, c.ready, c.started = {"running": {"startedAt": stamp(time.time())}}, True, True
             self._notify(run)
             policy = run.spec.get("restartPolicy", "Always")
-            await asyncio.gather(*(self._container_loop(run, c, policy) for c in run.containers))
+            await asyncio.gather(*(self._container_loop(run, c, policy) for c in run.containers if not c.sidecar))
         except asyncio.CancelledError:
             raise
         except Exception:  # a sandbox bug must not take the server down: say so and leave the pod as it is
@@ -264,6 +284,8 @@ class ContainerRuntime:
     async def _pull_images(self, run: _Pod) -> None:
         backoff = self.crash_backoff
         for c in run.containers:
+            if c.sidecar:
+                continue
             image = str(c.spec.get("image", ""))
             always = c.spec.get("imagePullPolicy") == "Always"
             while True:
@@ -297,9 +319,13 @@ class ContainerRuntime:
     async def _start_pause(self, run: _Pod) -> None:
         ports: dict[str, tuple[str, None]] = {}
         for c in run.containers:
-            for port in c.spec.get("ports") or []:
+            for port in [] if c.sidecar else c.spec.get("ports") or []:
                 if port.get("protocol", "TCP") == "TCP":
                     ports[f"{port['containerPort']}/tcp"] = ("127.0.0.1", None)
+        if any(c.sidecar for c in run.containers):
+            forwarded, ports = [int(k.split("/")[0]) for k in ports], {}
+        else:
+            forwarded = []
         engine = self.engine
         container = await self._call(
             engine.docker.containers.create,
@@ -318,6 +344,27 @@ class ContainerRuntime:
         for key, bindings in (settings.get("Ports") or {}).items():
             if bindings:
                 run.ports[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
+        for port in forwarded:
+            server = await asyncio.start_server(functools.partial(self._inbound, run, port), "127.0.0.1", 0)
+            run.forwarders.append(server)
+            run.ports[port] = int(server.sockets[0].getsockname()[1])
+
+    async def _inbound(self, run: _Pod, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection from outside the mesh to a published port of a pod with a sidecar: the sidecar's inbound
+        rules apply (a STRICT PeerAuthentication resets it), then the bytes go to the pod's port."""
+        pod = self.lookup(run.namespace, "pods", run.name)
+        if pod is None or self.resets(pod, port) or not run.ip:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(run.ip, port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
 
     async def _container_loop(self, run: _Pod, c: _Container, policy: str) -> None:
         backoff = self.crash_backoff
@@ -664,6 +711,18 @@ class ContainerRuntime:
             for c in run.containers
         ]
         return status
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()
 
 
 def _port(spec: dict[str, Any], port: Any) -> int:

@@ -1,23 +1,25 @@
-"""An emulation of Istio's data plane: a front door that routes by VirtualService weights, and Istio's metrics.
+"""An emulation of Istio's data plane: the ingress gateway, sidecars of mesh clients, plain clients, and metrics.
 
-The front door is one HTTP port. A request's Host header picks the VirtualService (one of its hosts, or the
-Service `NAME.NAMESPACE[.svc.cluster.local]` a VirtualService routes to); without a VirtualService, a Service's
-own host reaches its ready endpoints directly. The first matching `http` route is taken (uri exact/prefix/regex,
-headers exact/prefix/regex, method), a destination is drawn with the route's weights, its subset's labels come
-from the DestinationRule for the host, and the request goes to one of the matching ready pods. Everything is read
-from the store at every request, so a weight change applies to the next one.
+Three ways in, as on a real cluster (the routing rules are in `istio.py`):
+- the front door is the ingress gateway (`istio-system`, labels `istio: ingressgateway`): it applies only
+  VirtualServices bound to a Gateway it serves, and Ingresses of class istio; any other host gets 404 (NR);
+- the client port sends "as a pod" of the namespace in `X-Sandbox-From: NAMESPACE[/k=v,...]`: with a sidecar
+  (the namespace is injected, or the labels pick an injected pod) it applies the `mesh` VirtualServices that
+  namespace sees; without one (`X-Sandbox-Sidecar: false`, or no injection) it reaches the Service's ready
+  endpoints uniformly, as kube-proxy does, ignoring VirtualServices and subsets;
+- a sidecar under a STRICT PeerAuthentication resets connections that do not come from the mesh.
 
-Telemetry is served on its own port at /metrics, with Istio's names and labels as the destination sidecar
-reports them: istio_requests_total and istio_request_duration_milliseconds (a histogram, Istio's buckets).
+Telemetry as Istio's default: a proxy on each side reports (`reporter="source"` from the gateway or a client's
+sidecar, `reporter="destination"` from the destination's sidecar); pods without a sidecar report nothing.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
-import re
+import socket
+import struct
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +27,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from deployer.sandbox import istio
+from deployer.sandbox.injection import has_sidecar, namespace_injected
+from deployer.sandbox.istio import Destination, NoRoute, Request
 from deployer.sandbox.pods import ready, target_port
 from deployer.sandbox.selectors import match_labels_selector
 from deployer.sandbox.store import Store
 
-ISTIO_GROUP = "networking.istio.io"
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000)
 HOP_BY_HOP = {  # headers a proxy does not pass on
     "connection",
@@ -43,151 +47,162 @@ HOP_BY_HOP = {  # headers a proxy does not pass on
     "content-length",
     "host",
 }
-DOMAIN = "svc.cluster.local"
+FROM_HEADER = "x-sandbox-from"
+SIDECAR_HEADER = "x-sandbox-sidecar"
+_OWN_HEADERS = {FROM_HEADER, SIDECAR_HEADER}
+RATE_WINDOW = 10.0  # seconds of requests a pod's request rate is measured over
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sends: the ingress gateway, a pod with a sidecar, or a pod (or anything) without one."""
+
+    namespace: str
+    workload: str
+    proxy: bool
+    labels: tuple[tuple[str, str], ...] = ()
+    gateway: str | None = None  # the Gateway a gateway request came through
+
+
+GATEWAY = Source(istio.ROOT_NAMESPACE, istio.GATEWAY_WORKLOAD, True, tuple(istio.GATEWAY_LABELS.items()))
 
 
 @dataclass(frozen=True)
 class Upstream:
     ip: str
     port: int
-    labels: tuple[tuple[str, str], ...]  # the destination labels of its requests
+    pod: dict[str, Any]
+    service: tuple[str, str]
+    mtls: bool  # both ends are proxies
 
 
-class NoRoute(Exception):
-    def __init__(self, status: int, body: str, flags: str) -> None:
-        super().__init__(body)
-        self.status, self.body, self.flags = status, body, flags
-
-
-def _service_of(host: str, namespace: str) -> tuple[str, str] | None:
-    """(service, namespace) for a mesh host: `name`, `name.ns`, `name.ns.svc` or `name.ns.svc.cluster.local`."""
-    parts = host.split(".")
-    if len(parts) == 1:
-        return parts[0], namespace
-    if len(parts) == 2 or ".".join(parts[2:]) in ("svc", DOMAIN):
-        return parts[0], parts[1]
-    return None
-
-
-def _fqdn(host: str, namespace: str) -> str:
-    found = _service_of(host, namespace)
-    return f"{found[0]}.{found[1]}.{DOMAIN}" if found else host
+class Reset(Exception):
+    """The destination's sidecar resets the connection (STRICT mTLS, plaintext client)."""
 
 
 class Mesh:
-    """The front door and the telemetry endpoint, over the sandbox's store."""
+    """The gateway, the client port and the telemetry endpoint, over the sandbox's store."""
 
-    def __init__(self, store: Store, address: Callable[[str, str], str | None]) -> None:
+    def __init__(self, store: Store, address: Callable[[str, str], str | None], *, delay: float = 1.0) -> None:
         self.store = store
         self.address = address  # (namespace, pod) -> an IP the host can reach, or None
+        self.propagation = istio.Propagation(store, delay)
         self.requests: dict[tuple[tuple[str, str], ...], int] = defaultdict(int)
         self.durations: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        self.arrivals: dict[tuple[str, str], deque[float]] = defaultdict(lambda: deque(maxlen=100_000))
         self._counter = itertools.count()
         self._session: aiohttp.ClientSession | None = None
 
     # --- routing -----------------------------------------------------------------------------------------
 
-    def _virtual_service(self, host: str) -> tuple[dict[str, Any], str] | None:
-        for vs in self.store.items(ISTIO_GROUP, "virtualservices"):
-            namespace = vs["metadata"]["namespace"]
-            hosts = {_fqdn(h, namespace) for h in (vs.get("spec") or {}).get("hosts") or []}
-            if host in hosts or _fqdn(host, namespace) in hosts:
-                return vs, namespace
-        return None
-
-    def route(self, host: str, method: str, path: str, headers: dict[str, str]) -> Upstream:
-        """Where this request goes now; NoRoute with Envoy's answer when nowhere."""
-        host = host.split(":", maxsplit=1)[0].lower()
-        found = self._virtual_service(host)
-        if found is None:
-            service = _service_of(host, "default")
-            if service is None or self.store.get(("", "services", service[1], service[0])) is None:
-                raise NoRoute(404, "", "NR")
-            return self._pick(service[0], service[1], None, {})
-        vs, namespace = found
-        for http in (vs.get("spec") or {}).get("http") or []:
-            if _matches(http.get("match"), method, path, headers):
-                destinations = http.get("route") or []
-                weights = [int(d.get("weight", 100 if len(destinations) == 1 else 0)) for d in destinations]
-                if not destinations or sum(weights) <= 0:
-                    break
-                chosen = random.choices(destinations, weights=weights)[0]["destination"]  # noqa: S311
-                target = _service_of(str(chosen["host"]), namespace)
-                if target is None:
-                    raise NoRoute(503, "no healthy upstream", "UH")
-                return self._pick(target[0], target[1], chosen.get("subset"), chosen.get("port") or {})
+    def route_gateway(self, request: Request) -> Upstream:
+        """Where the ingress gateway sends this request now; NoRoute with Envoy's answer when nowhere."""
+        config = self.propagation.current()
+        bound = istio.gateway_virtual_services(config, request.host)
+        if bound:
+            vs, gateway = bound[0]
+            target = istio.http_destination(config, vs, request, proxy_namespace=istio.ROOT_NAMESPACE, gateway=gateway)
+            return self._upstream(target, request.port, GATEWAY)
+        for match, target in istio.ingress_routes(config, request.host):
+            if istio.matches([match] if match else None, request, istio.INGRESS_GATEWAY):
+                return self._upstream(target, request.port, GATEWAY)
         raise NoRoute(404, "", "NR")
 
-    def _subset_labels(self, service: str, namespace: str, subset: str) -> dict[str, str] | None:
-        fqdn = f"{service}.{namespace}.{DOMAIN}"
-        for dr in self.store.items(ISTIO_GROUP, "destinationrules"):
-            spec = dr.get("spec") or {}
-            if _fqdn(str(spec.get("host", "")), dr["metadata"]["namespace"]) == fqdn:
-                for declared in spec.get("subsets") or []:
-                    if declared.get("name") == subset:
-                        return dict(declared.get("labels") or {})
-        return None
+    def route_client(self, source: Source, request: Request) -> Upstream:
+        """Where a client's request goes: through its sidecar's routes, or straight to the Service's endpoints."""
+        host = istio.request_fqdn(request.host, source.namespace)
+        service = istio.service_of(host, source.namespace) if host.endswith(istio.DOMAIN) else None
+        if not source.proxy:
+            if service is None or self._service(*service) is None:
+                raise NoRoute(503, f"could not resolve host: {request.host}", "DNS")
+            return self._upstream(Destination(*service, None, None), request.port, source)
+        config = self.propagation.current()
+        vs = istio.mesh_virtual_service(config, source.namespace, host)
+        svc = self._service(*service) if service else None
+        port = _service_port(svc, None, None, request.port) if svc else None
+        if vs is not None and port is not None and istio.is_tcp(port):
+            chosen = istio.tcp_destination(config, vs, request.port, proxy_namespace=source.namespace)
+            target = chosen or Destination(*service, None, None) if service else chosen
+        elif vs is not None:
+            target = istio.http_destination(config, vs, request, proxy_namespace=source.namespace, gateway=None)
+        elif service is not None and svc is not None:
+            target = Destination(*service, None, None)
+        else:
+            raise NoRoute(404, "", "NR")
+        if target is None:
+            raise NoRoute(404, "", "NR")
+        return self._upstream(target, request.port, source)
 
-    def _pick(self, service: str, namespace: str, subset: str | None, port: dict[str, Any]) -> Upstream:
-        svc = self.store.get(("", "services", namespace, service))
+    def _service(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return self.store.get(("", "services", namespace, name))
+
+    def _upstream(self, target: Destination, request_port: int, source: Source) -> Upstream:
+        service = (target.service, target.namespace)
+        svc = self._service(*service)
         if svc is None:
-            raise NoRoute(503, "no healthy upstream", "UH")
-        labels: dict[str, str] = {}
-        if subset is not None:
-            found = self._subset_labels(service, namespace, subset)
-            if found is None:  # Envoy has no cluster for an undeclared subset
-                raise NoRoute(503, "no healthy upstream", "NC")
-            labels = found
+            raise NoRoute(503, "no healthy upstream", "NC" if source.proxy else "UH", service)
         spec = svc.get("spec") or {}
-        ports = spec.get("ports") or []
-        wanted = next((p for p in ports if p.get("port") == port.get("number")), ports[0] if ports else None)
-        selector = match_labels_selector({"matchLabels": {**(spec.get("selector") or {}), **labels}})
+        wanted = _service_port(svc, target.port, target.port_name, request_port)
+        selector = match_labels_selector({"matchLabels": {**(spec.get("selector") or {}), **(target.subset or {})}})
         pods = [
             p
-            for p in self.store.items("", "pods", namespace)
+            for p in self.store.items("", "pods", target.namespace)
             if spec.get("selector")
             and selector(p["metadata"].get("labels") or {})
             and not p["metadata"].get("deletionTimestamp")
             and ready(p)
         ]
-        candidates = [(p, self.address(namespace, p["metadata"]["name"])) for p in pods]
-        reachable = [(p, ip) for p, ip in candidates if ip]
+        reachable = [(p, ip) for p in pods if (ip := self.address(target.namespace, p["metadata"]["name"]))]
         if wanted is None or not reachable:
-            raise NoRoute(503, "no healthy upstream", "UH")
+            raise NoRoute(503, "no healthy upstream", "UH", service)
         pod, ip = reachable[next(self._counter) % len(reachable)]
-        target = target_port(wanted, [pod])
-        return Upstream(str(ip), target, self._destination_labels(pod, service, namespace))
+        port = target_port(wanted, [pod])
+        sidecar = has_sidecar(pod)
+        if sidecar and not source.proxy and self.strict(pod, port):
+            raise Reset(f"{target.service}.{target.namespace}: STRICT mTLS")
+        return Upstream(str(ip), port, pod, service, mtls=sidecar and source.proxy)
 
-    def _destination_labels(self, pod: dict[str, Any], service: str, namespace: str) -> tuple[tuple[str, str], ...]:
-        labels = pod["metadata"].get("labels") or {}
-        return (
-            ("destination_workload", self._workload(pod)),
-            ("destination_workload_namespace", namespace),
-            ("destination_app", labels.get("app", labels.get("app.kubernetes.io/name", "unknown"))),
-            ("destination_version", labels.get("version", labels.get("app.kubernetes.io/version", "unknown"))),
-            ("destination_service", f"{service}.{namespace}.{DOMAIN}"),
-            ("destination_service_name", service),
-            ("destination_service_namespace", namespace),
-        )
+    def strict(self, pod: dict[str, Any], port: int) -> bool:
+        """A plaintext connection to this pod's port would be reset by its sidecar (STRICT mTLS)."""
+        return has_sidecar(pod) and istio.peer_mode(self.propagation.current(), pod, port) == "STRICT"
 
-    def _workload(self, pod: dict[str, Any]) -> str:
-        """The Deployment (or other owner) of a pod, as Istio names a workload."""
-        meta = pod["metadata"]
-        for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == "ReplicaSet":
-                rs = self.store.get(("apps", "replicasets", meta["namespace"], ref["name"]))
-                for owner in ((rs or {}).get("metadata") or {}).get("ownerReferences") or []:
-                    if owner.get("kind") == "Deployment":
-                        return str(owner["name"])
-                return str(ref["name"])
-            return str(ref.get("name"))
-        return str(meta["name"])
+    def source(self, header: str, *, sidecar: bool = True) -> Source:
+        """A client from `X-Sandbox-From: NAMESPACE[/k=v,...]`: its workload, and whether a sidecar sends."""
+        namespace, _, selector = header.partition("/")
+        labels = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        namespace = namespace or "default"
+        pods = [
+            p
+            for p in self.store.items("", "pods", namespace)
+            if labels and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+        if pods:
+            proxy = sidecar and has_sidecar(pods[0])
+            workload = _workload(pods[0], self.store)
+        else:
+            proxy = sidecar and namespace_injected(self.store.get(("", "namespaces", "", namespace)))
+            workload = labels.get("app", "unknown")
+        return Source(namespace, workload, proxy, tuple(sorted(labels.items())))
+
+    def rate(self, namespace: str, pod: str, window: float = RATE_WINDOW) -> float:
+        """Requests a second the mesh delivered to this pod over the last `window` seconds."""
+        arrivals = self.arrivals.get((namespace, pod))
+        if not arrivals:
+            return 0.0
+        since = time.monotonic() - window
+        return sum(1 for t in arrivals if t >= since) / window
 
     # --- serving -----------------------------------------------------------------------------------------
 
     def front_door(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
+        app.router.add_route("*", "/{tail:.*}", self._through_gateway)
+        app.on_cleanup.append(self._close)
+        return app
+
+    def clients(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._from_client)
         app.on_cleanup.append(self._close)
         return app
 
@@ -199,47 +214,87 @@ class Mesh:
     async def _close(self, _: web.Application) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _through_gateway(self, request: web.Request) -> web.StreamResponse:
+        return await self._forward(request, GATEWAY, self.route_gateway)
+
+    async def _from_client(self, request: web.Request) -> web.StreamResponse:
+        sidecar = request.headers.get(SIDECAR_HEADER, "true").lower() != "false"
+        source = self.source(request.headers.get(FROM_HEADER, "default"), sidecar=sidecar)
+        return await self._forward(request, source, lambda r: self.route_client(source, r))
+
+    async def _forward(
+        self, request: web.Request, source: Source, route: Callable[[Request], Upstream]
+    ) -> web.StreamResponse:
         started = time.monotonic()
+        host, _, port = request.host.partition(":")
+        wanted = Request(
+            host.lower(),
+            int(port) if port.isdigit() else 80,
+            request.method,
+            request.path,
+            {k.lower(): v for k, v in request.headers.items()},
+        )
         try:
-            upstream = self.route(request.host, request.method, request.path, dict(request.headers))
+            upstream = route(wanted)
         except NoRoute as exc:
+            if source.proxy:
+                self._record(source, None, exc.service, exc.status, exc.flags, started, reporter="source")
             return web.Response(status=exc.status, text=exc.body)
+        except Reset:
+            return _reset(request)
+        status, body, out, flags = await self._send(request, upstream)
+        self.arrivals[(upstream.service[1], upstream.pod["metadata"]["name"])].append(time.monotonic())
+        if source.proxy:
+            self._record(source, upstream, upstream.service, status, flags, started, reporter="source")
+        if has_sidecar(upstream.pod) and flags == "-":
+            self._record(source, upstream, upstream.service, status, flags, started, reporter="destination")
+        return web.Response(status=status, body=body, headers=out)
+
+    async def _send(self, request: web.Request, upstream: Upstream) -> tuple[int, bytes, dict[str, str], str]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=15), auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        skip = HOP_BY_HOP | _OWN_HEADERS
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
         headers["Host"] = request.host
         headers["X-Forwarded-Proto"] = "http"
         url = f"http://{upstream.ip}:{upstream.port}{request.rel_url}"
-        flags = "-"
         try:
             async with self._session.request(
                 request.method, url, headers=headers, data=await request.read(), allow_redirects=False
             ) as answer:
-                body = await answer.read()
-                status = answer.status
                 out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+                return answer.status, await answer.read(), out, "-"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            status, flags = 503, "UF"
             body = f"upstream connect error or disconnect/reset before headers. reset reason: {exc}".encode()
-            out = {"Content-Type": "text/plain"}
-        self._record(upstream, status, flags, (time.monotonic() - started) * 1000)
-        return web.Response(status=status, body=body, headers=out)
+            return 503, body, {"Content-Type": "text/plain"}, "UF"
 
-    def _record(self, upstream: Upstream, status: int, flags: str, millis: float) -> None:
+    # --- telemetry ---------------------------------------------------------------------------------------
+
+    def _record(  # noqa: PLR0917 - one request's facts, in the order they are known
+        self,
+        source: Source,
+        upstream: Upstream | None,
+        service: tuple[str, str] | None,
+        status: int,
+        flags: str,
+        started: float,
+        *,
+        reporter: str,
+    ) -> None:
+        """Count one request as `reporter` (the source's proxy or the destination's sidecar) saw it."""
+        pod = upstream.pod if upstream else None
+        mtls = "mutual_tls" if upstream and upstream.mtls else "none"
         labels = (
-            ("reporter", "destination"),
-            ("source_workload", "istio-ingressgateway"),
-            ("source_workload_namespace", "istio-system"),
-            *upstream.labels,
-            ("request_protocol", "http"),
+            *_telemetry(reporter, source, pod, service, self.store),
             ("response_code", str(status)),
             ("response_flags", flags),
-            ("connection_security_policy", "none"),
+            ("connection_security_policy", "unknown" if reporter == "source" else mtls),
         )
+        millis = (time.monotonic() - started) * 1000
         self.requests[labels] += 1
         buckets = self.durations.setdefault(labels, [0.0] * (len(BUCKETS) + 2))  # counts..., +Inf, sum
         for i, bound in enumerate(BUCKETS):
@@ -272,34 +327,70 @@ class Mesh:
         return "\n".join(lines) + "\n"
 
 
+def _service_port(
+    svc: dict[str, Any] | None, number: int | None, name: str | None, request_port: int
+) -> dict[str, Any] | None:
+    """The Service port a route means: by number or name, else the one the request came to, else the only one."""
+    ports = ((svc or {}).get("spec") or {}).get("ports") or []
+    if number is not None or name is not None:
+        return next((p for p in ports if p.get("port") == number or (name and p.get("name") == name)), None)
+    return next((p for p in ports if p.get("port") == request_port), ports[0] if len(ports) == 1 else None)
+
+
+def _workload(pod: dict[str, Any], store: Store) -> str:
+    """Istio's workload name: the `service.istio.io/workload-name` label, else the Deployment (or owner)."""
+    meta = pod["metadata"]
+    override = (meta.get("labels") or {}).get("service.istio.io/workload-name")
+    if override:
+        return str(override)
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "ReplicaSet":
+            rs = store.get(("apps", "replicasets", meta["namespace"], ref["name"]))
+            for owner in ((rs or {}).get("metadata") or {}).get("ownerReferences") or []:
+                if owner.get("kind") == "Deployment":
+                    return str(owner["name"])
+        return str(ref.get("name"))
+    return str(meta["name"])
+
+
+def _telemetry(
+    reporter: str, source: Source, pod: dict[str, Any] | None, service: tuple[str, str] | None, store: Store
+) -> tuple[tuple[str, str], ...]:
+    """Istio's standard labels of a request's source and destination (before its outcome)."""
+    labels = (pod or {}).get("metadata", {}).get("labels") or {}
+    workload = _workload(pod, store) if pod else "unknown"
+    known = source.proxy or reporter == "source"
+    return (
+        ("reporter", reporter),
+        ("source_workload", source.workload if known else "unknown"),
+        ("source_workload_namespace", source.namespace if known else "unknown"),
+        ("source_canonical_service", dict(source.labels).get("app", source.workload) if known else "unknown"),
+        ("destination_workload", workload),
+        ("destination_workload_namespace", pod["metadata"]["namespace"] if pod else "unknown"),
+        ("destination_app", labels.get("app", labels.get("app.kubernetes.io/name", "unknown"))),
+        ("destination_version", labels.get("version", labels.get("app.kubernetes.io/version", "unknown"))),
+        ("destination_canonical_service", labels.get("service.istio.io/canonical-name", workload)),
+        ("destination_canonical_revision", labels.get("service.istio.io/canonical-revision", "latest")),
+        ("destination_service", f"{service[0]}.{service[1]}.{istio.DOMAIN}" if service else "unknown"),
+        ("destination_service_name", service[0] if service else "unknown"),
+        ("destination_service_namespace", service[1] if service else "unknown"),
+        ("request_protocol", "http"),
+    )
+
+
+def _reset(request: web.Request) -> web.StreamResponse:
+    """Close the client's connection with a TCP reset, as Envoy does to plaintext under STRICT mTLS."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    raise ConnectionResetError("reset by the destination's sidecar (STRICT mTLS)")
+
+
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     def escape(value: str) -> str:
         return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
     return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
-
-
-def _string_match(rule: dict[str, Any] | None, value: str | None) -> bool:
-    if rule is None:
-        return True
-    if value is None:
-        return False
-    if "exact" in rule:
-        return bool(value == rule["exact"])
-    if "prefix" in rule:
-        return value.startswith(str(rule["prefix"]))
-    if "regex" in rule:
-        return re.fullmatch(str(rule["regex"]), value) is not None
-    return True
-
-
-def _matches(matches: list[dict[str, Any]] | None, method: str, path: str, headers: dict[str, str]) -> bool:
-    if not matches:
-        return True
-    lowered = {k.lower(): v for k, v in headers.items()}
-    return any(
-        _string_match(m.get("uri"), path)
-        and _string_match(m.get("method"), method)
-        and all(_string_match(rule, lowered.get(name.lower())) for name, rule in (m.get("headers") or {}).items())
-        for m in matches
-    )

@@ -113,21 +113,21 @@ BUILTINS: list[ResourceType] = [
 _OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
-def _istio_crd(kind: str, plural: str, short: tuple[str, ...]) -> dict[str, Any]:
+def _istio_crd(kind: str, plural: str, short: tuple[str, ...], group: str = "networking.istio.io") -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "properties": {"spec": _OPEN, "status": _OPEN}}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.networking.istio.io", "labels": {"app": "istio-pilot"}},
+        "metadata": {"name": f"{plural}.{group}", "labels": {"app": "istio-pilot"}},
         "spec": {
-            "group": "networking.istio.io",
+            "group": group,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": list(short),
-                "categories": ["istio-io", "networking-istio-io"],
+                "categories": ["istio-io", f"{group.split('.', maxsplit=1)[0]}-istio-io"],
             },
             "scope": "Namespaced",
             "versions": [
@@ -142,6 +142,7 @@ PREINSTALLED_CRDS = [
     _istio_crd("VirtualService", "virtualservices", ("vs",)),
     _istio_crd("DestinationRule", "destinationrules", ("dr",)),
     _istio_crd("Gateway", "gateways", ("gw",)),
+    _istio_crd("PeerAuthentication", "peerauthentications", ("pa",), group="security.istio.io"),
 ]
 
 

@@ -16,17 +16,40 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from deployer.sandbox import istio, istio_validation
 from deployer.sandbox.api import Api, Controls
+from deployer.sandbox.autoscaler import Autoscaler, quantity
 from deployer.sandbox.cluster import Cluster
 from deployer.sandbox.containers import ContainerRuntime
 from deployer.sandbox.controllers import Controllers
 from deployer.sandbox.engine import EngineError
+from deployer.sandbox.injection import inject
 from deployer.sandbox.mesh import Mesh
 from deployer.sandbox.prometheus import Prometheus
+from deployer.sandbox.resources import ResourceType
 from deployer.sandbox.runtime import BEHAVIOURS, PodRuntime, SimulatedRuntime
 from deployer.sandbox.store import Store
 
 RUNTIMES = ("simulated", "containers")
+# What an Istio installation leaves in a cluster and the sandbox models: the root namespace, a Gateway the
+# ingress gateway serves on port 80 for any host, and the IngressClass Istio's docs have users create.
+ISTIO_OBJECTS: list[tuple[tuple[str, str, str], dict[str, Any]]] = [
+    (("", "v1", "namespaces"), {"metadata": {"name": istio.ROOT_NAMESPACE}}),
+    (
+        (istio.NETWORKING, "v1", "gateways"),
+        {
+            "metadata": {"name": istio.GATEWAY_WORKLOAD, "namespace": istio.ROOT_NAMESPACE},
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+            },
+        },
+    ),
+    (
+        ("networking.k8s.io", "v1", "ingressclasses"),
+        {"metadata": {"name": "istio"}, "spec": {"controller": istio.INGRESS_CONTROLLER}},
+    ),
+]
 
 
 def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
@@ -55,6 +78,9 @@ class Sandbox:
         history: int = 10000,
         runtime: str = "simulated",
         prometheus: bool = False,
+        propagation_delay: float = 1.0,
+        scrape_interval: str = "15s",
+        hpa_sync_period: float = 15.0,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}")
@@ -76,13 +102,20 @@ class Sandbox:
                 crash_backoff=crash_backoff,
             )
             self.runtime = self.containers
+        self._install_istio()
         self.controllers = Controllers(self.cluster, self.runtime)
         self.controls = Controls()
-        self.api = Api(self.cluster, self.controls, extra_routes=self._routes, pods=self.runtime)
-        self.mesh = Mesh(self.store, self.runtime.address)
+        self.mesh = Mesh(self.store, self.runtime.address, delay=propagation_delay)
+        self.api = Api(
+            self.cluster, self.controls, extra_routes=self._routes, pods=self.runtime, resets=self.mesh.strict
+        )
+        self.autoscaler = Autoscaler(self.cluster, self.mesh.rate, period=hpa_sync_period)
+        if self.containers is not None:
+            self.containers.resets = self.mesh.strict
         self.mesh_port = 0
+        self.clients_port = 0
         self.telemetry_port = 0
-        self.prometheus = Prometheus([]) if prometheus else None
+        self.prometheus = Prometheus([], interval=scrape_interval) if prometheus else None
         self._runners: list[web.AppRunner] = []
         self._runner: web.AppRunner | None = None
         self._saver: asyncio.Task[None] | None = None
@@ -96,6 +129,10 @@ class Sandbox:
         return f"http://127.0.0.1:{self.mesh_port}"
 
     @property
+    def clients_url(self) -> str:
+        return f"http://127.0.0.1:{self.clients_port}"
+
+    @property
     def telemetry_url(self) -> str:
         return f"http://127.0.0.1:{self.telemetry_port}/metrics"
 
@@ -103,7 +140,11 @@ class Sandbox:
         return {
             "runtime": "containers" if self.containers else "simulated",
             "mesh": self.mesh_url,
+            "gateway": self.mesh_url,
+            "clients": self.clients_url,
             "telemetry": self.telemetry_url,
+            "propagationDelay": self.mesh.propagation.delay,
+            "scrapeInterval": self.prometheus.interval if self.prometheus else None,
             "prometheus": self.prometheus.url if self.prometheus else None,
         }
 
@@ -111,6 +152,39 @@ class Sandbox:
         app.router.add_route("POST", "/sandbox/pods", self._pod_behaviour)
         app.router.add_route("GET", "/sandbox/info", self._info)
         app.router.add_route("GET", "/sandbox/ports", self._ports)
+        app.router.add_route("POST", "/sandbox/metrics", self._pod_metrics)
+
+    def _install_istio(self) -> None:
+        """Istio's part of the cluster: its objects (once), sidecar injection and istiod's validating webhook."""
+        for (group, version, plural), obj in ISTIO_OBJECTS:
+            meta = obj["metadata"]
+            if self.store.get((group, plural, meta.get("namespace", ""), meta["name"])) is None:
+                rt = self.cluster.rt(group, version, plural)
+                self.cluster.create(rt, version, meta.get("namespace", ""), obj, manager="sandbox")
+        self.cluster.mutators.append(self._inject)
+        self.cluster.validators.append(lambda rt, obj, old: istio_validation.admit(rt, obj))
+
+    def _inject(self, rt: ResourceType, obj: dict[str, Any]) -> None:
+        if rt.kind == "Pod":
+            namespace = (obj.get("metadata") or {}).get("namespace", "")
+            inject(obj, self.store.get(("", "namespaces", "", namespace)))
+
+    async def _pod_metrics(self, request: web.Request) -> web.Response:
+        """Set pods' CPU use as the metrics API would report it: {namespace, selector|pod, cpu: "250m"}."""
+        body = await request.json()
+        namespace, cpu = body.get("namespace"), body.get("cpu")
+        if not namespace or cpu is None or not (body.get("pod") or body.get("selector")):
+            return web.json_response({"error": "need namespace, pod or selector, and cpu"}, status=400)
+        wanted = dict(p.split("=", 1) for p in str(body.get("selector", "")).split(",") if "=" in p)
+        names = [
+            p["metadata"]["name"]
+            for p in self.store.items("", "pods", namespace)
+            if p["metadata"]["name"] == body.get("pod")
+            or (wanted and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items()))
+        ]
+        for name in names:
+            self.autoscaler.cpu[(namespace, name)] = quantity(cpu)
+        return web.json_response({"pods": names, "cpu": cpu})
 
     async def _info(self, _: web.Request) -> web.Response:
         return web.json_response(self.info())
@@ -140,6 +214,7 @@ class Sandbox:
         self.port = int(self._runner.addresses[0][1])
         self.api.address = f"127.0.0.1:{self.port}"
         self.mesh_port = await self._serve(self.mesh.front_door())
+        self.clients_port = await self._serve(self.mesh.clients())
         self.telemetry_port = await self._serve(self.mesh.telemetry())
         try:
             await self.runtime.start()
@@ -150,6 +225,7 @@ class Sandbox:
             await self.stop()
             raise
         self.controllers.start()
+        self.autoscaler.start()
         if self.kubeconfig_path:
             self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
             self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.url)), encoding="utf-8")
@@ -175,6 +251,7 @@ class Sandbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
         await self.controllers.stop()
+        await self.autoscaler.stop()
         self.store.drop_watches()
         for runner in self._runners:
             await runner.cleanup()
@@ -198,29 +275,16 @@ class Sandbox:
         await self.stop()
 
 
-async def serve(
-    *,
-    port: int,
-    kubeconfig_path: Path,
-    state_dir: Path | None,
-    ready_delay: float,
-    runtime: str = "simulated",
-    prometheus: bool = False,
-    crash_backoff: float = 10.0,
-) -> None:
-    """Run until cancelled (Ctrl-C), printing how to use the sandbox."""
-    sandbox = Sandbox(
-        port=port,
-        state_dir=state_dir,
-        kubeconfig_path=kubeconfig_path,
-        ready_delay=ready_delay,
-        runtime=runtime,
-        prometheus=prometheus,
-        crash_backoff=crash_backoff,
-    )
+async def serve(*, kubeconfig_path: Path, runtime: str = "simulated", **options: Any) -> None:
+    """Run until cancelled (Ctrl-C), printing how to use the sandbox; `options` are Sandbox's."""
+    sandbox = Sandbox(kubeconfig_path=kubeconfig_path, runtime=runtime, **options)
     await sandbox.start()
     print(f"sandbox cluster serving on {sandbox.url} ({runtime} pods)", flush=True)
-    print(f"  mesh front door: {sandbox.mesh_url}  (Host: SERVICE.NAMESPACE)", flush=True)
+    print(
+        f"  ingress gateway: {sandbox.mesh_url}  (Host: a host a Gateway-bound VirtualService or Ingress claims)",
+        flush=True,
+    )
+    print(f"  mesh clients:    {sandbox.clients_url}  (X-Sandbox-From: NAMESPACE[/LABELS]; Host: SERVICE)", flush=True)
     print(f"  mesh metrics:    {sandbox.telemetry_url}", flush=True)
     if sandbox.prometheus is not None:
         print(f"  prometheus:      {sandbox.prometheus.url}", flush=True)

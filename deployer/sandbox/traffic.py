@@ -1,4 +1,8 @@
-"""`deployer sandbox traffic`: steady load through the mesh's front door, for the demo and the tests."""
+"""`deployer sandbox traffic`: steady load through the ingress gateway, or from a pod in the mesh.
+
+A client "in the mesh" sends to the sandbox's client port with `X-Sandbox-From: NAMESPACE[/k=v,...]`; the sandbox
+routes it as that pod's sidecar would (or, with `X-Sandbox-Sidecar: false` or no injection, as kube-proxy would).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import aiohttp
 import yaml
 
 
-def mesh_url(kubeconfig: Path) -> str:
-    """The front door of the sandbox a kubeconfig points at (asked of its /sandbox/info)."""
+def mesh_url(kubeconfig: Path, which: str = "gateway") -> str:
+    """The ingress gateway (`gateway`) or the client port (`clients`) of the sandbox a kubeconfig points at."""
     try:
         config = yaml.safe_load(kubeconfig.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -27,7 +31,14 @@ def mesh_url(kubeconfig: Path) -> str:
     if not server:
         raise ValueError("it names no current cluster")
     with urllib.request.urlopen(f"{server}/sandbox/info", timeout=5) as answer:  # noqa: S310 - the sandbox's URL
-        return str(json.loads(answer.read())["mesh"])
+        return str(json.loads(answer.read())[which])
+
+
+def client_headers(source: str | None, *, sidecar: bool = True) -> dict[str, str]:
+    """Headers that make a request come from a pod of `source` (NAMESPACE[/LABELS]) on the client port."""
+    if source is None:
+        return {}
+    return {"X-Sandbox-From": source, **({} if sidecar else {"X-Sandbox-Sidecar": "false"})}
 
 
 async def send(
@@ -38,6 +49,8 @@ async def send(
     duration: float,
     path: str = "/",
     report: Callable[[str], None] | None = None,
+    source: str | None = None,
+    sidecar: bool = True,
 ) -> Counter[str]:
     """Send `rps` requests a second for `duration` seconds; the count of answers by status (or error)."""
     counts: Counter[str] = Counter()
@@ -45,11 +58,12 @@ async def send(
     total = max(1, round(rps * duration))
     started = time.monotonic()
     limit = asyncio.Semaphore(64)
+    headers = {"Host": host, **client_headers(source, sidecar=sidecar)}
 
     async def one(session: aiohttp.ClientSession) -> None:
         async with limit:
             try:
-                async with session.get(f"{mesh}{path}", headers={"Host": host}, allow_redirects=False) as answer:
+                async with session.get(f"{mesh}{path}", headers=headers, allow_redirects=False) as answer:
                     await answer.read()
                     key = str(answer.status)
             except (aiohttp.ClientError, TimeoutError) as exc:

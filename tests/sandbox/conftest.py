@@ -39,7 +39,12 @@ def containers_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
     if not shutil.which("dockerd"):
         pytest.skip("dockerd is installed by `make setup`")
     running = start_sandbox(
-        tmp_path_factory.mktemp("sandbox"), runtime="containers", crash_backoff=0.5, prometheus=True
+        tmp_path_factory.mktemp("sandbox"),
+        runtime="containers",
+        crash_backoff=0.5,
+        prometheus=True,
+        scrape_interval="1s",  # tests need data in seconds; the sandbox's default is a real setup's 15s
+        hpa_sync_period=1.0,  # likewise: kube-controller-manager's default is 15s
     )
     yield running
     running.stop()
@@ -89,6 +94,17 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def mesh_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace with Istio sidecar injection enabled, deleted afterwards."""
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    labels = {"istio-injection": "enabled"}
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
     yield name
     core.delete_namespace(name)
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import requests
 from kubernetes import client, config
 
 from deployer.sandbox import Sandbox
+from deployer.sandbox.traffic import client_headers
 
 REAL_CLUSTER = os.environ.get("DEPLOYER_TEST_KUBECONFIG")
 
@@ -36,6 +39,24 @@ class Running:
         response = requests.request(method, f"{self.url}{path}", json=body, timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def info(self) -> dict[str, Any]:
+        """The sandbox's own addresses and settings (mesh ports, Prometheus, propagation delay)."""
+        result: dict[str, Any] = self.control("/sandbox/info", method="GET")
+        return result
+
+    def propagated(self) -> None:
+        """Wait until a routing change just written has reached every proxy (a real mesh: a few seconds)."""
+        time.sleep(self.info()["propagationDelay"] + 0.3 if self.sandbox else 5.0)
+
+    def send(
+        self, host: str, count: int, *, source: str | None = None, sidecar: bool = True, path: str = "/"
+    ) -> list[tuple[int, str]]:
+        """`count` requests for `host`: through the ingress gateway, or from a pod of `source` (NAMESPACE[/LABELS])
+        with or without its sidecar. A connection reset reads (0, "reset")."""
+        base = self.info()["clients" if source else "gateway"]
+        headers = {"Host": host, **client_headers(source, sidecar=sidecar)}
+        return asyncio.run(_requests(f"{base}{path}", headers, count))
 
     def stop(self) -> None:
         """Stop the sandbox (persisting its state) and its thread; stopping twice is harmless."""
@@ -62,3 +83,19 @@ def start_sandbox(tmp: Path, **options: Any) -> Running:
     thread.start()
     assert started.wait(30), "sandbox did not start"
     return Running(sandbox.url, kubeconfig, sandbox, loop, thread)
+
+
+async def _requests(url: str, headers: dict[str, str], count: int) -> list[tuple[int, str]]:
+    limit = asyncio.Semaphore(16)
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, str]:
+        async with limit:
+            try:
+                async with session.get(url, headers=headers, allow_redirects=False) as answer:
+                    return answer.status, (await answer.text()).strip()
+            except (aiohttp.ClientConnectionError, ConnectionResetError):
+                return 0, "reset"
+
+    connector = aiohttp.TCPConnector(force_close=True)  # one connection a request, as a new client each time
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return list(await asyncio.gather(*(one(session) for _ in range(count))))

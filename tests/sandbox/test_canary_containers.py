@@ -3,17 +3,13 @@ API server's pod proxy, a good change is promoted and a change that answers 500 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
-import aiohttp
 import pytest
 from kubernetes import client
 from sandboxes import Running
 from support import EXAMPLES, Registry, commit, edit, git, run_deployer
-
-from deployer.sandbox.traffic import mesh_url
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the images live in a registry on the test machine's loopback
@@ -24,6 +20,12 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cluster(containers_cluster: Running) -> Running:
     return containers_cluster
+
+
+@pytest.fixture
+def namespace(mesh_namespace: str) -> str:
+    """The app's namespace is in the mesh: its pods get sidecars."""
+    return mesh_namespace
 
 
 @pytest.fixture
@@ -63,18 +65,11 @@ def build_and_deploy(app: Path, cluster: Running) -> tuple[int, str, str]:
     return result.code, result.out, result.err
 
 
-def through_mesh(cluster: Running, host: str, count: int = 20) -> set[tuple[int, str]]:
-    mesh = mesh_url(cluster.kubeconfig)
-
-    async def run() -> set[tuple[int, str]]:
-        async with aiohttp.ClientSession() as session:
-            answers = set()
-            for _ in range(count):
-                async with session.get(f"{mesh}/", headers={"Host": host}) as answer:
-                    answers.add((answer.status, (await answer.text()).strip()))
-            return answers
-
-    return asyncio.run(run())
+def through_mesh(cluster: Running, namespace: str, count: int = 20) -> set[tuple[int, str]]:
+    """What a pod of the app's namespace gets from `hello`, once the last route change has propagated (the
+    deployer removes a canary as soon as its weight is 0, before the proxies have the change: canary v2 fixes it)."""
+    cluster.propagated()
+    return set(cluster.send("hello", count, source=namespace))
 
 
 def weights(api: client.ApiClient, namespace: str) -> list[int]:
@@ -90,14 +85,14 @@ def test_a_good_change_is_promoted_and_one_answering_500_is_rolled_back(
     first = git(app, "rev-parse", "HEAD")
     code, out, err = build_and_deploy(app, cluster)
     assert code == 0, err
-    assert through_mesh(cluster, f"hello.{namespace}") == {(200, f"hello from {first}")}
+    assert through_mesh(cluster, namespace) == {(200, f"hello from {first}")}
 
     edit(app / "deploy.yaml", "GREETING: hello", "GREETING: howdy")
     second = commit(app, "howdy")
     code, out, err = build_and_deploy(app, cluster)
     assert code == 0, err
     assert "check homepage: ok HTTP 200" in out, out
-    assert through_mesh(cluster, f"hello.{namespace}") == {(200, f"howdy from {second}")}
+    assert through_mesh(cluster, namespace) == {(200, f"howdy from {second}")}
 
     (app / "app" / "status").write_text("500\n")
     commit(app, "broken")
@@ -107,4 +102,4 @@ def test_a_good_change_is_promoted_and_one_answering_500_is_rolled_back(
     assert weights(api, namespace) == [100, 0]
     names = [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items]
     assert names == ["hello"]
-    assert through_mesh(cluster, f"hello.{namespace}") == {(200, f"howdy from {second}")}
+    assert through_mesh(cluster, namespace) == {(200, f"howdy from {second}")}

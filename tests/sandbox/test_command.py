@@ -60,7 +60,12 @@ def test_sandbox_command_serves_writes_kubeconfig_keeps_state_and_stops(tmp_path
         server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
         assert server.startswith("http://127.0.0.1:")
         namespaces = kubectl(kubeconfig, "get", "namespaces", "-o", "name")
-        assert namespaces.stdout.split() == ["namespace/default", "namespace/kube-public", "namespace/kube-system"]
+        assert namespaces.stdout.split() == [
+            "namespace/default",
+            "namespace/istio-system",  # the sandbox models a cluster with Istio installed
+            "namespace/kube-public",
+            "namespace/kube-system",
+        ]
         assert kubectl(kubeconfig, "create", "configmap", "kept", "--from-literal=a=b").returncode == 0
         assert requests.get(f"{server}/openapi/v2", timeout=10).json()["swagger"] == "2.0"
     finally:

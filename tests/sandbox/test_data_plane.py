@@ -19,13 +19,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
 from kubernetes import client
 from sandboxes import REAL_CLUSTER, Running, start_sandbox
 from support import ROOT
 from waiting import wait_for
+from workloads import BROKEN, HTTPD, apply, deployment, kubectl, ready_pods, service
 
 from deployer.canary.checks import promql
 from deployer.config.model import PrometheusCheck
@@ -34,14 +33,6 @@ from deployer.sandbox import traffic
 pytestmark = pytest.mark.skipif(
     not REAL_CLUSTER and not (shutil.which("dockerd") and shutil.which("docker-registry")),
     reason="dockerd and docker-registry are installed by `make setup`",
-)
-KUBECTL = str(ROOT / ".tools" / "bin" / "kubectl")
-HTTPD = "mkdir -p /tmp/www && echo $TRACK > /tmp/www/index.html && exec httpd -f -v -p 8080 -h /tmp/www"
-# answers every path with a 500, from busybox httpd's index.cgi
-BROKEN = (
-    "mkdir -p /tmp/www/cgi-bin && "
-    "printf '#!/bin/sh\\necho \"Status: 500 Internal Server Error\"\\necho\\necho broken\\n'"
-    " > /tmp/www/cgi-bin/index.cgi && chmod +x /tmp/www/cgi-bin/index.cgi && exec httpd -f -p 8080 -h /tmp/www"
 )
 
 
@@ -53,38 +44,6 @@ def cluster(containers_cluster: Running) -> Running:
 @pytest.fixture
 def image(busybox: str) -> str:
     return busybox
-
-
-def deployment(name: str, image: str, command: str, *, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": "web",
-        "image": image,
-        "command": ["sh", "-c", command],
-        "env": [{"name": "TRACK", "value": labels.get("track", name)}],
-        "ports": [{"name": "http", "containerPort": 8080}],
-        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
-        **spec.pop("container", {}),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-            **spec,
-        },
-    }
-
-
-def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }
 
 
 def mesh_objects(name: str, namespace: str, canary_weight: int) -> list[dict[str, Any]]:
@@ -126,59 +85,6 @@ def virtual_service(name: str, namespace: str, canary_weight: int) -> dict[str, 
     }
 
 
-def apply(cluster: Running, namespace: str, objects: list[dict[str, Any]]) -> None:
-    """`kubectl apply --server-side`, as a user would."""
-    manifest = yaml.safe_dump_all(objects)
-    applied = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "apply", "--server-side", "-n", namespace, "-f", "-"],
-        input=manifest,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert applied.returncode == 0, applied.stderr
-
-
-def ready_pods(api: client.ApiClient, namespace: str, selector: str, count: int = 1) -> list[client.V1Pod]:
-    def ready() -> list[client.V1Pod] | None:
-        pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-        good = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
-        return good if len(good) >= count else None
-
-    return wait_for(ready, timeout=60, what=f"{count} ready pod(s) {selector}")
-
-
-def info(cluster: Running) -> dict[str, Any]:
-    result: dict[str, Any] = cluster.control("/sandbox/info", method="GET")
-    return result
-
-
-async def _requests(mesh: str, host: str, count: int, path: str = "/") -> list[tuple[int, str]]:
-    limit = asyncio.Semaphore(16)
-
-    async def one(session: aiohttp.ClientSession) -> tuple[int, str]:
-        async with limit, session.get(f"{mesh}{path}", headers={"Host": host}) as answer:
-            return answer.status, (await answer.text()).strip()
-
-    async with aiohttp.ClientSession() as session:
-        return list(await asyncio.gather(*(one(session) for _ in range(count))))
-
-
-def send(cluster: Running, host: str, count: int) -> list[tuple[int, str]]:
-    return asyncio.run(_requests(info(cluster)["mesh"], host, count))
-
-
-def kubectl(cluster: Running, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def two_tracks(
     cluster: Running, api: client.ApiClient, namespace: str, image: str, canary_command: str = HTTPD
 ) -> None:
@@ -196,34 +102,41 @@ def two_tracks(
 
 
 @pytest.mark.sandbox_only
-def test_the_mesh_routes_by_weight_and_a_change_applies_to_the_next_request(
-    cluster: Running, api: client.ApiClient, namespace: str, image: str
+def test_the_mesh_routes_by_weight_and_a_change_applies_once_it_has_propagated(
+    cluster: Running, api: client.ApiClient, mesh_namespace: str, image: str
 ) -> None:
+    namespace = mesh_namespace
     two_tracks(cluster, api, namespace, image)
-    answers = send(cluster, f"web.{namespace}", 1000)
+    cluster.propagated()
+    answers = cluster.send("web", 1000, source=namespace)
     assert {status for status, _ in answers} == {200}
     canary = sum(1 for _, body in answers if body == "canary")
     # binomial(1000, 0.1): mean 100, sd 9.49; the two-sided 99% bound is 100 +- 2.576 sd
     low, high = 100 - 2.576 * math.sqrt(90), 100 + 2.576 * math.sqrt(90)
     assert low <= canary <= high, f"{canary} of 1000 requests reached the canary at weight 10"
     apply(cluster, namespace, [virtual_service("web", namespace, 0)])
-    after = send(cluster, f"web.{namespace}", 300)
+    cluster.propagated()
+    after = cluster.send("web", 300, source=namespace)
     assert Counter(body for _, body in after) == {"stable": 300}
-    # the VirtualService's own host, short or fully qualified, routes the same way
-    assert Counter(body for _, body in send(cluster, f"web.{namespace}.svc.cluster.local", 20)) == {"stable": 20}
+    # the service's other names, from the client's namespace, route the same way
+    for host in (f"web.{namespace}", f"web.{namespace}.svc.cluster.local"):
+        assert Counter(body for _, body in cluster.send(host, 20, source=namespace)) == {"stable": 20}
 
 
 @pytest.mark.sandbox_only
 def test_prometheus_sees_the_success_rate_of_a_canary_answering_500(
-    cluster: Running, api: client.ApiClient, namespace: str, image: str
+    cluster: Running, api: client.ApiClient, mesh_namespace: str, image: str
 ) -> None:
+    namespace = mesh_namespace
     two_tracks(cluster, api, namespace, image, canary_command=BROKEN)
     apply(cluster, namespace, [virtual_service("web", namespace, 50)])
+    cluster.propagated()
     # steady traffic across several 1s scrapes, as in a canary step: rate() needs two samples of a rising counter
-    counts = asyncio.run(traffic.send(info(cluster)["mesh"], f"web.{namespace}", rps=100, duration=4))
+    clients = cluster.info()["clients"]
+    counts = asyncio.run(traffic.send(clients, "web", rps=100, duration=4, source=namespace))
     failed = counts["500"]
     assert set(counts) == {"200", "500"} and sum(counts.values()) == 400
-    prometheus = info(cluster)["prometheus"]
+    prometheus = cluster.info()["prometheus"]
     select = f'reporter="destination",destination_workload_namespace="{namespace}"'
 
     def query(promql: str) -> float | None:
@@ -286,7 +199,7 @@ def test_a_pod_failing_its_readiness_probe_gets_no_traffic(
     )
     assert [a.target_ref.name for a in subsets.not_ready_addresses or []] == [bad.metadata.name]
     assert bad.status.container_statuses[0].ready is False
-    assert Counter(body for _, body in send(cluster, f"probe.{namespace}", 50)) == {"good": 50}
+    assert Counter(body for _, body in cluster.send("probe", 50, source=namespace)) == {"good": 50}
 
 
 def test_a_crashing_container_goes_into_crash_loop_back_off_and_its_rollout_never_completes(
@@ -374,9 +287,10 @@ def test_kubectl_logs_shows_the_container_output_and_the_pod_proxy_reaches_it(
 
 
 @pytest.mark.sandbox_only
-def test_sandbox_traffic_sends_steady_load_through_the_front_door(
-    cluster: Running, api: client.ApiClient, namespace: str, image: str
+def test_sandbox_traffic_sends_steady_load_from_a_pod_in_the_mesh(
+    cluster: Running, api: client.ApiClient, mesh_namespace: str, image: str
 ) -> None:
+    namespace = mesh_namespace
     two_tracks(cluster, api, namespace, image)
     result = subprocess.run(
         [
@@ -386,7 +300,9 @@ def test_sandbox_traffic_sends_steady_load_through_the_front_door(
             "--kubeconfig",
             str(cluster.kubeconfig),
             "--host",
-            f"web.{namespace}",
+            "web",
+            "--from",
+            namespace,
             "--rps",
             "40",
             "--duration",
