@@ -1,6 +1,6 @@
-"""The sandbox data plane: time to a Ready pod on real containers, and requests/s and latency through the mesh's
-front door next to the same pod reached directly on its published port (what a user would curl instead).
-Medians of several runs.
+"""The sandbox data plane: time to a Ready pod on real containers, and requests/s and latency through the ingress
+gateway (a Gateway-bound VirtualService) and from a pod in the mesh (its sidecar's routes), next to the same pod
+reached directly on its published port (what a user would curl instead). Medians of several runs.
 
 Usage: .venv/bin/python bench/mesh.py [--requests N] [--runs R]
 """
@@ -45,17 +45,25 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: bench}}
 spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: bench}}
+spec:
+  hosts: [web, web.bench.test]
+  gateways: [mesh, istio-system/istio-ingressgateway]
+  http: [{{route: [{{destination: {{host: web}}}}]}}]
 """
 
 
-async def load(url: str, host: str, count: int) -> tuple[float, float]:
+async def load(url: str, headers: dict[str, str], count: int) -> tuple[float, float]:
     """(requests/s, median latency in ms) for `count` requests, 8 at a time."""
     limit, latencies = asyncio.Semaphore(8), []
 
     async def one(session: aiohttp.ClientSession) -> None:
         async with limit:
             started = time.perf_counter()
-            async with session.get(url, headers={"Host": host}) as answer:
+            async with session.get(url, headers=headers) as answer:
                 await answer.read()
                 assert answer.status == 200
             latencies.append((time.perf_counter() - started) * 1000)
@@ -80,6 +88,7 @@ def main() -> None:
         try:
             kube = [kubectl, "--kubeconfig", str(running.kubeconfig)]
             subprocess.run([*kube, "create", "namespace", "bench"], check=True, capture_output=True)
+            subprocess.run([*kube, "label", "namespace", "bench", "istio-injection=enabled"], check=True)
             started = time.perf_counter()
             subprocess.run(
                 [*kube, "apply", "-f", "-"],
@@ -94,15 +103,18 @@ def main() -> None:
                 capture_output=True,
             )
             ready = (time.perf_counter() - started) * 1000
-            mesh = running.control("/sandbox/info", method="GET")["mesh"]
+            info = running.info()
+            running.propagated()
             port = next(iter(running.control("/sandbox/ports", method="GET")[0]["ports"].values()))
             figures: dict[str, list[float]] = {}
+            paths = (
+                ("ingress gateway", f"{info['gateway']}/", {"Host": "web.bench.test"}),
+                ("mesh client (sidecar)", f"{info['clients']}/", {"Host": "web", "X-Sandbox-From": "bench"}),
+                ("published port, direct", f"http://127.0.0.1:{port}/", {}),
+            )
             for _ in range(args.runs):
-                for name, url in (
-                    ("mesh front door", f"{mesh}/"),
-                    ("published port, direct", f"http://127.0.0.1:{port}/"),
-                ):
-                    rps, latency = asyncio.run(load(url, "web.bench", args.requests))
+                for name, url, headers in paths:
+                    rps, latency = asyncio.run(load(url, headers, args.requests))
                     figures.setdefault(f"{name}: requests/s", []).append(rps)
                     figures.setdefault(f"{name}: median latency (ms)", []).append(latency)
         finally:
