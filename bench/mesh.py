@@ -103,14 +103,23 @@ def main() -> None:
                 capture_output=True,
             )
             ready = (time.perf_counter() - started) * 1000
+            subprocess.run([*kube, "create", "namespace", "plain"], check=True, capture_output=True)
+            plain = DEPLOYMENT.format(image=image).replace("namespace: bench", "namespace: plain").split("---")[0]
+            subprocess.run([*kube, "apply", "-f", "-"], input=plain, text=True, check=True, capture_output=True)
+            subprocess.run(
+                [*kube, "-n", "plain", "rollout", "status", "deploy/web", "--timeout=60s"],
+                check=True,
+                capture_output=True,
+            )
             info = running.info()
             running.propagated()
-            port = next(iter(running.control("/sandbox/ports", method="GET")[0]["ports"].values()))
+            published = {p["namespace"]: p["ports"]["8080"] for p in running.control("/sandbox/ports", method="GET")}
             figures: dict[str, list[float]] = {}
             paths = (
                 ("ingress gateway", f"{info['gateway']}/", {"Host": "web.bench.test"}),
                 ("mesh client (sidecar)", f"{info['clients']}/", {"Host": "web", "X-Sandbox-From": "bench"}),
-                ("published port, direct", f"http://127.0.0.1:{port}/", {}),
+                ("published port, pod with a sidecar", f"http://127.0.0.1:{published['bench']}/", {}),
+                ("published port, pod without (docker-proxy)", f"http://127.0.0.1:{published['plain']}/", {}),
             )
             for _ in range(args.runs):
                 for name, url, headers in paths:
@@ -121,9 +130,9 @@ def main() -> None:
             running.stop()
             registry.process.terminate()
     print(f"sandbox data plane, median of {args.runs} runs of {args.requests} requests (8 concurrent)")
-    print(f"  {'kubectl apply to rollout complete, first pod (ms)':55} {ready:9.1f}")
+    print(f"  {'kubectl apply to rollout complete, first pod (ms)':62} {ready:9.1f}")
     for key, values in figures.items():
-        print(f"  {key:55} {statistics.median(values):9.1f}")
+        print(f"  {key:62} {statistics.median(values):9.1f}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ class Mesh:
         return self._upstream(target, request.port, source)
 
     def _service(self, name: str, namespace: str) -> dict[str, Any] | None:
-        return self.store.get(("", "services", namespace, name))
+        return self.store.peek(("", "services", namespace, name))
 
     def _upstream(self, target: Destination, request_port: int, source: Source) -> Upstream:
         service = (target.service, target.namespace)
@@ -146,7 +146,7 @@ class Mesh:
         selector = match_labels_selector({"matchLabels": {**(spec.get("selector") or {}), **(target.subset or {})}})
         pods = [
             p
-            for p in self.store.items("", "pods", target.namespace)
+            for p in self.store.scan("", "pods", target.namespace)
             if spec.get("selector")
             and selector(p["metadata"].get("labels") or {})
             and not p["metadata"].get("deletionTimestamp")
@@ -173,14 +173,14 @@ class Mesh:
         namespace = namespace or "default"
         pods = [
             p
-            for p in self.store.items("", "pods", namespace)
-            if labels and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+            for p in (self.store.scan("", "pods", namespace) if labels else [])
+            if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
         if pods:
             proxy = sidecar and has_sidecar(pods[0])
             workload = _workload(pods[0], self.store)
         else:
-            proxy = sidecar and namespace_injected(self.store.get(("", "namespaces", "", namespace)))
+            proxy = sidecar and namespace_injected(self.store.peek(("", "namespaces", "", namespace)))
             workload = labels.get("app", "unknown")
         return Source(namespace, workload, proxy, tuple(sorted(labels.items())))
 
@@ -345,7 +345,7 @@ def _workload(pod: dict[str, Any], store: Store) -> str:
         return str(override)
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "ReplicaSet":
-            rs = store.get(("apps", "replicasets", meta["namespace"], ref["name"]))
+            rs = store.peek(("apps", "replicasets", meta["namespace"], ref["name"]))
             for owner in ((rs or {}).get("metadata") or {}).get("ownerReferences") or []:
                 if owner.get("kind") == "Deployment":
                     return str(owner["name"])

@@ -60,6 +60,14 @@ class Store:
         keys = sorted(k for k in self.objects if k[0] == group and k[1] == plural and namespace in (None, k[2]))
         return [copy.deepcopy(self.objects[k]) for k in keys]
 
+    def peek(self, key: Key) -> dict[str, Any] | None:
+        """The stored object itself, for readers on a hot path (the mesh): never to be changed."""
+        return self.objects.get(key)
+
+    def scan(self, group: str, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """The stored objects of one resource in one namespace, unsorted and not copied: never to be changed."""
+        return [o for k, o in self.objects.items() if k[0] == group and k[1] == plural and k[2] == namespace]
+
     def put(self, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
         """Store a new or changed object, giving it the next resourceVersion."""
         old = self.objects.get(key)
