@@ -19,7 +19,7 @@ from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builde
 from deployer.cli import git as git_commands
 from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.yamlio import dump_all
-from deployer.errors import DeployError
+from deployer.errors import DeployError, TransientError
 from deployer.events import Event
 from deployer.helm import Helm
 from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
@@ -537,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         for line in exc.details:
             print(f"  | {line}", file=sys.stderr)
+        return 1
+    except TransientError as exc:  # still failing after its retries: the cluster (or registry) is not answering
+        print(f"error: no answer after retries: {exc}; run the command again once it answers", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,17 +10,26 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 from kubernetes import client, dynamic, watch
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from deployer.errors import DeployError
+from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink
 from deployer.kube.jobs import call, watch_lost
 
 MANAGER = "deployer"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a watch over an interval saw: a pod going unready (`early`), or no signal at its end (`lost`)."""
+
+    early: str | None = None
+    lost: str | None = None
 
 
 def ref(obj: dict[str, Any]) -> str:
@@ -143,33 +152,62 @@ class Kube:
 
         return await asyncio.to_thread(ready)
 
-    async def until_unready(self, names: list[str], *, namespace: str, seconds: float) -> str | None:
-        """Watch these Deployments for `seconds`; return at once, with why, if one that was ready loses a pod."""
-        stop, found = watch.Watch(), {}
+    async def until_unready(self, names: list[str], *, namespace: str, seconds: float) -> Observed:
+        """Watch these Deployments for the whole of `seconds`. Ends early only for an observed unready pod of one
+        that was ready; a dropped or failed watch is resumed (relisting on 410) until the time is up, and if the
+        API could not be read again before then, the signal is reported lost: a round that saw nothing."""
+        return await asyncio.to_thread(self._follow, set(names), namespace, seconds)
 
-        def follow() -> None:
-            armed: set[str] = set()
-            for event in stop.stream(
-                self.apps.list_namespaced_deployment, namespace, timeout_seconds=math.ceil(seconds) + 1
-            ):
-                obj = event["object"]
-                name = obj.metadata.name
-                if name not in names:
+    def _follow(self, names: set[str], namespace: str, seconds: float) -> Observed:
+        deadline = time.monotonic() + seconds
+        armed: set[str] = set()
+        version: str | None = None
+        lost: str | None = None
+
+        def judge(obj: Any) -> str | None:
+            name = obj.metadata.name
+            if name not in names:
+                return None
+            wanted, ready = obj.spec.replicas or 0, (obj.status.ready_replicas if obj.status else 0) or 0
+            if ready >= wanted > 0:
+                armed.add(name)
+            elif name in armed:
+                return f"{name}: {ready}/{wanted} pods ready (a pod went unready)"
+            return None
+
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                if version is None:  # (re)list: the state now, and where the next watch starts
+                    listed = self.apps.list_namespaced_deployment(namespace, _request_timeout=min(remaining, 10))
+                    version, lost = (listed.metadata.resource_version if listed.metadata else None) or "0", None
+                    for obj in listed.items:
+                        if why := judge(obj):
+                            return Observed(early=why)
+                for event in watch.Watch().stream(
+                    self.apps.list_namespaced_deployment,
+                    namespace,
+                    resource_version=version,
+                    timeout_seconds=max(1, math.ceil(remaining)),
+                    _request_timeout=(min(remaining, 10), remaining + 5),
+                ):
+                    version = event["object"].metadata.resource_version or version
+                    if why := judge(event["object"]):
+                        return Observed(early=why)
+                    if time.monotonic() >= deadline:
+                        break
+            except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if isinstance(exc, client.ApiException) and exc.status == 410:
+                    version = None  # too old to resume: list again
                     continue
-                wanted, ready = obj.spec.replicas or 0, (obj.status.ready_replicas if obj.status else 0) or 0
-                if ready >= wanted > 0:
-                    armed.add(name)
-                elif name in armed:
-                    found["why"] = f"{name}: {ready}/{wanted} pods ready (a pod went unready)"
-                    return
-
-        try:
-            await asyncio.wait_for(asyncio.to_thread(follow), timeout=seconds)
-        except TimeoutError:
-            stop.stop()
-        except (client.ApiException, urllib3.exceptions.HTTPError):
-            await asyncio.sleep(0)  # a failed watch only loses the early warning; the round still checks
-        return found.get("why")
+                lost, version = _describe(exc), None
+                time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
+        if lost is None:
+            return Observed()
+        try:  # the last attempt failed: the round counts only with a look at the state at its end
+            listed = call(self.apps.list_namespaced_deployment, namespace, _request_timeout=10)
+        except (TransientError, client.ApiException) as exc:
+            return Observed(lost=_describe(exc))
+        return next((Observed(early=why) for obj in listed.items if (why := judge(obj))), Observed())
 
     async def wait_rollout(self, name: str, *, namespace: str, timeout: float, sink: EventSink, status_of: Any) -> Any:
         """Follow a Deployment by watch until `status_of(deployment)` says done or failed, or `timeout` passes."""
@@ -205,7 +243,16 @@ class Kube:
             except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
                 if not watch_lost(exc):  # a lost watch: read the object again and watch anew
                     raise
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # not a busy loop on a failing API
         raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({said[-1]})', where=namespace)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TransientError):
+        return str(exc)  # "HTTP 503 Service Unavailable", as the client said it
+    if isinstance(exc, client.ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 
 
 def _message(exc: client.ApiException) -> str:

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +22,8 @@ from kubernetes import client
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink
 from deployer.kube.jobs import call
+
+log = logging.getLogger(__name__)
 
 _serial = itertools.count(1)
 
@@ -52,6 +56,10 @@ def _dead_here(holder: str) -> bool:
     return False
 
 
+class LockLost(DeployError):
+    """The lease may be someone else's now: whoever holds it recovers what this holder left (still pending)."""
+
+
 class Lock:
     """`async with Lock(...)`: hold `name` in `namespace` for the block, renewing it in the background."""
 
@@ -74,6 +82,8 @@ class Lock:
         self.sink = sink or (lambda event: None)
         self._renewer: asyncio.Task[None] | None = None
         self.explain = explain  # says what the holder is doing, in the pusher's words
+        self._renewed = 0.0  # monotonic time of the last renewal the cluster accepted
+        self._lost: str | None = None  # why the lease is no longer ours
 
     def _body(self, resource_version: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "deployer"}}
@@ -158,14 +168,35 @@ class Lock:
                     where=f"Lease {self.namespace}/{self.name}",
                 )
             await asyncio.sleep(min(1.0, self.duration / 3))
+        self._renewed = time.monotonic()
         self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return self
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.duration / 3)
-            with contextlib.suppress(Exception):  # a missed renewal is retried; expiry is the safety net
-                await asyncio.to_thread(self._try)
+            try:
+                holder = await asyncio.to_thread(self._try)
+            except Exception as exc:  # a missed renewal is retried; ensure_held() judges how long the silence lasts
+                log.warning("renewing Lease %s/%s failed: %s", self.namespace, self.name, exc)
+                continue
+            if holder is not None:
+                self._lost = f"{holder} holds it now"
+                return
+            self._renewed = time.monotonic()
+
+    def ensure_held(self) -> None:
+        """Raise DeployError unless the lease is surely still ours: renewed within its duration, not taken.
+        A holder that cannot tell must act as if it lost it (client-go's leader election does the same)."""
+        silent = time.monotonic() - self._renewed
+        if self._lost is None and silent > self.duration:
+            self._lost = f"not renewed for {silent:.0f}s (the lease lasts {self.duration}s)"
+        if self._lost is not None:
+            raise LockLost(
+                f"lost the environment's lock: {self._lost}; stopped without changing traffic "
+                "(the next holder recovers this release)",
+                where=f"Lease {self.namespace}/{self.name}",
+            )
 
     async def __aexit__(self, *exc: object) -> None:
         if self._renewer:

@@ -32,11 +32,11 @@ from deployer.canary.objects import (
     virtual_service,
 )
 from deployer.config.model import CanaryPolicy, Job
-from deployer.errors import DeployError
+from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink, discard
 from deployer.kube.cluster import Kube
 from deployer.kube.jobs import KubeJobRunner
-from deployer.kube.lease import Lock, holder_identity
+from deployer.kube.lease import Lock, LockLost, holder_identity
 from deployer.kube.records import Records
 from deployer.pipeline.checks import configured_checks
 from deployer.pipeline.steps import ImageRef, Rendered
@@ -98,10 +98,16 @@ class _Release:
     record: dict[str, Any]
     options: ReleaseOptions
     sink: EventSink
+    lock: Lock | None = None
 
     @property
     def namespace(self) -> str:
         return self.rendered.namespace
+
+    def held(self) -> None:
+        """Before each change to traffic: stop, changing nothing, if this release may have lost its lock."""
+        if self.lock is not None:
+            self.lock.ensure_held()
 
     async def save(self, **changes: Any) -> None:
         self.record.update(changes)
@@ -128,7 +134,7 @@ async def release(
         wait=options.wait_for_lock,
         timeout=options.lock_timeout,
         sink=sink,
-    ):
+    ) as lock:
         if options.precondition is not None:
             await options.precondition()
         records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
@@ -159,7 +165,7 @@ async def release(
             "rounds": [],
             "values_digest": rendered.values_digest,
         }
-        run = _Release(kube, records, rendered, objects, targets, record, options, sink)
+        run = _Release(kube, records, rendered, objects, targets, record, options, sink, lock)
         await run.save()
         sink(Event("release", f"revision {record['revision']} of {rendered.app} to {rendered.environment}"))
         try:
@@ -169,6 +175,8 @@ async def release(
             else:
                 await _canary(run, policy, previous)
             await _prune(run, previous)
+        except LockLost:
+            raise  # the record stays pending: the lease's next holder recovers it
         except DeployError as exc:
             if record["status"] == "pending":  # a rollback or a failed Job has recorded itself already
                 await run.save(status="failed", phase="done", reason=exc.message, finished=time.time())
@@ -265,13 +273,10 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
         if result.decision is Decision.PROMOTE:
             break
         assert result.next_weight is not None
+        run.held()
         await _routes(run, weight=result.next_weight)
-        early = await run.kube.until_unready(
-            [c["metadata"]["name"] for c in canaries], namespace=run.namespace, seconds=policy.interval
-        )
-        if early:
-            run.sink(Event("canary", f"noticed before the interval ended: {early}", kind="warning"))
-        checks = await _readiness(run, canaries) + await configured_checks(run, policy, canaries)
+        checks = await _watched(run, canaries, policy.interval)
+        checks += await _readiness(run, canaries) + await configured_checks(run, policy, canaries)
         rounds.append(Round(result.next_weight, checks))
         for check in checks:
             run.sink(Event("canary", f"check {check.name}: {'ok' if check.ok else 'FAILED'} {check.message}".rstrip()))
@@ -286,6 +291,21 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
             ]
         )
     await _promote(run, previous)
+
+
+async def _watched(run: _Release, canaries: list[dict[str, Any]], interval: float) -> tuple[CheckResult, ...]:
+    """The round's interval, watched: a pod going unready fails the round at once; a watch that could not be
+    kept up to the interval's end fails it too (no signal is not a pass)."""
+    names = [c["metadata"]["name"] for c in canaries]
+    observed = await run.kube.until_unready(names, namespace=run.namespace, seconds=interval)
+    if observed.early:
+        run.sink(Event("canary", f"noticed before the interval ended: {observed.early}", kind="warning"))
+        return (CheckResult("readiness watch", False, observed.early),)
+    if observed.lost:
+        why = f"no signal from the cluster at the end of the interval ({observed.lost})"
+        run.sink(Event("canary", f"readiness watch: {why}", kind="warning"))
+        return (CheckResult("readiness watch", False, why),)
+    return ()
 
 
 async def _canary_ready(run: _Release, canaries: list[dict[str, Any]]) -> None:
@@ -304,7 +324,11 @@ async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[Che
     results = []
     for canary in canaries:
         name = canary["metadata"]["name"]
-        live = await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name) or {}
+        try:
+            live = await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name) or {}
+        except (DeployError, TransientError) as exc:  # a check that cannot be made fails its round
+            results.append(CheckResult(f"readiness {name}", False, f"cannot read the Deployment: {exc}"))
+            continue
         wanted = (live.get("spec") or {}).get("replicas", 1)
         ready = (live.get("status") or {}).get("readyReplicas") or 0
         results.append(CheckResult(f"readiness {name}", ready >= wanted, f"{ready}/{wanted} pods ready"))
@@ -317,6 +341,7 @@ async def _delete_canaries(run: _Release) -> None:
 
 
 async def _promote(run: _Release, previous: dict[str, Any]) -> None:
+    run.held()
     run.sink(Event("canary", "promoting: the new version becomes stable"))
     await run.save(phase="promoting")
     await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
@@ -326,17 +351,38 @@ async def _promote(run: _Release, previous: dict[str, Any]) -> None:
         earlier = previous["manifests"]
         back = stable_objects(earlier, canary_targets(earlier) if previous.get("canary", True) else [])
         await run.kube.apply(back, namespace=run.namespace)
-        await _rollback(run, f"promotion failed: {exc.message}; revision {previous['revision']} restored")
+        restored = [o["metadata"]["name"] for o in back if o["kind"] == "Deployment"]
+        await _rollback(run, f"promotion failed: {exc.message}", restore=(previous, restored))
     await _routes(run, weight=0)
     await _delete_canaries(run)
 
 
-async def _rollback(run: _Release, reason: str) -> None:
+async def _rollback(run: _Release, reason: str, *, restore: tuple[dict[str, Any], list[str]] | None = None) -> None:
+    """Traffic back to stable, the canary removed, and the release recorded rolled back once the version that
+    serves has rolled out (`restore`: the release put back and its Deployments, when stable was changed)."""
     run.sink(Event("canary", f"rolling back: {reason}", kind="warning"))
     await _routes(run, weight=0)
     await _delete_canaries(run)
+    if restore is not None:
+        previous, names = restore
+        reason += f"; {await _restored(run, int(previous['revision']), names)}"
     await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
     raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
+
+
+async def _restored(run: _Release, revision: int, deployments: list[str]) -> str:
+    """Wait for the put-back version's rollouts; say, in the record's words, whether it serves again."""
+    for name in deployments:
+        try:
+            state = await _rollout(run, name)
+        except (DeployError, TransientError) as exc:
+            run.record["restored"] = False
+            return f"revision {revision} re-applied but NOT rolled out: {exc}"
+        if state.state is Rollout.FAILED:
+            run.record["restored"] = False
+            return f"revision {revision} re-applied but NOT rolled out: {state.message}"
+    run.record["restored"] = True
+    return f"revision {revision} restored and rolled out"
 
 
 async def _prune(run: _Release, previous: dict[str, Any] | None) -> None:

@@ -30,7 +30,7 @@ from kubernetes import client
 from deployer.build.source import ZERO, git
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
-from deployer.errors import DeployError
+from deployer.errors import DeployError, TransientError
 from deployer.events import Event
 from deployer.kube.records import pending_environments
 from deployer.pipeline import operations
@@ -302,6 +302,9 @@ class DeployServer:
             result = (
                 "dry-run" if exc.where == "dry-run" else ("rolled-back" if "rolled back" in exc.message else "failed")
             )
+        except TransientError as exc:  # still failing after its retries; an interrupted release is recovered
+            error = DeployError(f"no answer after retries: {exc}; push again once it answers", where="server")
+            result = "failed"
         except Exception as exc:
             log.exception("release of %s to %s", push.app, target.environment)
             error = DeployError(f"internal error: {type(exc).__name__}: {exc}", where="server")
