@@ -366,23 +366,31 @@ async def _rollback(run: _Release, reason: str, *, restore: tuple[dict[str, Any]
     if restore is not None:
         previous, names = restore
         reason += f"; {await _restored(run, int(previous['revision']), names)}"
+    elif (serving := await _restored(run, None, [t.deployment for t in run.targets])) is not None:
+        reason += f"; {serving}"
     await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
     raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
 
 
-async def _restored(run: _Release, revision: int, deployments: list[str]) -> str:
-    """Wait for the put-back version's rollouts; say, in the record's words, whether it serves again."""
+async def _restored(run: _Release, revision: int | None, deployments: list[str]) -> str | None:
+    """Wait for the serving version's rollouts and say, in the record's words, whether it serves: for a
+    revision put back, always; for a stable version the canary never touched (`revision` None), only if not."""
+    problem = None
     for name in deployments:
         try:
             state = await _rollout(run, name)
         except (DeployError, TransientError) as exc:
-            run.record["restored"] = False
-            return f"revision {revision} re-applied but NOT rolled out: {exc}"
+            problem = str(exc)
+            break
         if state.state is Rollout.FAILED:
-            run.record["restored"] = False
-            return f"revision {revision} re-applied but NOT rolled out: {state.message}"
-    run.record["restored"] = True
-    return f"revision {revision} restored and rolled out"
+            problem = state.message
+            break
+    run.record["restored"] = problem is None
+    if revision is None:
+        return None if problem is None else f"the stable version is NOT rolled out: {problem}"
+    if problem is None:
+        return f"revision {revision} restored and rolled out"
+    return f"revision {revision} re-applied but NOT rolled out: {problem}"
 
 
 async def _prune(run: _Release, previous: dict[str, Any] | None) -> None:

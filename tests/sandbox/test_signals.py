@@ -249,3 +249,20 @@ def test_a_lock_that_cannot_be_renewed_or_was_taken_over_refuses_to_act(sandbox:
     silent, taken = asyncio.run(scenario())
     assert re.match(r"lost the environment's lock: not renewed for \ds \(the lease lasts 2s\); stopped", silent), silent
     assert taken.startswith("lost the environment's lock: second holds it now; stopped without changing traffic")
+
+
+def test_a_rollback_says_so_when_the_stable_version_is_not_serving_either(
+    sandbox: Running, namespace: str, tmp_path: Path
+) -> None:
+    app = make_app(tmp_path, namespace, steps="[50]", interval="300ms")
+    deployed(sandbox, app, "v1")
+    for image in (f"{IMAGE}:v1", f"{IMAGE}:bad"):
+        sandbox.control("/sandbox/pods", {"image": image, "behaviour": "never-ready"})
+    result = run_deployer_process(
+        "deploy", "--env", "test", "--repo", app, "--kubeconfig", sandbox.kubeconfig, "--image", f"{IMAGE}:bad",
+        "--rollout-timeout", "4",
+    )  # fmt: skip
+    assert result.code == 1
+    [line] = result.err.splitlines()
+    assert "canary rolled back: the canary never became ready: " in line
+    assert line.endswith('; the stable version is NOT rolled out: deployment "shop" exceeded its progress deadline')
