@@ -56,7 +56,7 @@ class Stack:
             data=tmp / "data",
             kubeconfig=self.sandbox.kubeconfig,
             registry=self.registry.host,
-            namespaces=NAMESPACES,
+            bound={"staging": "hello-staging", "prod": "hello-prod"},
             users={"bench": {"keys": [self.key.public]}},
         )
         self.server = start_server(tmp / "server", config)

@@ -85,7 +85,7 @@ def test_staging_and_prod_really_differ() -> None:
 
 
 def test_bad_values_are_refused_by_the_schema() -> None:
-    done = helm("template", "deployer", str(CHART), "--set", "replicas=0", "--set", "apps.Bad_Name.namespaces={x}")
+    done = helm("template", "deployer", str(CHART), "--set", "replicas=0", "--set", "apps.Bad_Name.environments.x=y")
     assert done.returncode != 0
     assert "/replicas" in done.stderr and "minimum" in done.stderr
 
@@ -177,7 +177,7 @@ def test_no_cluster_wide_rights_and_no_wildcards(environment: str) -> None:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
     namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")}
     config = parse_server_config(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"], source="s")
-    assert namespaces == {ns for app in config.apps.values() for ns in app.namespaces}
+    assert namespaces == {ns for app in config.apps.values() for ns in app.environments.values()}
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert "docker.sock" not in yaml.safe_dump(deployment)
     container = deployment["spec"]["template"]["spec"]["containers"][0]

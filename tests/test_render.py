@@ -282,13 +282,38 @@ spec:
 """
 
 
-def test_chart_crds_are_rendered_first_and_stay_cluster_scoped(example: Example) -> None:
+def test_chart_crds_are_rendered_first_and_stay_cluster_scoped_when_allowed(example: Example) -> None:
     repo = example("hello")
     (repo / "charts" / "hello" / "crds").mkdir()
     (repo / "charts" / "hello" / "crds" / "widgets.yaml").write_text(CRD)
-    objects = render(repo, "staging")
+    objects = render(repo, "staging", "--allow-cluster-scoped", "CustomResourceDefinition")
     assert [o["kind"] for o in objects] == ["CustomResourceDefinition", "Service", "Deployment", "Ingress"]
     assert "namespace" not in objects[0]["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (
+            "ClusterRoleBinding",
+            "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}",
+        ),
+        ("Namespace", ""),
+    ],
+)
+def test_cluster_scoped_objects_are_refused_unless_allowed(example: Example, kind: str, body: str) -> None:
+    repo = example("hello")
+    template = f"apiVersion: {'v1' if kind == 'Namespace' else 'rbac.authorization.k8s.io/v1'}\nkind: {kind}\n"
+    (repo / "charts" / "hello" / "templates" / "escape.yaml").write_text(
+        template + "metadata: {name: other-app}\n" + body
+    )
+    result = run_deployer("render", "--env", "staging", "--repo", repo, "--commit", COMMIT)
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"error: charts/hello/templates/escape.yaml: {kind}/other-app: a cluster-scoped {kind} is refused: a release "
+        "stays in its namespace 'hello-staging' (an operator may allow the kind for this app: server.yaml "
+        f"apps.APP.clusterScoped, or deployer --allow-cluster-scoped {kind})"
+    ]
 
 
 def test_helm_yaml_error_names_the_chart_file(example: Example) -> None:

@@ -8,6 +8,7 @@ from deployer.config import parse_deploy_config
 from deployer.config.server import (
     ServerConfig,
     check_app,
+    check_claims,
     check_environment,
     parse_server_config,
     token_digest,
@@ -24,7 +25,7 @@ dataDir: /var/lib/deployer
 cluster: {{inCluster: true}}
 registry: {{host: "registry.example.com:5000"}}
 apps:
-  hello: {{namespaces: [hello-staging, hello-prod]}}
+  hello: {{environments: {{staging: hello-staging, prod: hello-prod}}}}
 users:
   alice: {{keys: ["{KEY}"], tokens: ["{token_digest("s3cret-token")}"]}}
   bob: {{tokens: ["{token_digest("bob-token")}"], environments: [staging]}}
@@ -95,13 +96,58 @@ def test_staging_only_user_is_refused_prod(server: ServerConfig) -> None:
         check_environment(server, deploy, user="bob", app="hello", environment="prod", options=set())
 
 
-def test_namespace_the_server_does_not_allow_is_refused(server: ServerConfig) -> None:
+def test_namespace_the_server_does_not_bind_to_the_environment_is_refused(server: ServerConfig) -> None:
     deploy = parse_deploy_config(DEPLOY.replace("namespace: hello-staging", "namespace: kube-system"))
     with pytest.raises(DeployError) as caught:
         check_environment(server, deploy, user="alice", app="hello", environment="staging", options=set())
     assert str(caught.value) == (
-        "deploy.yaml: environments.staging.namespace: 'kube-system' is not allowed for app 'hello' "
-        "(allowed: hello-staging, hello-prod)"
+        "deploy.yaml: environments.staging.namespace: 'kube-system' is refused: the server binds staging to "
+        "'hello-staging'"
+    )
+
+
+def test_a_staging_only_user_cannot_aim_staging_at_prods_namespace(server: ServerConfig) -> None:
+    """The attack: deploy.yaml maps `staging` to prod's namespace; staging's rights and rules must not reach it."""
+    swapped = DEPLOY.replace("namespace: hello-staging", "namespace: hello-prod").replace(
+        "namespace: hello-prod\n    canary", "namespace: hello-staging\n    canary"
+    )
+    deploy = parse_deploy_config(swapped)
+    with pytest.raises(DeployError) as caught:
+        check_environment(server, deploy, user="bob", app="hello", environment="staging", options={"skip-canary"})
+    assert str(caught.value) == (
+        "deploy.yaml: environments.staging.namespace: 'hello-prod' is refused: the server binds staging to "
+        "'hello-staging', which is prod's"
+    )
+
+
+def test_an_environment_the_server_does_not_know_for_the_app_is_refused(server: ServerConfig) -> None:
+    deploy = parse_deploy_config(DEPLOY.replace("staging: {branches", "qa: {branches"))
+    with pytest.raises(DeployError) as caught:
+        check_environment(server, deploy, user="alice", app="hello", environment="qa", options=set())
+    assert str(caught.value) == (
+        "deploy.yaml: environments.qa: the server has no environment 'qa' for app 'hello' (it has: prod, staging)"
+    )
+
+
+def test_server_yaml_binds_one_environment_per_namespace_and_says_what_replaced_namespaces() -> None:
+    twice = SERVER.replace("prod: hello-prod}", "prod: hello-staging}")
+    with pytest.raises(DeployError, match="namespace 'hello-staging' is bound to both 'staging' and 'prod'"):
+        parse_server_config(twice, source="server.yaml")
+    old = SERVER.replace("{environments: {staging: hello-staging, prod: hello-prod}}", "{namespaces: [hello-prod]}")
+    with pytest.raises(DeployError) as caught:
+        parse_server_config(old, source="server.yaml")
+    assert "'namespaces' is replaced by 'environments: {ENVIRONMENT: NAMESPACE}'" in str(caught.value)
+    assert str(caught.value).startswith("server.yaml:")
+
+
+def test_changing_a_branch_that_deploys_prod_now_needs_prods_rights(server: ServerConfig) -> None:
+    check_claims(server, ["prod"], user="alice", branch="prod", commit="a" * 40)
+    check_claims(server, [], user="bob", branch="prod", commit="a" * 40)
+    with pytest.raises(DeployError) as caught:
+        check_claims(server, ["prod"], user="bob", branch="prod", commit="a" * 40)
+    assert str(caught.value) == (
+        "server: branch 'prod' deploys prod now (deploy.yaml at aaaaaaaaaaaa); user 'bob' may not deploy to prod, "
+        "so may not change it"
     )
 
 

@@ -66,11 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a value, as helm --set (repeatable; highest precedence)",
     )
     render.add_argument("--output", "-o", choices=["yaml", "json"], default="yaml")
+    _allow_cluster_scoped(render)
     render.add_argument("--commit", help="commit to inject as deployer.commit and image tag (default: HEAD)")
 
     validate = commands.add_parser("validate", help="check deploy.yaml, values and rendering of environments")
     validate.add_argument("--env", help="only this environment (default: all)")
     validate.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
+    _allow_cluster_scoped(validate)
 
     commands.add_parser("schema", help="print the JSON Schema of deploy.yaml, for editors")
 
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--image", required=True, help="REPO@sha256:DIGEST (or REPO:TAG) to release")
     deploy.add_argument("--repo", default=".", type=Path, help="app repository (default: .)")
     deploy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets")
+    _allow_cluster_scoped(deploy)
     deploy.add_argument("--kubeconfig", type=Path, help="the cluster (default: $KUBECONFIG, or in-cluster)")
     deploy.add_argument("--context", dest="kube_context", help="kubeconfig context")
     deploy.add_argument("--skip-canary", action="store_true", help="apply and wait, without a canary")
@@ -123,6 +126,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_sandbox(commands)
     git_commands.add_commands(commands)
     return parser
+
+
+def _allow_cluster_scoped(command: Any) -> None:
+    command.add_argument(
+        "--allow-cluster-scoped",
+        action="append",
+        default=[],
+        metavar="KIND",
+        dest="cluster_scoped",
+        help="let the release create objects of this cluster-scoped kind (repeatable; none by default)",
+    )
 
 
 def _add_sandbox(commands: Any) -> None:
@@ -212,6 +226,7 @@ async def _render(args: argparse.Namespace) -> int:
         environment=args.env,
         commit=args.commit or _head_commit(args.repo),
         sets=tuple(args.sets),
+        cluster_scoped=frozenset(args.cluster_scoped),
     )
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered.manifests}, indent=2))
@@ -235,7 +250,14 @@ async def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            rendered = await render_environment(repo=repo, config=config, environment=name, commit=commit, helm=helm)
+            rendered = await render_environment(
+                repo=repo,
+                config=config,
+                environment=name,
+                commit=commit,
+                helm=helm,
+                cluster_scoped=frozenset(args.cluster_scoped),
+            )
         except DeployError as exc:
             failed += 1
             print(f"FAIL {name}: {exc}")
@@ -404,7 +426,13 @@ async def _deploy(args: argparse.Namespace) -> int:
     config = load_deploy_config(repo)
     image = _image(args.image, _head_commit(args.repo))  # a REPO:SHA tag names its commit; a digest does not
     rendered = await render_environment(
-        repo=repo, config=config, environment=args.env, commit=image.tag, digest=image.digest, sets=tuple(args.sets)
+        repo=repo,
+        config=config,
+        environment=args.env,
+        commit=image.tag,
+        digest=image.digest,
+        sets=tuple(args.sets),
+        cluster_scoped=frozenset(args.cluster_scoped),
     )
     options = ReleaseOptions(
         skip_canary=args.skip_canary,

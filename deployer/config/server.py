@@ -1,6 +1,7 @@
 """The server config (server.yaml): what the operator allows. It never comes from a pushed repo.
 
-It says which apps may deploy into which namespaces, who may push to which environments (SSH keys, or
+It binds each app's environments to their namespaces (a pushed deploy.yaml must agree: it chooses among these,
+never beyond), says who may push to which environments (SSH keys, or
 HTTP tokens stored as sha256 digests), the registry, the builder, the cluster, the default canary policy
 and its limits, and which push options each environment allows. The checks a push must pass are pure
 functions here; the server applies them before anything runs.
@@ -13,7 +14,7 @@ import hashlib
 import hmac
 import itertools
 import re
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -81,7 +82,38 @@ class User(StrictModel):
 
 
 class AppPolicy(StrictModel):
-    namespaces: Annotated[list[Name], Field(min_length=1)]
+    environments: Annotated[dict[Name, Name], Field(min_length=1)] = Field(
+        description="ENVIRONMENT: NAMESPACE for each environment of the app; deploy.yaml must name the same."
+    )
+    cluster_scoped: list[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")]] = Field(
+        default_factory=list,
+        description="Cluster-scoped kinds this app's releases may create (none by default), e.g. "
+        "[CustomResourceDefinition].",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "namespaces" in data:
+            raise ValueError(
+                "'namespaces' is replaced by 'environments: {ENVIRONMENT: NAMESPACE}': server.yaml binds each "
+                "environment to its namespace, so a push cannot aim one environment's rights at another's namespace"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_namespace_each(self) -> Self:
+        seen: dict[str, str] = {}
+        for environment, namespace in self.environments.items():
+            if seen.setdefault(namespace, environment) != environment:
+                raise ValueError(
+                    f"namespace {namespace!r} is bound to both {seen[namespace]!r} and {environment!r}: "
+                    "one environment per namespace, so that its rules cannot be escaped by another name"
+                )
+        return self
+
+    def environment_of(self, namespace: str) -> str | None:
+        return next((e for e, n in self.environments.items() if n == namespace), None)
 
 
 class CanaryDefaults(StrictModel):
@@ -265,11 +297,19 @@ def check_environment(
     if not _allowed(server.users[user].environments, environment):
         raise DeployError(f"user {user!r} may not deploy to {environment}", where="server")
     env = deploy.environments[environment]
-    allowed = server.apps[app].namespaces
-    if env.namespace not in allowed:
+    bound = server.apps[app].environments
+    if environment not in bound:
         raise DeployError(
-            f"environments.{environment}.namespace: {env.namespace!r} is not allowed for app {app!r} "
-            f"(allowed: {', '.join(allowed)})",
+            f"environments.{environment}: the server has no environment {environment!r} for app {app!r} "
+            f"(it has: {', '.join(sorted(bound))})",
+            where="deploy.yaml",
+        )
+    if env.namespace != bound[environment]:
+        owner = server.apps[app].environment_of(env.namespace)
+        extra = f", which is {owner}'s" if owner else ""
+        raise DeployError(
+            f"environments.{environment}.namespace: {env.namespace!r} is refused: the server binds {environment} "
+            f"to {bound[environment]!r}{extra}",
             where="deploy.yaml",
         )
     if not deploy.image.repository.startswith(server.registry.host.rstrip("/") + "/"):
@@ -282,6 +322,19 @@ def check_environment(
         allowed_text = ", ".join(policy.push_options) or "none"
         raise DeployError(f"push option {option!r} is not allowed for {environment} (allowed: {allowed_text})")
     return effective_canary(server, env.canary, environment=environment, skip=("skip-canary" in options))
+
+
+def check_claims(server: ServerConfig, claimed: list[str], *, user: str, branch: str, commit: str) -> None:
+    """Changing a branch that environments deploy from now (by deploy.yaml at its current commit) needs the
+    rights to each of them, whatever the pushed commit's deploy.yaml says: a rewrite could otherwise unclaim
+    another environment's branch."""
+    for environment in claimed:
+        if not _allowed(server.users[user].environments, environment):
+            raise DeployError(
+                f"branch {branch!r} deploys {environment} now (deploy.yaml at {commit[:12]}); user {user!r} may not "
+                f"deploy to {environment}, so may not change it",
+                where="server",
+            )
 
 
 def effective_canary(server: ServerConfig, canary: CanaryPolicy, *, environment: str, skip: bool) -> CanaryPolicy:

@@ -42,6 +42,7 @@ class Kube:
     def __init__(self, api: client.ApiClient, *, manager: str = MANAGER) -> None:
         self.api = api
         self.manager = manager
+        self.cluster_scoped: frozenset[str] = frozenset()  # cluster-scoped kinds a release may apply (render judged)
         self.dynamic = call(dynamic.DynamicClient, api)
         self.apps = client.AppsV1Api(api)
 
@@ -67,6 +68,12 @@ class Kube:
 
     def _apply(self, obj: dict[str, Any], namespace: str, dry_run: bool = False) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])
+        if not resource.namespaced and obj["kind"] not in self.cluster_scoped:
+            raise DeployError(
+                f"{ref(obj)}: the cluster serves {obj['kind']} cluster-scoped, and this release may not create "
+                "cluster-scoped objects of that kind; a release stays in its namespace",
+                where=namespace,
+            )
         ns = namespace if resource.namespaced else None
         try:
             applied = call(
@@ -121,12 +128,13 @@ class Kube:
         return await asyncio.to_thread(remove)
 
     async def owned(self, kinds: list[tuple[str, str]], *, namespace: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of these kinds carrying the deployer's labels, for pruning."""
+        """Namespaced objects of these kinds in `namespace` carrying the deployer's labels, for pruning: never a
+        cluster-scoped one (labels alone do not make another namespace or a ClusterRole this release's)."""
 
         def list_all() -> list[dict[str, Any]]:
             found = []
             for api_version, kind in kinds:
-                if self.has_kind(api_version, kind):
+                if self.has_kind(api_version, kind) and self._resource(api_version, kind).namespaced:
                     items = call(self._resource(api_version, kind).get, namespace=namespace, label_selector=selector)
                     found += [{"apiVersion": api_version, "kind": kind, **dict(i.to_dict())} for i in items.items]
             return found

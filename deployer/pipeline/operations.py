@@ -23,6 +23,7 @@ from deployer.pipeline.release import (
     _Release,
     _routes,
     _wait_stable,
+    allowed_cluster_kinds,
     environment_lock,
 )
 from deployer.pipeline.steps import Rendered
@@ -62,6 +63,7 @@ def _replay(
         values={"record": record.get("values_digest", "")},
     )
     targets = canary_targets(objects) if record.get("canary", True) else []
+    kube.cluster_scoped = allowed_cluster_kinds(objects)  # stored manifests passed render's check
     return _Release(kube, records, rendered, objects, targets, record, ReleaseOptions(), sink)
 
 

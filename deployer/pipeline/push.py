@@ -31,12 +31,12 @@ from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref
 from deployer.canary.objects import canary_targets, owned_by_release, stable_objects
 from deployer.config import DEPLOY_FILE, RepoFiles, environments_for_branch, load_deploy_config, parse_deploy_config
 from deployer.config.model import CanaryPolicy, DeployConfig
-from deployer.config.server import ServerConfig, check_app, check_environment
+from deployer.config.server import ServerConfig, check_app, check_claims, check_environment
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink
 from deployer.helm import Helm
 from deployer.kube.cluster import Kube
-from deployer.pipeline.release import ReleaseOptions, release
+from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, release
 from deployer.pipeline.steps import BuildSettings, Rendered, build_exported, render_environment
 
 OPTION_HELP = "known: dry-run, skip-canary, async, set.KEY=VALUE"
@@ -169,9 +169,10 @@ async def _plan_update(
 ) -> Outcome | list[Deploy]:
     if update.branch is None:
         return Outcome(update.ref, "-", update.new[:12], "accepted", "not a branch; nothing to deploy")
+    current = await _deploy_config(push, update.old, required=False) if update.old != ZERO else None
+    claimed = environments_for_branch(current, update.branch) if current else []
+    check_claims(server, claimed, user=push.user, branch=update.branch, commit=update.old)
     if update.new == ZERO:
-        config = await _deploy_config(push, update.old, required=False)
-        claimed = environments_for_branch(config, update.branch) if config else []
         if claimed:
             raise DeployError(
                 f"deleting branch {update.branch!r} is refused: it records what is live in {', '.join(claimed)}",
@@ -248,6 +249,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             digest=image.digest,
             sets=options.sets,
             helm=services.helm,
+            cluster_scoped=frozenset(services.server.apps[push.app].cluster_scoped),
         )
     _render_summary(rendered, config, target, options, sink)
     if options.dry_run:
@@ -306,6 +308,7 @@ async def dry_run(api: client.ApiClient, rendered: Rendered, policy: CanaryPolic
     """What promotion would change, object by object, from a server-side dry-run apply (as `kubectl diff`)."""
     kube = await asyncio.to_thread(Kube, api)
     objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
+    kube.cluster_scoped = allowed_cluster_kinds(objects)
     targets = canary_targets(objects) if policy.enabled else []
     for obj in stable_objects(objects, targets):
         name = f"{obj['kind']}/{obj['metadata']['name']}"

@@ -40,6 +40,7 @@ from deployer.kube.lease import Lock, LockLost, holder_identity
 from deployer.kube.records import Records
 from deployer.pipeline.checks import configured_checks
 from deployer.pipeline.steps import ImageRef, Rendered
+from deployer.render.manifests import CLUSTER_SCOPED
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class ReleaseOptions:
     lock_timeout: float = 600.0
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None
+
+
+def allowed_cluster_kinds(objects: list[dict[str, Any]]) -> frozenset[str]:
+    """The cluster-scoped kinds among rendered objects: render refused those the app may not create, so these
+    may be applied; any other object the cluster serves cluster-scoped is refused by the adapter."""
+    return frozenset(o["kind"] for o in objects if o["kind"] in CLUSTER_SCOPED)
 
 
 def environment_lock(
@@ -144,6 +151,7 @@ async def release(
         hooks, objects = split_pre_deploy(objects)
         labels = objects[0]["metadata"]["labels"] if objects else {}
         hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
+        kube.cluster_scoped = allowed_cluster_kinds(objects)
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []
         if targets and not kube.has_kind(ISTIO, "VirtualService"):

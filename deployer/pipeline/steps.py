@@ -87,6 +87,7 @@ async def render_environment(
     digest: str = "",
     sets: tuple[str, ...] = (),
     helm: Helm | None = None,
+    cluster_scoped: frozenset[str] = frozenset(),
 ) -> Rendered:
     """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault."""
     env = config.environment(environment)
@@ -132,7 +133,7 @@ async def render_environment(
                 "release": {"name": config.release_name, "namespace": env.namespace},
             },
         )
-    ordered = sort_for_apply(place_in_namespace(objects, env.namespace))
+    ordered = sort_for_apply(place_in_namespace(objects, env.namespace, cluster_scoped=cluster_scoped))
     unvalidated = validate_objects(ordered)
     return Rendered(
         app=config.app,

@@ -139,11 +139,21 @@ def _check_shape(obj: Any, *, where: str) -> dict[str, Any]:
     return obj
 
 
-def place_in_namespace(objects: list[RenderedObject], namespace: str) -> list[RenderedObject]:
-    """Set the environment's namespace on namespaced objects; refuse objects aimed at another one."""
+def place_in_namespace(
+    objects: list[RenderedObject], namespace: str, *, cluster_scoped: frozenset[str] = frozenset()
+) -> list[RenderedObject]:
+    """Set the environment's namespace on namespaced objects; refuse objects aimed at another one, and
+    cluster-scoped ones unless their kind is in `cluster_scoped` (what the operator allows the app)."""
     out = []
     for item in objects:
         if item.kind in CLUSTER_SCOPED:
+            if item.kind not in cluster_scoped:
+                raise DeployError(
+                    f"{item.ref}: a cluster-scoped {item.kind} is refused: a release stays in its namespace "
+                    f"{namespace!r} (an operator may allow the kind for this app: server.yaml "
+                    f"apps.APP.clusterScoped, or deployer --allow-cluster-scoped {item.kind})",
+                    where=item.source,
+                )
             out.append(item)
             continue
         declared = item.obj["metadata"].get("namespace")

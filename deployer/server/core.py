@@ -114,7 +114,7 @@ class DeployServer:
         """Releases a dead server left pending, in every namespace the config allows, rolled back."""
         done = []
         for app, policy in self.config.apps.items():
-            for namespace in policy.namespaces:
+            for namespace in policy.environments.values():
                 try:
                     for environment in await pending_environments(self.services.api, namespace=namespace, app=app):
                         env = operations.Environment(app=app, environment=environment, namespace=namespace)

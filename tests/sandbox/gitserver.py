@@ -92,7 +92,7 @@ def server_config(
     data: Path,
     kubeconfig: Path,
     registry: str,
-    namespaces: list[str],
+    bound: dict[str, str],
     users: dict[str, dict[str, Any]],
     **extra: Any,
 ) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def server_config(
         "cluster": {"kubeconfig": str(kubeconfig)},
         "registry": {"host": registry},
         "builder": {"kind": "buildah", "storage": str(STATE / "containers")},
-        "apps": {"hello": {"namespaces": namespaces}},
+        "apps": {"hello": {"environments": bound}},  # environment -> namespace
         "users": users,
         **extra,
     }

@@ -44,9 +44,9 @@ def test_helm_install_creates_the_deployer_with_namespaced_rights_and_keeps_its_
         "-f",
         str(values),
         "--set",
-        f"apps.hello.namespaces={{{targets[0]}}}",
+        f"apps.hello.environments.staging={targets[0]}",
         "--set",
-        f"apps.shop.namespaces={{{targets[1]}}}",
+        f"apps.shop.environments.staging={targets[1]}",
     ]
     try:
         first = helm(cluster, *install)
@@ -63,7 +63,10 @@ def test_helm_install_creates_the_deployer_with_namespaced_rights_and_keeps_its_
         pvc = core.read_namespaced_persistent_volume_claim("deployer", namespace)
         assert pvc.spec.resources.requests["storage"] == "20Gi"
         config = yaml.safe_load(core.read_namespaced_config_map("deployer", namespace).data["server.yaml"])
-        assert config["apps"] == {"hello": {"namespaces": [targets[0]]}, "shop": {"namespaces": [targets[1]]}}
+        assert config["apps"] == {
+            "hello": {"environments": {"staging": targets[0]}},
+            "shop": {"environments": {"staging": targets[1]}},
+        }
         key = core.read_namespaced_secret("deployer", namespace).data["ssh_host_key"]
         assert base64.b64decode(key).startswith(b"-----BEGIN PRIVATE KEY-----")
         for target in targets:

@@ -39,7 +39,7 @@ from support import EXAMPLES, Registry, commit, edit, free_port, git, run_deploy
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
-APPS = [f"app{i}" for i in range(30)]
+APPS = [f"app{i}" for i in range(34)]
 _next_app = itertools.count()
 
 
@@ -79,7 +79,7 @@ def server(
         data=tmp / "data",
         kubeconfig=cluster.kubeconfig,
         registry=registry_host,
-        namespaces=[],
+        bound={},
         users={
             "alice": {"keys": [keys["alice"].public], "tokens": [token_entry(tokens["alice"])]},
             "bob": {"keys": [keys["bob"].public], "tokens": [token_entry(tokens["bob"])], "environments": ["staging"]},
@@ -87,7 +87,7 @@ def server(
         environments={"prod": {"pushOptions": ["dry-run"]}, "*": {"lockWait": "2m"}},
         limits={"maxPushMb": 2, "rolloutTimeout": "15s"},
     )
-    config["apps"] = {app: {"namespaces": [f"{app}-staging", f"{app}-prod"]} for app in APPS}
+    config["apps"] = {app: {"environments": {env: f"{app}-{env}" for env in ("staging", "prod")}} for app in APPS}
     running = start_server(tmp, config)
     running.keys, running.tokens = keys, tokens
     yield running
@@ -459,9 +459,76 @@ def test_a_namespace_the_server_does_not_allow_is_refused(server: GitServer, app
     commit(app.repo, "sneaky")
     pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
     assert pushed.code == 1
-    assert any("environments.staging.namespace: 'kube-system' is not allowed for app" in x for x in pushed.remote), (
-        pushed
+    assert any(
+        "environments.staging.namespace: 'kube-system' is refused: the server binds staging to" in x
+        for x in pushed.remote
+    ), pushed
+
+
+def test_a_staging_only_user_cannot_aim_staging_at_prods_namespace(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    """The attack: deploy.yaml maps staging to prod's namespace and skips the canary, as staging allows."""
+    edit(app.repo / "deploy.yaml", f"namespace: {app.staging}", "namespace: SWAP")
+    edit(app.repo / "deploy.yaml", f"namespace: {app.prod}", f"namespace: {app.staging}")
+    edit(app.repo / "deploy.yaml", "namespace: SWAP", f"namespace: {app.prod}")
+    commit(app.repo, "staging is prod now")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["bob"], options=("skip-canary",))
+    assert pushed.code == 1
+    assert any(
+        f"environments.staging.namespace: '{app.prod}' is refused: the server binds staging to '{app.staging}', "
+        "which is prod's" in x
+        for x in pushed.remote
+    ), pushed
+    assert not any(x.strip().startswith(("build", "release")) for x in pushed.remote), pushed
+    assert deployments(api, app.prod) == [] and deployments(api, app.staging) == []
+    assert server.ref("refs/heads/main", app.name) is None
+
+
+def test_a_staging_only_user_cannot_rewrite_the_branch_prod_deploys_from(server: GitServer, app: App) -> None:
+    """The attack: force-push unrelated history whose deploy.yaml claims no prod to the prod branch."""
+    assert push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["alice"]).code == 0
+    live = server.ref("refs/heads/prod", app.name)
+    git(app.repo, "checkout", "-q", "--orphan", "unrelated")
+    edit(app.repo / "deploy.yaml", "branches: [prod]", "branches: [release]")
+    unrelated = commit(app.repo, "prod is nobody's now")
+    pushed = push(
+        app.repo, server.ssh_url(app.name), f"{unrelated}:refs/heads/prod", key=server.keys["bob"], force=True
     )
+    assert pushed.code == 1
+    assert any(
+        f"branch 'prod' deploys prod now (deploy.yaml at {live[:12]}); user 'bob' may not deploy to prod" in x
+        for x in pushed.remote
+    ), pushed
+    assert server.ref("refs/heads/prod", app.name) == live
+    deleted = push(app.repo, server.ssh_url(app.name), ":prod", key=server.keys["bob"])
+    assert deleted.code == 1 and server.ref("refs/heads/prod", app.name) == live
+
+
+def test_a_chart_rendering_cluster_scoped_objects_is_refused_and_nothing_is_applied(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    other = f"{app.name}-prod"  # another environment's namespace, as a stand-in for another app's
+    binding = (
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: escape}\n"
+        "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\n"
+        "subjects: [{kind: ServiceAccount, name: default, namespace: default}]\n---\n"
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {other}}}\n"
+    )
+    (app.repo / "charts" / "hello" / "templates" / "escape.yaml").write_text(binding)
+    commit(app.repo, "escape")
+    before = client.CoreV1Api(api).read_namespace(other).metadata.labels
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert any(
+        f"charts/hello/templates/escape.yaml: Namespace/{other}: a cluster-scoped Namespace is refused: a release "
+        f"stays in its namespace '{app.staging}'" in x
+        for x in pushed.remote
+    ), pushed
+    rbac = client.RbacAuthorizationV1Api(api)
+    assert "escape" not in [b.metadata.name for b in rbac.list_cluster_role_binding().items]
+    assert client.CoreV1Api(api).read_namespace(other).metadata.labels == before
+    assert deployments(api, app.staging) == []
 
 
 def test_a_push_that_adds_a_secret_is_refused_naming_file_and_line(server: GitServer, app: App) -> None:

@@ -517,3 +517,23 @@ def test_rollback_of_an_environment_without_canary_keeps_its_selectors(
         )["items"]
     }
     assert names == set(), "no VirtualService for an environment without a canary"
+
+
+@pytest.mark.sandbox_only  # it creates a namespace of its own
+def test_prune_never_deletes_a_cluster_scoped_object_even_one_an_earlier_release_created(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    victim = f"{namespace}-victim"
+    (app / "templates" / "namespace.yaml.j2").write_text(
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {victim}}}\n"
+    )
+    code, _, err = deploy(app, cluster, "v1", "--allow-cluster-scoped", "Namespace")
+    assert code == 0, err
+    labels = client.CoreV1Api(api).read_namespace(victim).metadata.labels
+    assert labels["deployer.dev/app"] == "shop"  # the release's own labels, on a cluster-scoped object
+    (app / "templates" / "namespace.yaml.j2").unlink()
+    code, out, err = deploy(app, cluster, "v2")
+    assert code == 0, err
+    assert client.CoreV1Api(api).read_namespace(victim).status.phase == "Active"
+    assert "pruned Namespace" not in out
+    client.CoreV1Api(api).delete_namespace(victim)

@@ -31,8 +31,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "deployer.namespaces" -}}
 {{- $all := list -}}
 {{- range $app, $spec := .Values.apps -}}
-{{- range $spec.namespaces -}}
-{{- $all = append $all . -}}
+{{- range $environment, $namespace := $spec.environments -}}
+{{- $all = append $all $namespace -}}
 {{- end -}}
 {{- end -}}
 {{- $all | uniq | sortAlpha | toJson -}}
