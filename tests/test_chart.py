@@ -178,6 +178,8 @@ def test_no_cluster_wide_rights_and_no_wildcards(environment: str) -> None:
     namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")}
     config = parse_server_config(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"], source="s")
     assert namespaces == {ns for app in config.apps.values() for ns in app.environments.values()}
+    # each cluster's deployer binds its own environment only (Helm merges maps: no defaults may leak in)
+    assert {env for app in config.apps.values() for env in app.environments} == {environment}
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert "docker.sock" not in yaml.safe_dump(deployment)
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -61,7 +61,9 @@ class Running:
     def stop(self) -> None:
         """Stop the sandbox (persisting its state) and its thread; stopping twice is harmless."""
         if self.sandbox and self.loop and self.thread and self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self.loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self.loop).result(
+                timeout=90
+            )  # dockerd: up to 20s alone
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=30)
 
