@@ -6,6 +6,7 @@ Each test breaks a copy of an example repo the way a developer might, and reads 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -319,3 +320,26 @@ def test_sandbox_traffic_without_a_sandbox_is_one_line(tmp_path: Path) -> None:
     bad = run_deployer("sandbox", "traffic", "--mesh", "http://127.0.0.1:9", "--host", "x", "--rps", "0")
     assert bad.code == 1
     assert bad.err == "error: sandbox traffic: --rps and --duration must be positive\n"
+
+
+BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+)  # 9 levels of 10: about 10^9 nodes from 400 bytes
+
+
+@pytest.mark.parametrize("where", ["deploy.yaml", "environments/prod.yaml"])
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(example: Example, where: str) -> None:
+    repo = example("hello")
+    target = repo / where
+    target.write_text(target.read_text() + "\n" + BOMB.replace("a:", "bomb_a:", 1))
+    line = fails("render", "--env", "prod", "--repo", repo)
+    assert re.match(
+        rf"error: {where}: YAML error: aliases expand \d+ nodes to over 1,000,000 \(an alias bomb\?\)", line
+    )
+
+
+def test_a_self_referring_alias_is_refused(example: Example) -> None:
+    repo = example("hello")
+    edit(repo / "environments" / "prod.yaml", "replicas: 3\n", "replicas: 3\nloop: &l [*l]\n")
+    line = fails("render", "--env", "prod", "--repo", repo)
+    assert line.startswith("error: environments/prod.yaml: YAML error: an alias refers to a node that contains it")

@@ -66,14 +66,19 @@ async def is_ancestor(repo: Path, older: str, newer: str, *, env: GitEnv | None 
 
 
 async def export_commit(repo: Path, commit: str, dest: Path, *, env: GitEnv | None = None) -> Path:
-    """Write the tree of `commit` into `dest` (files, symlinks and modes as committed) and return `dest`."""
+    """Write the tree of `commit` into `dest` (files, symlinks and modes as committed) and return `dest`;
+    a symlink leading outside the tree is refused, naming its path."""
     archive = await git(repo, "archive", "--format=tar", commit, env=env)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+        # Checked by hand on every Python: the "tar" filter keeps modes but also keeps symlinks that point outside
+        # the destination (only the "data" filter refuses those, and it changes modes); Debian bookworm's 3.11.2
+        # has no filters at all.
+        members = [_inside(member, dest) for member in tar.getmembers()]
         if hasattr(tarfile, "tar_filter"):
-            tar.extractall(dest, filter="tar")  # "tar" keeps modes; it refuses absolute paths and links out of dest
-        else:  # Python before 3.11.4 (Debian bookworm's 3.11.2): the same refusals, by hand
-            tar.extractall(dest, members=[_inside(member, dest) for member in tar.getmembers()])  # noqa: S202
+            tar.extractall(dest, members=members, filter="tar")
+        else:
+            tar.extractall(dest, members=members)  # noqa: S202 - every member checked above
     return dest
 
 
@@ -82,10 +87,14 @@ def _inside(member: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
     root = dest.resolve()
     target = (root / member.name).resolve()
     link = (target.parent / member.linkname).resolve() if member.issym() else (root / member.linkname).resolve()
-    bad = member.name.startswith("/") or not target.is_relative_to(root)
-    bad = bad or ((member.issym() or member.islnk()) and not link.is_relative_to(root))
-    if bad or member.isdev():
+    if member.name.startswith("/") or not target.is_relative_to(root) or member.isdev():
         raise DeployError(f"{member.name!r} would be written outside the build tree", where="git archive")
+    if (member.issym() or member.islnk()) and not link.is_relative_to(root):
+        raise DeployError(
+            f"{member.name!r} is a link to {member.linkname!r}, outside the repository: refused "
+            "(the build would read whatever it names on the build machine)",
+            where=member.name,
+        )
     return member
 
 

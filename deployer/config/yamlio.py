@@ -120,6 +120,50 @@ def _error(source: str, exc: yaml.YAMLError) -> DeployError:
     return DeployError(f"YAML error: {exc}", where=source)
 
 
+# An alias repeats its anchor's nodes wherever it appears: a few hundred bytes can stand for billions of nodes.
+# Everything after parsing (positions, merging values, validation) walks the expansion, so it is measured first,
+# in time linear in the document, and refused past these bounds (go-yaml refuses "excessive aliasing" likewise).
+MAX_EXPANDED_NODES = 1_000_000
+MAX_ALIAS_RATIO = 50  # expanded nodes per node written, once past 10,000 expanded nodes
+
+
+def _check_expansion(root: Node | None, source: str) -> None:
+    """Refuse a document whose aliases expand it beyond the bounds above, or that refers to itself."""
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise DeployError(
+                f"YAML error: an alias refers to a node that contains it (line {node.start_mark.line + 1})",
+                where=source,
+            )
+        open_.add(key)
+        if isinstance(node, MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        open_.discard(key)
+        sizes[key] = min(total, MAX_EXPANDED_NODES + 1)
+        return sizes[key]
+
+    expanded = size(root)
+    written = len(sizes)
+    if expanded > MAX_EXPANDED_NODES or (expanded > 10_000 and expanded > MAX_ALIAS_RATIO * written):
+        raise DeployError(
+            f"YAML error: aliases expand {written} nodes to {'over ' if expanded > MAX_EXPANDED_NODES else ''}"
+            f"{min(expanded, MAX_EXPANDED_NODES):,} (an alias bomb?); write the values out instead",
+            where=source,
+        )
+
+
 def _positions(node: Node | None, path: Path_, out: dict[Path_, tuple[int, int]]) -> None:
     if node is None:
         return
@@ -152,6 +196,7 @@ def load_document(text: str, *, source: str) -> Document:
     try:
         with _reporting(source):
             node = loader.get_single_node()
+            _check_expansion(node, source)
             data = loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
@@ -165,8 +210,10 @@ def load_all(text: str, *, source: str) -> Iterator[Any]:
     loader = _StrictLoader(text)
     try:
         with _reporting(source):
-            while loader.check_data():
-                yield loader.get_data()
+            while loader.check_node():
+                node = loader.get_node()
+                _check_expansion(node, source)
+                yield loader.construct_document(node)
     finally:
         loader.dispose()
 

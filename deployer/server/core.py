@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes import client
 
-from deployer.build.source import ZERO, git
+from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
 from deployer.errors import DeployError, TransientError
@@ -203,6 +203,23 @@ class DeployServer:
 
     async def handle(self, push: Push, say: Callable[[str], None]) -> int:
         """Run one push; `say` gets each line for the pusher. Returns the hook's exit status (0 accepts)."""
+        status = await self._handle(push, say)
+        if status == 0:
+            await self._name_head(push)
+        return status
+
+    @staticmethod
+    async def _name_head(push: Push) -> None:
+        """A bare repository's HEAD names a branch that may never exist (git's default): once a push of a branch
+        is accepted, HEAD names it, so a clone checks out that branch, unless HEAD already names one that exists."""
+        head = (await git(push.repo, "symbolic-ref", "HEAD")).decode().strip()
+        if await ref_value(push.repo, head) != ZERO:
+            return
+        branch = next((u.ref for u in push.updates if u.branch is not None and u.new != ZERO), None)
+        if branch is not None:
+            await git(push.repo, "symbolic-ref", "HEAD", branch)
+
+    async def _handle(self, push: Push, say: Callable[[str], None]) -> int:
         started = time.monotonic()
         target: Deploy | None = None
         outcomes: list[Outcome] = []

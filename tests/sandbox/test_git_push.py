@@ -378,6 +378,25 @@ def test_pushes_to_different_apps_run_at_the_same_time(server: GitServer, app: A
     assert slow.returncode == 0
 
 
+def test_a_clone_of_the_app_repository_checks_out_the_branch_first_pushed(
+    server: GitServer, app: App, tmp_path: Path
+) -> None:
+    assert push(app.repo, server.http_url(app.name), "main").code == 0
+    clone = tmp_path / "clone"
+    done = subprocess.run(
+        ["git", "clone", "-q", server.http_url(app.name), str(clone)],
+        capture_output=True,
+        text=True,
+        env=git_env(None),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "remote HEAD refers to nonexistent ref" not in done.stderr
+    assert git(clone, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert (clone / "deploy.yaml").exists()
+
+
 def test_a_branch_no_environment_claims_and_tags_deploy_nothing(server: GitServer, app: App) -> None:
     git(app.repo, "tag", "v1")
     pushed = push(app.repo, server.ssh_url(app.name), "main:feature/x", "v1", key=server.keys["alice"])
