@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -314,6 +316,34 @@ def test_cluster_scoped_objects_are_refused_unless_allowed(example: Example, kin
         "stays in its namespace 'hello-staging' (an operator may allow the kind for this app: server.yaml "
         f"apps.APP.clusterScoped, or deployer --allow-cluster-scoped {kind})"
     ]
+
+
+def test_a_helm_render_that_loops_is_killed_at_the_limit_and_leaves_no_helm(example: Example) -> None:
+    repo = example("hello")
+    loop = "{{- range $i := until 1000000 }}{{- range $j := until 1000000 }}{{- end }}{{- end }}\n"  # hours of work
+    (repo / "charts" / "hello" / "templates" / "loop.yaml").write_text(loop)
+    files = RepoFiles(repo)
+    outcome: list[BaseException] = []
+
+    def render() -> None:
+        helm = Helm(timeout=1.0)
+        try:
+            asyncio.run(render_environment(repo=files, config=load_deploy_config(files), environment="prod",
+                                           commit=COMMIT, helm=helm))  # fmt: skip
+        except DeployError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=render, daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # not a speed bound: a helm that is not killed renders for hours
+    assert not worker.is_alive(), "the render did not end at its 1 s limit"
+    assert [str(e) for e in outcome] == ["charts/hello: helm template took longer than 1s"]
+    leftover = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and str(repo) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                leftover.append(proc.name)
+    assert leftover == [], "no helm process is left rendering"
 
 
 def test_helm_yaml_error_names_the_chart_file(example: Example) -> None:

@@ -7,12 +7,14 @@ Rendering goes through `pyhelm3.Client.template_resources`; the raw output is ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,15 +32,46 @@ logging.getLogger("pyhelm3").setLevel(logging.ERROR)
 _captured: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("helm_output", default=None)
 
 
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a render is stopped
+
+
 class _CapturingCommand(pyhelm3.Command):  # type: ignore[misc]
-    """pyhelm3's Command, also handing the raw stdout to whoever is listening in this task."""
+    """pyhelm3's Command, run without a shell in its own process group, handing the raw stdout to whoever is
+    listening in this task. pyhelm3's own stops helm with SIGTERM and then waits without bound, and helm 4 may
+    keep rendering: a timeout never ended. Here a stopped render's group gets SIGKILL after KILL_GRACE."""
 
     async def run(self, command: list[str], input: bytes | None = None) -> bytes:
-        output: bytes = await super().run(command, input)
+        proc = await asyncio.create_subprocess_exec(
+            self._executable,
+            *(str(part) for part in command),
+            stdin=asyncio.subprocess.PIPE if input is not None else None,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = await proc.communicate(input)
+        except asyncio.CancelledError:
+            await _stop(proc)
+            raise
+        if proc.returncode != 0:
+            raise pyhelm3.errors.Error(proc.returncode, stdout, stderr)
         sink = _captured.get()
         if sink is not None:
-            sink.append(output)
-        return output
+            sink.append(stdout)
+        return bytes(stdout)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the process group, SIGKILL after KILL_GRACE; returns once it has exited."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE)
+            return
+        except TimeoutError:
+            continue
 
 
 def find_helm() -> str:

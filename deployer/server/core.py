@@ -157,6 +157,7 @@ class DeployServer:
             ("receive.maxInputSize", str(self.config.limits.max_push_mb * 2**20)),
             ("receive.denyNonFastForwards", "false"),  # the pipeline's own rule (pipeline/push.py)
             ("receive.denyDeletes", "false"),
+            ("receive.denyDeleteCurrent", "false"),  # deleting HEAD's branch: the pipeline's rule, then HEAD moves
             ("core.logAllRefUpdates", "true"),
         ):
             await git(repo, "config", key, value)
@@ -210,14 +211,18 @@ class DeployServer:
 
     @staticmethod
     async def _name_head(push: Push) -> None:
-        """A bare repository's HEAD names a branch that may never exist (git's default): once a push of a branch
-        is accepted, HEAD names it, so a clone checks out that branch, unless HEAD already names one that exists."""
+        """HEAD names a branch that exists, so a clone checks one out: git's default names one that may never
+        exist, and an accepted push may delete HEAD's own. main (or master) is preferred, then what was pushed."""
         head = (await git(push.repo, "symbolic-ref", "HEAD")).decode().strip()
-        if await ref_value(push.repo, head) != ZERO:
+        deleted = {u.ref for u in push.updates if u.new == ZERO}
+        if head not in deleted and await ref_value(push.repo, head) != ZERO:
             return
-        branch = next((u.ref for u in push.updates if u.branch is not None and u.new != ZERO), None)
-        if branch is not None:
-            await git(push.repo, "symbolic-ref", "HEAD", branch)
+        pushed = [u.ref for u in push.updates if u.branch is not None and u.new != ZERO]
+        listed = (await git(push.repo, "for-each-ref", "--format=%(refname)", "refs/heads")).decode().split()
+        candidates = [b for b in [*pushed, *listed] if b not in deleted]
+        preferred = [b for b in ("refs/heads/main", "refs/heads/master") if b in candidates]
+        if preferred or candidates:
+            await git(push.repo, "symbolic-ref", "HEAD", (preferred or candidates)[0])
 
     async def _handle(self, push: Push, say: Callable[[str], None]) -> int:
         started = time.monotonic()

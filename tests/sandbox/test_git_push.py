@@ -405,8 +405,10 @@ def test_a_branch_no_environment_claims_and_tags_deploy_nothing(server: GitServe
     assert "    plan  refs/tags/v1: not a branch; nothing to deploy" in pushed.remote
     assert "accepted: nothing to deploy" in pushed.remote
     assert server.ref("refs/heads/feature/x", app.name) == app.head()
+    assert push(app.repo, server.ssh_url(app.name), "main:feature/z", key=server.keys["alice"]).code == 0
     deleted = push(app.repo, server.ssh_url(app.name), ":feature/x", key=server.keys["alice"])
     assert deleted.code == 0 and server.ref("refs/heads/feature/x", app.name) is None
+    assert server.ref("HEAD", app.name) == app.head(), "HEAD moved from the deleted branch to one that exists"
 
 
 def test_deleting_an_environment_branch_is_refused(server: GitServer, app: App) -> None:
