@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client
 from sandboxes import Running
 from waiting import wait_for
-from workloads import KUBECTL
+from workloads import KUBECTL, autoscaler
 
 WEBHOOK = 'admission webhook "validation.istio.io" denied the request: configuration is invalid: '
 
@@ -186,23 +186,13 @@ def test_an_hpa_scales_its_deployment_within_bounds_and_owns_replicas_again_afte
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [container]}},
         },
     }
-    hpa = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "web"},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
-            "minReplicas": 1,
-            "maxReplicas": 5,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
-                }
-            ],
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
-        },
-    }
+    utilization = {"type": "Utilization", "averageUtilization": 50}
+    hpa = autoscaler(
+        "web",
+        maximum=5,
+        metric={"type": "Resource", "resource": {"name": "cpu", "target": utilization}},
+        behavior={"scaleDown": {"stabilizationWindowSeconds": 0}},
+    )
     assert kubectl_apply(running, "default", deployment, "--server-side").returncode == 0
     assert kubectl_apply(running, "default", hpa).returncode == 0
 

@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from sandboxes import Running
 from waiting import wait_for
-from workloads import HTTPD, apply, deployment, ready_pods, service
+from workloads import HTTPD, apply, autoscaler, deployment, ready_pods, service
 
 pytestmark = [
     pytest.mark.sandbox_only,
@@ -354,25 +354,12 @@ def test_an_hpa_on_the_mesh_request_rate_scales_its_deployment(
     cluster: Running, api: client.ApiClient, mesh_namespace: str, image: str
 ) -> None:
     ns = mesh_namespace
-    hpa = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "web"},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": "requests_per_second"},
-                        "target": {"type": "AverageValue", "averageValue": "5"},
-                    },
-                }
-            ],
-        },
-    }
+    rate = {"name": "requests_per_second"}
+    hpa = autoscaler(
+        "web",
+        maximum=4,
+        metric={"type": "Pods", "pods": {"metric": rate, "target": {"type": "AverageValue", "averageValue": "5"}}},
+    )
     apply(cluster, ns, [deployment("web", image, HTTPD, labels={"app": "web"}), service("web", {"app": "web"}), hpa])
     ready_pods(api, ns, "app=web")
     # 120 requests within the 10 s the rate is measured over: 12 a second on one pod, 5 wanted: 3 pods

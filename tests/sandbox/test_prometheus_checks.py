@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from sandboxes import Running
 from support import free_port
-from test_release import DEPLOY, TEMPLATES, image_of, secrets_status
+from test_release import TEMPLATES, deploy_yaml, image_of, secrets_status
 from test_release import deploy as release_deploy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus: make setup")]
@@ -101,7 +101,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def app_with(tmp_path: Path, namespace: str, checks: str) -> Path:
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
-    text = DEPLOY.format(namespace=namespace).replace("threshold: 2}", f"threshold: 1, checks: [{checks}]}}")
+    text = deploy_yaml(namespace).replace("threshold: 2}", f"threshold: 1, checks: [{checks}]}}")
     text = text.replace("interval: 300ms", "interval: 2s")
     (repo / "deploy.yaml").write_text(text)
     (repo / "Dockerfile").write_text("FROM scratch\n")

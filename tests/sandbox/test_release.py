@@ -28,8 +28,14 @@ environments:
   test:
     branches: [main]
     namespace: {namespace}
-    canary: {{steps: [20, 50], interval: 300ms, threshold: 2}}
+    canary: {{steps: {steps}, interval: {interval}, threshold: {threshold}}}
 """
+
+
+def deploy_yaml(namespace: str, *, steps: str = "[20, 50]", interval: str = "300ms", threshold: int = 2) -> str:
+    return DEPLOY.format(namespace=namespace, steps=steps, interval=interval, threshold=threshold)
+
+
 TEMPLATES = {
     "deployment.yaml.j2": """\
 apiVersion: apps/v1
@@ -59,7 +65,7 @@ spec:
 def app(tmp_path: Path, namespace: str) -> Path:
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
-    (repo / "deploy.yaml").write_text(DEPLOY.format(namespace=namespace))
+    (repo / "deploy.yaml").write_text(deploy_yaml(namespace))
     (repo / "Dockerfile").write_text("FROM scratch\n")
     for name, text in TEMPLATES.items():
         (repo / "templates" / name).write_text(text)
@@ -481,7 +487,7 @@ def test_missing_istio_crds_are_a_clear_message_before_anything_is_applied(
         client.ApiextensionsV1Api(api).delete_custom_resource_definition(f"{name}.networking.istio.io")
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
-    (repo / "deploy.yaml").write_text(DEPLOY.format(namespace="shop"))
+    (repo / "deploy.yaml").write_text(deploy_yaml("shop"))
     (repo / "Dockerfile").write_text("FROM scratch\n")
     for name, text in TEMPLATES.items():
         (repo / "templates" / name).write_text(text)

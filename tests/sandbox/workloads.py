@@ -84,3 +84,19 @@ def kubectl(cluster: Running, *args: str, timeout: float = 60) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
+
+
+def autoscaler(name: str, *, maximum: int, metric: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """An autoscaling/v2 HorizontalPodAutoscaler of the Deployment `name`, from 1 to `maximum` replicas."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1,
+            "maxReplicas": maximum,
+            "metrics": [metric],
+            **spec,
+        },
+    }
