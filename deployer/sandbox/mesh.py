@@ -31,7 +31,7 @@ from deployer.sandbox import istio
 from deployer.sandbox.injection import has_sidecar, namespace_injected
 from deployer.sandbox.istio import Destination, NoRoute, Request
 from deployer.sandbox.pods import ready, target_port
-from deployer.sandbox.selectors import match_labels_selector
+from deployer.sandbox.selectors import SelectorError, label_matcher, match_labels_selector
 from deployer.sandbox.store import Store
 
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000)
@@ -169,12 +169,13 @@ class Mesh:
     def source(self, header: str, *, sidecar: bool = True) -> Source:
         """A client from `X-Sandbox-From: NAMESPACE[/k=v,...]`: its workload, and whether a sidecar sends."""
         namespace, _, selector = header.partition("/")
-        labels = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        labels = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)  # the client's identity
         namespace = namespace or "default"
+        selected = label_matcher(selector) if labels else None
         pods = [
             p
-            for p in (self.store.scan("", "pods", namespace) if labels else [])
-            if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+            for p in self.store.scan("", "pods", namespace)
+            if selected and selected(p["metadata"].get("labels") or {})
         ]
         if pods:
             proxy = sidecar and has_sidecar(pods[0])
@@ -221,7 +222,10 @@ class Mesh:
 
     async def _from_client(self, request: web.Request) -> web.StreamResponse:
         sidecar = request.headers.get(SIDECAR_HEADER, "true").lower() != "false"
-        source = self.source(request.headers.get(FROM_HEADER, "default"), sidecar=sidecar)
+        try:
+            source = self.source(request.headers.get(FROM_HEADER, "default"), sidecar=sidecar)
+        except SelectorError as exc:
+            return web.Response(status=400, text=f"{FROM_HEADER}: {exc}")
         return await self._forward(request, source, lambda r: self.route_client(source, r))
 
     async def _forward(

@@ -28,6 +28,7 @@ from deployer.sandbox.mesh import Mesh
 from deployer.sandbox.prometheus import Prometheus
 from deployer.sandbox.resources import ResourceType
 from deployer.sandbox.runtime import BEHAVIOURS, PodRuntime, SimulatedRuntime
+from deployer.sandbox.selectors import SelectorError, label_matcher
 from deployer.sandbox.store import Store
 
 RUNTIMES = ("simulated", "containers")
@@ -175,12 +176,14 @@ class Sandbox:
         namespace, cpu = body.get("namespace"), body.get("cpu")
         if not namespace or cpu is None or not (body.get("pod") or body.get("selector")):
             return web.json_response({"error": "need namespace, pod or selector, and cpu"}, status=400)
-        wanted = dict(p.split("=", 1) for p in str(body.get("selector", "")).split(",") if "=" in p)
+        try:
+            selected = label_matcher(body["selector"]) if body.get("selector") else lambda labels: False
+        except SelectorError as exc:
+            return web.json_response({"error": f"selector: {exc}"}, status=400)
         names = [
             p["metadata"]["name"]
             for p in self.store.items("", "pods", namespace)
-            if p["metadata"]["name"] == body.get("pod")
-            or (wanted and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items()))
+            if p["metadata"]["name"] == body.get("pod") or selected(p["metadata"].get("labels") or {})
         ]
         for name in names:
             self.autoscaler.cpu[(namespace, name)] = quantity(cpu)
