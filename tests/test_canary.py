@@ -17,17 +17,19 @@ from deployer.canary.analysis import (
     rollout_status,
     verdict,
 )
+from deployer.canary.istio import IstioRouter
 from deployer.canary.objects import (
+    CONFIG_HASH,
     TRACK,
     CanaryTarget,
-    canary_deployment,
+    canary_set,
     canary_targets,
-    destination_rule,
+    config_refs,
+    initial_replicas,
     require_targets,
-    stable_objects,
-    virtual_service,
-    weights,
+    stable_set,
 )
+from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy
 from deployer.errors import DeployError
 from deployer.render.manifests import RenderedObject
@@ -95,64 +97,234 @@ def test_no_service_selecting_any_deployment_is_one_clear_error() -> None:
     )
 
 
-def test_stable_objects_add_the_track_to_covered_deployments_only_and_do_not_mutate() -> None:
+def by_name(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_stable_set_serves_from_a_primary_and_never_touches_the_rendered_selector() -> None:
     before = copy.deepcopy(RENDERED)
-    stable = stable_objects(RENDERED, canary_targets(RENDERED))
-    assert before == RENDERED
-    web, worker = stable[1], stable[2]
-    assert web["spec"]["selector"]["matchLabels"] == {"app": "web", "tier": "front", TRACK: "stable"}
-    assert pods_of(web)[TRACK] == "stable"
-    assert worker == RENDERED[2]
-    assert stable[0] == RENDERED[0], "the Service keeps the chart's selector and so covers both tracks"
+    stable = by_name(stable_set(RENDERED, canary_targets(RENDERED)))
+    assert before == RENDERED, "the rendered objects are not mutated"
+    assert ("Deployment", "web") not in stable, "the rendered Deployment is replaced by its primary"
+    primary = stable[("Deployment", "web-primary")]
+    assert primary["spec"]["selector"]["matchLabels"] == {"app": "web", "tier": "front", TRACK: "primary"}
+    assert stable[("Service", "web")]["spec"]["selector"] == {"app": "web", TRACK: "primary"}
+    assert stable[("Deployment", "worker")] == RENDERED[2], "a Deployment no Service selects is left alone"
 
 
-def test_stable_and_canary_selectors_never_overlap_and_the_service_covers_both() -> None:
-    target = canary_targets(RENDERED)
-    stable = stable_objects(RENDERED, target)[1]
-    canary = canary_deployment(stable)
-    assert canary["metadata"]["name"] == "web-canary"
-    assert canary["metadata"]["labels"][TRACK] == "canary"
-    assert not selects(stable, pods_of(canary))
-    assert not selects(canary, pods_of(stable))
-    assert selects(stable, pods_of(stable)) and selects(canary, pods_of(canary))
-    svc = RENDERED[0]["spec"]["selector"]
-    assert svc.items() <= pods_of(stable).items() and svc.items() <= pods_of(canary).items()
+def test_the_service_selects_the_primary_only_and_the_canary_service_the_canary_only() -> None:
+    targets = canary_targets(RENDERED)
+    primary = by_name(stable_set(RENDERED, targets))[("Deployment", "web-primary")]
+    canary = by_name(canary_set(RENDERED, targets))
+    service = by_name(stable_set(RENDERED, targets))[("Service", "web")]["spec"]["selector"]
+    canary_service = canary[("Service", "web-canary")]["spec"]["selector"]
+    canary_pods = pods_of(canary[("Deployment", "web-canary")])
+    assert service.items() <= pods_of(primary).items() and not service.items() <= canary_pods.items()
+    assert canary_service.items() <= canary_pods.items() and not canary_service.items() <= pods_of(primary).items()
+    assert not selects(primary, canary_pods) and not selects(canary[("Deployment", "web-canary")], pods_of(primary))
 
 
-def test_canary_objects_are_valid_kubernetes_objects() -> None:
-    stable = stable_objects(RENDERED, canary_targets(RENDERED))[1]
-    for obj in (stable, canary_deployment(stable)):
+def test_primary_and_canary_objects_are_valid_kubernetes_objects() -> None:
+    targets = canary_targets(RENDERED)
+    for obj in [*stable_set(RENDERED, targets), *canary_set(RENDERED, targets)]:
         assert validate_object(RenderedObject(obj=obj, source="test")) is True
 
 
-def test_canary_of_a_live_deployment_drops_server_fields() -> None:
+def test_copies_of_live_objects_drop_server_fields() -> None:
     live = deployment()
     live["metadata"].update(uid="u", resourceVersion="9", generation=3, creationTimestamp="t", managedFields=[])
     live["status"] = {"replicas": 2}
-    canary = canary_deployment(live)
+    objects = [service("web", {"app": "web"}), live]
+    [_, canary] = canary_set(objects, canary_targets(objects))
     assert set(canary["metadata"]) == {"name", "namespace", "labels"}
     assert "status" not in canary
 
 
-def test_destination_rule_has_the_two_subsets_on_the_track_label() -> None:
-    rule = destination_rule(CanaryTarget("web", "web", "ns"))
-    assert rule["spec"] == {
-        "host": "web.ns.svc.cluster.local",
-        "subsets": [{"name": "stable", "labels": {TRACK: "stable"}}, {"name": "canary", "labels": {TRACK: "canary"}}],
+WITH_CONFIG = [
+    service("web", {"app": "web"}),
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "ns"}, "data": {"k": "2"}},
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls", "namespace": "ns"}, "data": {"k": "eA=="}},
+]
+
+
+def configured(data: str = "2") -> list[dict[str, Any]]:
+    web = deployment("web")
+    pod = web["spec"]["template"]["spec"]
+    pod["volumes"] = [{"name": "c", "configMap": {"name": "cfg"}}, {"name": "s", "secret": {"secretName": "tls"}}]
+    pod["containers"][0]["env"] = [
+        {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}},
+        {"name": "P", "valueFrom": {"secretKeyRef": {"name": "only-in-cluster", "key": "p"}}},
+    ]
+    objects = copy.deepcopy(WITH_CONFIG)
+    objects[1]["data"] = {"k": data}
+    return [*objects, web]
+
+
+def test_the_canary_reads_copies_of_the_config_the_release_renders_and_stable_the_originals() -> None:
+    objects = configured()
+    canary = by_name(canary_set(objects, canary_targets(objects)))
+    assert canary[("ConfigMap", "cfg-canary")]["data"] == {"k": "2"}
+    assert ("Secret", "tls-canary") in canary
+    refs = config_refs(canary[("Deployment", "web-canary")]["spec"]["template"]["spec"])
+    assert refs == {("ConfigMap", "cfg-canary"), ("Secret", "tls-canary"), ("Secret", "only-in-cluster")}
+    primary = by_name(stable_set(objects, canary_targets(objects)))[("Deployment", "web-primary")]
+    assert config_refs(primary["spec"]["template"]["spec"]) == {
+        ("ConfigMap", "cfg"),
+        ("Secret", "tls"),
+        ("Secret", "only-in-cluster"),
     }
 
 
+def test_a_config_only_change_changes_the_primary_pod_template() -> None:
+    def template(data: str) -> dict[str, Any]:
+        objects = configured(data)
+        primary = by_name(stable_set(objects, canary_targets(objects)))[("Deployment", "web-primary")]
+        return dict(primary["spec"]["template"])
+
+    assert template("2") == template("2")
+    assert template("2") != template("3")
+    assert template("3")["metadata"]["annotations"][CONFIG_HASH]
+
+
+def hpa(target: str, minimum: int = 2) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web", "namespace": "ns"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": minimum,
+            "maxReplicas": 5,
+        },
+    }
+
+
+def test_an_hpa_scales_the_primary_which_then_carries_no_replicas_and_the_canary_gets_its_own() -> None:
+    objects = [service("web", {"app": "web"}), deployment("web"), hpa("web", minimum=3)]
+    targets = canary_targets(objects)
+    stable = by_name(stable_set(objects, targets))
+    assert "replicas" not in stable[("Deployment", "web-primary")]["spec"], "the HPA owns replicas"
+    assert stable[("HorizontalPodAutoscaler", "web")]["spec"]["scaleTargetRef"]["name"] == "web-primary"
+    canary = by_name(canary_set(objects, targets))
+    assert canary[("HorizontalPodAutoscaler", "web-canary")]["spec"]["scaleTargetRef"]["name"] == "web-canary"
+    assert canary[("Deployment", "web-canary")]["spec"]["replicas"] == 3
+    assert initial_replicas(objects, targets[0], None) == 3
+    assert initial_replicas(objects, targets[0], {"spec": {"replicas": 4}}) == 4, "adopting keeps the live size"
+    plain = [service("web", {"app": "web"}), deployment("web")]
+    assert initial_replicas(plain, canary_targets(plain)[0], None) is None
+
+
+def test_a_rendered_object_named_like_a_canary_copy_is_refused() -> None:
+    objects = [service("web", {"app": "web"}), deployment("web"), deployment("web-primary", {"app": "other"})]
+    with pytest.raises(DeployError) as info:
+        require_targets(objects)
+    assert str(info.value) == (
+        "canary: Deployment web-primary: the chart renders an object with the name the canary's copy takes; rename it"
+    )
+
+
+TARGET = CanaryTarget("web", "web", "ns")
+
+
+def virtual(name: str, host: str = "web", gateways: list[str] | None = None, **route: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "hosts": ["web.example.com"],
+        "http": [
+            {"match": [{"uri": {"prefix": "/"}}], "timeout": "3s", "route": [{"destination": {"host": host}, **route}]}
+        ],
+    }
+    if gateways is not None:
+        spec["gateways"] = gateways
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+ROUTER = IstioRouter("networking.istio.io/v1", Routing(("istio-system/gw",), ("web.example.com",)), {"o": "d"})
+
+
 @pytest.mark.parametrize("weight", range(0, 101))
-def test_virtual_service_weights_always_sum_to_100(weight: int) -> None:
-    virtual = virtual_service(CanaryTarget("web", "web", "ns"), weight, hosts=("web.example.com",))
-    assert weights(virtual) == (100 - weight, weight)
-    assert virtual["spec"]["hosts"] == ["web", "web.example.com"]
+def test_own_virtual_service_binds_the_gateways_and_the_mesh_and_weights_sum_to_100(weight: int) -> None:
+    [own] = ROUTER.routes(RENDERED, [TARGET], weight)
+    assert own["metadata"] == {"name": "web", "namespace": "ns", "labels": {"o": "d"}}
+    assert own["spec"]["gateways"] == ["istio-system/gw", "mesh"]
+    assert own["spec"]["hosts"] == ["web", "web.example.com"]
+    assert ROUTER.weights(own, TARGET) == (100 - weight, weight)
+    route = own["spec"]["http"][0]["route"]
+    assert [r["destination"]["host"] for r in route] == ["web.ns.svc.cluster.local", "web-canary.ns.svc.cluster.local"]
+
+
+def test_without_gateways_the_own_virtual_service_binds_the_mesh_only_and_names_stable_only_outside_a_canary() -> None:
+    [own] = IstioRouter().routes(RENDERED, [TARGET], None)
+    assert "gateways" not in own["spec"]
+    assert own["spec"]["http"] == [{"name": "deployer", "route": [{"destination": {"host": TARGET.host}}]}]
+    assert IstioRouter().weights(own, TARGET) == (100, 0)
 
 
 @pytest.mark.parametrize("weight", [-1, 101])
 def test_weights_outside_0_to_100_are_refused(weight: int) -> None:
     with pytest.raises(ValueError, match=r"outside 0\.\.100"):
-        virtual_service(CanaryTarget("web", "web", "ns"), weight)
+        IstioRouter().routes(RENDERED, [TARGET], weight)
+
+
+def test_a_chart_virtual_service_routing_to_the_service_is_adopted_and_keeps_everything_but_the_weights() -> None:
+    chart = virtual("public", gateways=["istio-system/gw"], headers={"request": {"set": {"x": "1"}}})
+    objects = [*RENDERED, chart]
+    router = IstioRouter()
+    router.check(objects, [TARGET])
+    assert router.adopted(objects, [TARGET]) == {("VirtualService", "public")}
+    public, own = router.routes(objects, [TARGET], 20)
+    assert own["metadata"]["name"] == "web", "a gateway-only chart VirtualService leaves the mesh to ours"
+    http = public["spec"]["http"][0]
+    assert public["spec"]["gateways"] == ["istio-system/gw"] and public["spec"]["hosts"] == ["web.example.com"]
+    assert http["match"] == [{"uri": {"prefix": "/"}}] and http["timeout"] == "3s"
+    assert http["route"] == [
+        {"destination": {"host": "web"}, "weight": 80},
+        {"destination": {"host": "web-canary.ns.svc.cluster.local"}, "weight": 20},
+    ]
+    assert router.weights(public, TARGET) == (80, 20)
+    assert router.routes(objects, [TARGET], None)[0]["spec"]["http"][0]["route"] == [{"destination": {"host": "web"}}]
+
+
+def test_a_mesh_bound_chart_virtual_service_is_the_only_one() -> None:
+    objects = [*RENDERED, virtual("web", host="web.ns.svc.cluster.local")]
+    assert [v["metadata"]["name"] for v in IstioRouter().routes(objects, [TARGET], 10)] == ["web"]
+
+
+@pytest.mark.parametrize(
+    ("chart", "message"),
+    [
+        (
+            virtual("web", host="other", gateways=["gw"]),
+            "canary: VirtualService web: the deployer routes Service web with a VirtualService of this name (for "
+            "the mesh); rename the chart's, or bind it to the mesh so that it is adopted",
+        ),
+        (
+            {
+                **virtual("split"),
+                "spec": {
+                    "http": [
+                        {
+                            "route": [
+                                {"destination": {"host": "web"}, "weight": 90},
+                                {"destination": {"host": "old"}, "weight": 10},
+                            ]
+                        }
+                    ]
+                },
+            },
+            "canary: VirtualService split: a route splits traffic between web, old; the deployer manages the "
+            "weights of routes to Service web only when such a route has one destination",
+        ),
+    ],
+)
+def test_a_chart_virtual_service_that_cannot_be_adopted_is_refused(chart: dict[str, Any], message: str) -> None:
+    with pytest.raises(DeployError) as info:
+        IstioRouter().check([*RENDERED, chart], [TARGET])
+    assert str(info.value) == message
 
 
 POLICY = CanaryPolicy(steps=[10, 25, 50], threshold=2)

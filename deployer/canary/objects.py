@@ -1,21 +1,36 @@
-"""The canary's objects (DESIGN.md section 3), computed from the rendered objects: pure dicts in, dicts out.
+"""The canary's workloads (DESIGN.md section 3), computed from the rendered objects: pure dicts in, dicts out.
 
-For each Deployment that a Service selects: the stable Deployment gets `deployer.dev/track: stable` in its
-selector and pod labels, the canary is `<name>-canary` with the new pod template and `track: canary`, a
-DestinationRule names the two subsets, and the VirtualService's route weights are all that changes per step.
+The model is Flagger's (fluxcd/flagger pkg/canary/deployment_controller.go, pkg/router/kubernetes_default.go),
+adapted to a push: for each Deployment `D` that a Service `S` selects,
+- `D-primary` serves: D's pod template with `deployer.dev/track: primary` added to its selector and pod labels;
+  the rendered `D` itself is never applied, so its selector is never touched (a live `D` made by helm, kubectl or
+  an earlier model is scaled to zero once `D-primary` serves: adoption without a deletion);
+- `S` keeps every field the chart gave it, and its selector gains `track: primary`: whatever reaches the Service
+  without the deployer's routes (a Kubernetes Ingress, a gateway the environment does not name, a pod without a
+  sidecar) reaches stable only;
+- during a release, `D-canary` (track canary) behind `S-canary`, with its own copies `<name>-canary` of the
+  ConfigMaps and Secrets the release renders and the pods reference, and `<hpa>-canary` when an HPA scales D;
+- an HPA that targets D targets `D-primary`, and the deployer never writes `replicas` of a Deployment an HPA
+  targets (only its initial size, once, under its own field manager).
+The router (canary/router.py) splits the traffic for S's host between `S` and `S-canary`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from deployer.errors import DeployError
 
 TRACK = "deployer.dev/track"
-STABLE, CANARY = "stable", "canary"
-ISTIO = "networking.istio.io/v1"
+PRIMARY, CANARY = "primary", "canary"
+CONFIG_HASH = "deployer.dev/config-hash"
+HPA = "HorizontalPodAutoscaler"
+CONFIG_KINDS = ("ConfigMap", "Secret")
+SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
 
 
 @dataclass(frozen=True)
@@ -28,7 +43,37 @@ class CanaryTarget:
 
     @property
     def host(self) -> str:
-        return f"{self.service}.{self.namespace}.svc.cluster.local"
+        return fqdn(self.service, self.namespace)
+
+    @property
+    def primary(self) -> str:
+        return primary_name(self.deployment)
+
+    @property
+    def canary(self) -> str:
+        return canary_name(self.deployment)
+
+    @property
+    def canary_service(self) -> str:
+        return canary_name(self.service)
+
+    @property
+    def canary_host(self) -> str:
+        return fqdn(self.canary_service, self.namespace)
+
+
+def fqdn(service: str, namespace: str) -> str:
+    return f"{service}.{namespace}.svc.cluster.local"
+
+
+def primary_name(name: str) -> str:
+    """The name of the stable copy of `name`."""
+    return f"{name}-primary"
+
+
+def canary_name(name: str) -> str:
+    """The name of the canary copy of `name`."""
+    return f"{name}-canary"
 
 
 def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -52,7 +97,8 @@ def canary_targets(objects: list[dict[str, Any]]) -> list[CanaryTarget]:
 
 
 def require_targets(objects: list[dict[str, Any]]) -> list[CanaryTarget]:
-    """canary_targets, or one clear error naming the Deployments no Service selects."""
+    """canary_targets, or one clear error naming the Deployments no Service selects; and no rendered object may
+    carry a name the canary's copies take."""
     targets = canary_targets(objects)
     if not targets:
         names = ", ".join(o["metadata"]["name"] for o in objects if o.get("kind") == "Deployment") or "none"
@@ -61,86 +107,181 @@ def require_targets(objects: list[dict[str, Any]]) -> list[CanaryTarget]:
             "Service whose selector matches the pod labels, or set `canary: false`",
             where="canary",
         )
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    derived = {(o["kind"], o["metadata"]["name"]) for o in canary_set(objects, targets)}
+    derived |= {("Deployment", t.primary) for t in targets}
+    for kind, name in sorted(rendered & derived):
+        raise DeployError(
+            f"{kind} {name}: the chart renders an object with the name the canary's copy takes; rename it",
+            where="canary",
+        )
     return targets
 
 
-def _with_track(deployment: dict[str, Any], track: str) -> dict[str, Any]:
-    out = copy.deepcopy(deployment)
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    out.pop("status", None)
+    for key in SERVER_FIELDS:
+        out.get("metadata", {}).pop(key, None)
+    return out
+
+
+def _track(deployment: dict[str, Any], track: str, name: str) -> dict[str, Any]:
+    out = _strip(deployment)
+    out["metadata"]["name"] = name
+    out["metadata"].setdefault("labels", {})[TRACK] = track
     spec = out.setdefault("spec", {})
     spec.setdefault("selector", {}).setdefault("matchLabels", {})[TRACK] = track
     spec.setdefault("template", {}).setdefault("metadata", {}).setdefault("labels", {})[TRACK] = track
     return out
 
 
-def stable_objects(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> list[dict[str, Any]]:
-    """The rendered objects, the covered Deployments labelled and selecting `track: stable`."""
-    covered = {t.deployment for t in targets}
+def _pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    return dict(((deployment.get("spec") or {}).get("template") or {}).get("spec") or {})
+
+
+def config_refs(pod_spec: dict[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and Secret a pod spec reads: volumes (projected too), env and envFrom."""
+    refs: set[tuple[str, str]] = set()
+    for slot in _config_slots(pod_spec):
+        refs.add((slot[0], str(slot[1][slot[2]])))
+    return refs
+
+
+def _config_slots(pod_spec: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """Where a pod spec names a ConfigMap or Secret: (kind, the dict holding the name, its key)."""
+    slots: list[tuple[str, dict[str, Any], str]] = []
+
+    def add(kind: str, holder: Any, key: str) -> None:
+        if isinstance(holder, dict) and holder.get(key):
+            slots.append((kind, holder, key))
+
+    for volume in pod_spec.get("volumes") or []:
+        add("ConfigMap", volume.get("configMap"), "name")
+        add("Secret", volume.get("secret"), "secretName")
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            add("ConfigMap", source.get("configMap"), "name")
+            add("Secret", source.get("secret"), "name")
+    for container in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
+        for env in container.get("env") or []:
+            source = env.get("valueFrom") or {}
+            add("ConfigMap", source.get("configMapKeyRef"), "name")
+            add("Secret", source.get("secretKeyRef"), "name")
+        for env_from in container.get("envFrom") or []:
+            add("ConfigMap", env_from.get("configMapRef"), "name")
+            add("Secret", env_from.get("secretRef"), "name")
+    return slots
+
+
+def _rendered_configs(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ConfigMaps and Secrets of this release that the Deployment's pods read (secrets that live only in the
+    cluster are not the release's, so they are neither copied nor hashed)."""
+    refs = config_refs(_pod_spec(deployment))
+    return [o for o in objects if o["kind"] in CONFIG_KINDS and (o["kind"], o["metadata"]["name"]) in refs]
+
+
+def config_hash(configs: list[dict[str, Any]]) -> str:
+    """A digest of the config a pod template reads, so that a config-only change rolls the pods out."""
+    body = [
+        [c["kind"], c["metadata"]["name"], {k: c.get(k) for k in ("data", "binaryData", "stringData")}] for c in configs
+    ]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_config_hash(deployment: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any]:
+    if configs:
+        template = deployment["spec"]["template"]
+        template.setdefault("metadata", {}).setdefault("annotations", {})[CONFIG_HASH] = config_hash(configs)
+    return deployment
+
+
+def hpas_of(objects: list[dict[str, Any]], deployment: str) -> list[dict[str, Any]]:
+    """The rendered HPAs that scale `deployment`."""
     return [
-        _with_track(o, STABLE) if o.get("kind") == "Deployment" and o["metadata"]["name"] in covered else o
+        o
         for o in objects
+        if o["kind"] == HPA
+        and ((o.get("spec") or {}).get("scaleTargetRef") or {}).get("kind") == "Deployment"
+        and o["spec"]["scaleTargetRef"].get("name") == deployment
     ]
 
 
-def canary_name(deployment: str) -> str:
-    """The canary Deployment's name beside the stable `deployment`."""
-    return f"{deployment}-canary"
+def _retarget(hpa: dict[str, Any], deployment: str, name: str) -> dict[str, Any]:
+    out = _strip(hpa)
+    out["metadata"]["name"] = name
+    out["spec"]["scaleTargetRef"]["name"] = deployment
+    return out
 
 
-def canary_deployment(deployment: dict[str, Any]) -> dict[str, Any]:
-    """`<name>-canary`: the new pod template beside the stable one, selecting `track: canary` only."""
-    canary = _with_track(deployment, CANARY)
-    canary.pop("status", None)
-    meta = canary["metadata"]
-    meta["name"] = canary_name(meta["name"])
-    meta.setdefault("labels", {})[TRACK] = CANARY
-    for key in ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields"):
-        meta.pop(key, None)
-    return canary
+def stable_set(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> list[dict[str, Any]]:
+    """What serves as stable: the rendered objects with each target Deployment replaced by its primary, each
+    target Service selecting the primary only, and HPAs retargeted; apply order kept. A primary that an HPA
+    scales carries no `replicas`, so applying it never takes the field from the HPA."""
+    by_deployment = {t.deployment: t for t in targets}
+    by_service = {t.service: t for t in targets}
+    out = []
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Deployment" and name in by_deployment:
+            primary = _track(obj, PRIMARY, primary_name(name))
+            if hpas_of(objects, name):
+                primary["spec"].pop("replicas", None)
+            out.append(_with_config_hash(primary, _rendered_configs(objects, obj)))
+        elif obj["kind"] == "Service" and name in by_service:
+            service = copy.deepcopy(obj)
+            service["spec"]["selector"][TRACK] = PRIMARY
+            out.append(service)
+        elif obj["kind"] == HPA and (obj["spec"]["scaleTargetRef"].get("name") in by_deployment):
+            out.append(_retarget(obj, primary_name(obj["spec"]["scaleTargetRef"]["name"]), name))
+        else:
+            out.append(obj)
+    return out
 
 
-def destination_rule(target: CanaryTarget) -> dict[str, Any]:
-    """The `stable` and `canary` subsets of the Service's host, split on the track label."""
-    return {
-        "apiVersion": ISTIO,
-        "kind": "DestinationRule",
-        "metadata": {"name": target.service, "namespace": target.namespace},
-        "spec": {
-            "host": target.host,
-            "subsets": [{"name": STABLE, "labels": {TRACK: STABLE}}, {"name": CANARY, "labels": {TRACK: CANARY}}],
-        },
-    }
+def canary_set(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> list[dict[str, Any]]:
+    """The canary's objects, in apply order: config copies, the canary Services, the canary Deployments (reading
+    the copies), their HPAs. All of them are deleted when the release ends."""
+    by_name = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    configs: dict[tuple[str, str], dict[str, Any]] = {}
+    out_services, deployments, hpas = [], [], []
+    for target in targets:
+        deployment = by_name[target.deployment]
+        used = _rendered_configs(objects, deployment)
+        for config in used:
+            copied = _strip(config)
+            copied["metadata"]["name"] = canary_name(config["metadata"]["name"])
+            configs[(config["kind"], config["metadata"]["name"])] = copied
+        canary = _with_config_hash(_track(deployment, CANARY, target.canary), used)
+        for kind, holder, key in _config_slots(canary["spec"]["template"].get("spec") or {}):
+            if (kind, holder[key]) in configs:
+                holder[key] = canary_name(holder[key])
+        scalers = hpas_of(objects, target.deployment)
+        if scalers:
+            minimum = max(int(h["spec"].get("minReplicas", 1)) for h in scalers)
+            canary["spec"]["replicas"] = max(minimum, 1)
+        deployments.append(canary)
+        hpas += [_retarget(h, target.canary, canary_name(h["metadata"]["name"])) for h in scalers]
+        service = _strip(services[target.service])
+        service["metadata"]["name"] = target.canary_service
+        service["spec"]["selector"][TRACK] = CANARY
+        for field in ("clusterIP", "clusterIPs", "externalIPs", "loadBalancerIP", "healthCheckNodePort"):
+            service["spec"].pop(field, None)
+        for port in service["spec"].get("ports") or []:
+            port.pop("nodePort", None)
+        out_services.append(service)
+    return [*configs.values(), *out_services, *deployments, *hpas]
 
 
-def routes(target: CanaryTarget, canary_weight: int) -> list[dict[str, Any]]:
-    """`spec.http` of the VirtualService at one step: written whole, so the weights always sum to 100."""
-    if not 0 <= canary_weight <= 100:
-        raise ValueError(f"canary weight {canary_weight} is outside 0..100")
-    return [
-        {
-            "name": "deployer",
-            "route": [
-                {"destination": {"host": target.host, "subset": STABLE}, "weight": 100 - canary_weight},
-                {"destination": {"host": target.host, "subset": CANARY}, "weight": canary_weight},
-            ],
-        }
-    ]
-
-
-def virtual_service(target: CanaryTarget, canary_weight: int, *, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The VirtualService for the Service's host (and any extra hosts) at `canary_weight` percent."""
-    return {
-        "apiVersion": ISTIO,
-        "kind": "VirtualService",
-        "metadata": {"name": target.service, "namespace": target.namespace},
-        "spec": {"hosts": [target.service, *hosts], "http": routes(target, canary_weight)},
-    }
-
-
-def weights(virtual: dict[str, Any]) -> tuple[int, int]:
-    """(stable, canary) weights of a VirtualService the deployer wrote."""
-    route = ((virtual.get("spec") or {}).get("http") or [{}])[0].get("route") or []
-    by_subset = {r["destination"].get("subset"): int(r.get("weight", 0)) for r in route}
-    return by_subset.get(STABLE, 0), by_subset.get(CANARY, 0)
+def initial_replicas(objects: list[dict[str, Any]], target: CanaryTarget, live: dict[str, Any] | None) -> int | None:
+    """The size a new primary starts at when an HPA scales it (None when none does): the live Deployment's it
+    replaces, at least the HPA's minimum."""
+    scalers = hpas_of(objects, target.deployment)
+    if not scalers:
+        return None
+    minimum = max(int(h["spec"].get("minReplicas", 1)) for h in scalers)
+    current = int(((live or {}).get("spec") or {}).get("replicas") or 0)
+    return max(minimum, current, 1)
 
 
 OWNER_LABELS = ("app.kubernetes.io/managed-by", "deployer.dev/app", "deployer.dev/environment")
@@ -151,11 +292,14 @@ def owned_by_release(objects: list[dict[str, Any]], *, app: str, environment: st
     out = []
     for obj in objects:
         labelled = copy.deepcopy(obj)
-        labels = labelled["metadata"].setdefault("labels", {})
-        labels.update({OWNER_LABELS[0]: "deployer", OWNER_LABELS[1]: app, OWNER_LABELS[2]: environment})
+        labelled["metadata"].setdefault("labels", {}).update(owner_labels(app=app, environment=environment))
         out.append(labelled)
     return out
 
 
+def owner_labels(*, app: str, environment: str) -> dict[str, str]:
+    return {OWNER_LABELS[0]: "deployer", OWNER_LABELS[1]: app, OWNER_LABELS[2]: environment}
+
+
 def owner_selector(*, app: str, environment: str) -> str:
-    return f"{OWNER_LABELS[0]}=deployer,{OWNER_LABELS[1]}={app},{OWNER_LABELS[2]}={environment}"
+    return ",".join(f"{k}={v}" for k, v in owner_labels(app=app, environment=environment).items())

@@ -81,6 +81,21 @@ def _branch_glob(value: str) -> str:
 
 RelPath = Annotated[str, AfterValidator(_relative_path)]
 Name = Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)]
+# An Istio Gateway as a VirtualService names it: NAME (in the release's namespace) or NAMESPACE/NAME; `mesh` is
+# always bound, so it is not named.
+GatewayRef = Annotated[
+    str,
+    Field(
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="An Istio Gateway: NAME or NAMESPACE/NAME.",
+    ),
+]
+# A host a client asks for (istio/istio pkg/config/validation: a DNS name, `*` only as the leftmost label).
+HostName = Annotated[
+    str,
+    Field(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length=253),
+]
 
 
 class StrictModel(BaseModel):
@@ -175,9 +190,24 @@ class CanaryPolicy(StrictModel):
     interval: Duration = 30.0
     threshold: Annotated[int, Field(ge=1)] = 2
     checks: list[Check] = Field(default_factory=list)
+    gateways: list[GatewayRef] = Field(
+        default_factory=list,
+        description="Istio Gateways whose traffic follows the canary's weights too (the mesh always does).",
+    )
+    hosts: list[HostName] = Field(
+        default_factory=list, description="Hosts the canary's routes serve besides the Service's own name."
+    )
+    grace: Duration = Field(
+        default=5.0,
+        description="How long what a route stops naming is kept, so the route change reaches every proxy first.",
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> Self:
+        if self.gateways and not self.hosts:
+            raise ValueError("gateways need hosts: a gateway routes the hosts a client asks it for")
+        if "mesh" in self.gateways:
+            raise ValueError("'mesh' is always bound; gateways lists the others")
         for before, after in zip(self.steps, self.steps[1:], strict=False):
             if after <= before:
                 raise ValueError(f"steps must increase strictly, got {before} then {after}")

@@ -122,6 +122,9 @@ class CanaryDefaults(StrictModel):
     steps: list[Annotated[int, Field(ge=1, le=99)]] | None = None
     interval: Duration | None = None
     threshold: Annotated[int, Field(ge=1)] | None = None
+    grace: Duration | None = Field(
+        default=None, description="How long the mesh takes to propagate a route change (default 5s)."
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> Self:
@@ -347,6 +350,7 @@ def effective_canary(server: ServerConfig, canary: CanaryPolicy, *, environment:
             ("steps", defaults.steps),
             ("interval", defaults.interval),
             ("threshold", defaults.threshold),
+            ("grace", defaults.grace),
         )
         if value is not None and key not in canary.model_fields_set
     }

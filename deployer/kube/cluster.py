@@ -60,13 +60,15 @@ class Kube:
         return True
 
     async def apply(
-        self, objects: list[dict[str, Any]], *, namespace: str, dry_run: bool = False
+        self, objects: list[dict[str, Any]], *, namespace: str, dry_run: bool = False, manager: str | None = None
     ) -> list[dict[str, Any]]:
         """Server-side apply each object in order (forcing: git is the source of truth for these fields).
-        With `dry_run`, the cluster answers what it would store and stores nothing."""
-        return await asyncio.to_thread(lambda: [self._apply(obj, namespace, dry_run) for obj in objects])
+        With `dry_run`, the cluster answers what it would store and stores nothing; `manager` applies as another
+        field manager than the adapter's (fields that manager owns are left alone by the adapter's applies)."""
+        owner = manager or self.manager
+        return await asyncio.to_thread(lambda: [self._apply(obj, namespace, dry_run, owner) for obj in objects])
 
-    def _apply(self, obj: dict[str, Any], namespace: str, dry_run: bool = False) -> dict[str, Any]:
+    def _apply(self, obj: dict[str, Any], namespace: str, dry_run: bool, manager: str) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])
         if not resource.namespaced and obj["kind"] not in self.cluster_scoped:
             raise DeployError(
@@ -81,7 +83,7 @@ class Kube:
                 body=obj,
                 name=obj["metadata"]["name"],
                 namespace=ns,
-                field_manager=self.manager,
+                field_manager=manager,
                 force_conflicts=True,
                 **({"dry_run": "All"} if dry_run else {}),
             )
@@ -94,8 +96,8 @@ class Kube:
                 and "immutable" in message
             ):
                 raise DeployError(
-                    f"{ref(obj)} exists with a selector the deployer did not make; delete it, or set "
-                    "`canary: false` for this environment",
+                    f"{ref(obj)} exists with another selector, and a Deployment's selector cannot change; "
+                    "rename the Deployment in the chart, or delete the live one",
                     where=namespace,
                 ) from None
             raise DeployError(f"{ref(obj)}: the cluster refused it: {message}", where=namespace) from None

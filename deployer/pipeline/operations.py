@@ -9,24 +9,23 @@ from typing import Any
 
 from kubernetes import client
 
-from deployer.canary.objects import ISTIO, canary_targets, stable_objects
+from deployer.canary.objects import canary_targets
+from deployer.canary.router import Routing
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.kube.cluster import Kube
 from deployer.kube.lease import Lock
 from deployer.kube.records import Records
-from deployer.pipeline.release import (
-    ReleaseOptions,
-    _apply_all,
-    _delete_canaries,
-    _prune,
-    _Release,
-    _routes,
-    _wait_stable,
-    allowed_cluster_kinds,
-    environment_lock,
-)
+from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, environment_lock
 from deployer.pipeline.steps import Rendered
+from deployer.pipeline.traffic import (
+    Run,
+    apply_plain,
+    istio_router,
+    prune,
+    remove_canary,
+    serve_stable,
+)
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,16 @@ async def history(*, api: client.ApiClient, env: Environment) -> list[dict[str, 
     return await Records(api, namespace=env.namespace, app=env.app, environment=env.environment).history()
 
 
-def _replay(
+async def _replay(
     kube: Kube,
     records: Records,
     env: Environment,
     record: dict[str, Any],
     *,
     sink: EventSink,
-    manifests: list[dict[str, Any]] | None = None,
-) -> _Release:
-    """A release run over stored manifests (those of `record`, unless others are given)."""
-    objects = record["manifests"] if manifests is None else manifests
+) -> Run:
+    """A release run over the stored manifests of `record`, routed as that release was."""
+    objects = record["manifests"]
     rendered = Rendered(
         app=env.app,
         environment=env.environment,
@@ -64,7 +62,19 @@ def _replay(
     )
     targets = canary_targets(objects) if record.get("canary", True) else []
     kube.cluster_scoped = allowed_cluster_kinds(objects)  # stored manifests passed render's check
-    return _Release(kube, records, rendered, objects, targets, record, ReleaseOptions(), sink)
+    stored = record.get("routing") or {}
+    routing = Routing(tuple(stored.get("gateways") or ()), tuple(stored.get("hosts") or ()))
+    router = await istio_router(kube, routing=routing, app=env.app, environment=env.environment)
+    return Run(kube, records, rendered, objects, targets, record, ReleaseOptions(), sink, router=router)
+
+
+async def _serve(run: Run, *, why: str) -> None:
+    """Make a replayed release's objects the live version, as its release did (primaries or plain)."""
+    if run.targets and run.router is not None:
+        run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
+        await serve_stable(run, run.objects, run.targets)
+    else:
+        await apply_plain(run, why=why)
 
 
 def _lock(api: client.ApiClient, env: Environment, sink: EventSink) -> Lock:
@@ -101,11 +111,10 @@ async def rollback(
             "started": time.time(),
             "rounds": [],
         }
-        run = _replay(kube, records, env, record, sink=sink)
+        run = await _replay(kube, records, env, record, sink=sink)
         await run.save()
-        await _apply_all(run, why=f"rollback to revision {target['revision']}")
-        await _delete_canaries(run)
-        await _prune(run, deployed[-1] if deployed else None)
+        await _serve(run, why=f"rollback to revision {target['revision']}")
+        await prune(run, deployed[-1] if deployed else None)
         await run.save(status="deployed", phase="done", finished=time.time())
         sink(Event("release", f"revision {record['revision']} (revision {target['revision']} again) is live"))
         return record
@@ -122,15 +131,13 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
             if record["status"] != "pending":
                 continue
             earlier = [r for r in stored if r["status"] == "deployed" and int(r["revision"]) < int(record["revision"])]
-            if earlier and record.get("phase") in ("applying", "promoting", "rollback"):
-                # stable may already run the new version: put the last good release back
-                back = _replay(kube, records, env, dict(earlier[-1]), sink=sink)
-                await kube.apply(stable_objects(back.objects, back.targets), namespace=env.namespace)
-                await _wait_stable(back)
-            run = _replay(kube, records, env, record, sink=sink)
-            if run.targets and kube.has_kind(ISTIO, "VirtualService"):
-                await _routes(run, weight=0, rules=True)
-            await _delete_canaries(run)
+            run = await _replay(kube, records, env, record, sink=sink)
+            put_back = bool(earlier) and record.get("phase") in ("applying", "promoting", "rollback")
+            if put_back:  # stable may already run the new version: put the last good release back
+                back = await _replay(kube, records, env, dict(earlier[-1]), sink=sink)
+                await _serve(back, why=f"putting revision {earlier[-1]['revision']} back")
+            if earlier and run.targets and run.router is not None:  # a first release never has a canary
+                await remove_canary(run, run.objects, run.targets, reroute=not put_back)
             phase = record.get("phase", "unknown")
             await run.save(
                 status="rolled-back",

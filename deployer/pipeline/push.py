@@ -28,7 +28,7 @@ from kubernetes import client
 
 from deployer.build.scan import scan_push
 from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref_value
-from deployer.canary.objects import canary_targets, owned_by_release, stable_objects
+from deployer.canary.objects import canary_targets, owned_by_release, stable_set
 from deployer.config import DEPLOY_FILE, RepoFiles, environments_for_branch, load_deploy_config, parse_deploy_config
 from deployer.config.model import CanaryPolicy, DeployConfig
 from deployer.config.server import ServerConfig, check_app, check_claims, check_environment
@@ -310,7 +310,7 @@ async def dry_run(api: client.ApiClient, rendered: Rendered, policy: CanaryPolic
     objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
     kube.cluster_scoped = allowed_cluster_kinds(objects)
     targets = canary_targets(objects) if policy.enabled else []
-    for obj in stable_objects(objects, targets):
+    for obj in stable_set(objects, targets):
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await kube.get(
             obj["apiVersion"], obj["kind"], namespace=rendered.namespace, name=obj["metadata"]["name"]

@@ -2,8 +2,8 @@
 back, record.
 
 The first release of an environment (or `--skip-canary`, or `canary: false`) goes without a canary. The
-stable version is never touched before promotion. Each round checks readiness (watched during the interval)
-and the environment's Prometheus and HTTP checks.
+stable version (the primaries, pipeline/traffic.py) is never touched before promotion. Each round checks
+readiness (watched during the interval) and the environment's Prometheus and HTTP checks.
 """
 
 from __future__ import annotations
@@ -16,21 +16,10 @@ from typing import Any
 
 from kubernetes import client
 
-from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, rollout_status, verdict
+from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, verdict
 from deployer.canary.jobs import for_revision, job_from_config, split_pre_deploy
-from deployer.canary.objects import (
-    ISTIO,
-    CanaryTarget,
-    canary_deployment,
-    canary_name,
-    canary_targets,
-    destination_rule,
-    owned_by_release,
-    owner_selector,
-    require_targets,
-    stable_objects,
-    virtual_service,
-)
+from deployer.canary.objects import canary_targets, owned_by_release, require_targets, stable_set
+from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job
 from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink, discard
@@ -40,6 +29,18 @@ from deployer.kube.lease import Lock, LockLost, holder_identity
 from deployer.kube.records import Records
 from deployer.pipeline.checks import configured_checks
 from deployer.pipeline.steps import ImageRef, Rendered
+from deployer.pipeline.traffic import (
+    Run,
+    apply_plain,
+    istio_router,
+    prune,
+    remove_canary,
+    require_router,
+    rollout,
+    routes,
+    serve_stable,
+    start_canary,
+)
 from deployer.render.manifests import CLUSTER_SCOPED
 
 
@@ -93,34 +94,6 @@ def environment_lock(
     )
 
 
-@dataclass
-class _Release:
-    """What one release works with."""
-
-    kube: Kube
-    records: Records
-    rendered: Rendered
-    objects: list[dict[str, Any]]
-    targets: list[CanaryTarget]
-    record: dict[str, Any]
-    options: ReleaseOptions
-    sink: EventSink
-    lock: Lock | None = None
-
-    @property
-    def namespace(self) -> str:
-        return self.rendered.namespace
-
-    def held(self) -> None:
-        """Before each change to traffic: stop, changing nothing, if this release may have lost its lock."""
-        if self.lock is not None:
-            self.lock.ensure_held()
-
-    async def save(self, **changes: Any) -> None:
-        self.record.update(changes)
-        await self.records.save(self.record)
-
-
 async def release(
     *,
     api: client.ApiClient,
@@ -154,12 +127,10 @@ async def release(
         kube.cluster_scoped = allowed_cluster_kinds(objects)
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []
-        if targets and not kube.has_kind(ISTIO, "VirtualService"):
-            raise DeployError(
-                "the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) are missing "
-                "from the cluster; install Istio before deploying",
-                where="cluster",
-            )
+        routing = Routing(tuple(policy.gateways), tuple(policy.hosts))
+        router = await istio_router(kube, routing=routing, app=rendered.app, environment=rendered.environment)
+        if targets:
+            require_router(router).check(objects, targets)
         record = {
             "revision": (int(history[-1]["revision"]) + 1) if history else 1,
             "commit": image.tag,
@@ -170,19 +141,18 @@ async def release(
             "started": time.time(),
             "manifests": objects,
             "canary": bool(targets),  # replays (rollback, recover) must split traffic only where this release did
+            "routing": {"gateways": list(routing.gateways), "hosts": list(routing.hosts)},
+            "grace": policy.grace,
             "rounds": [],
             "values_digest": rendered.values_digest,
         }
-        run = _Release(kube, records, rendered, objects, targets, record, options, sink, lock)
+        run = Run(kube, records, rendered, objects, targets, record, options, sink, lock, router)
         await run.save()
         sink(Event("release", f"revision {record['revision']} of {rendered.app} to {rendered.environment}"))
         try:
             await _pre_deploy(run, api, hooks)
-            if previous is None or options.skip_canary or not targets:
-                await _apply_all(run, why="first release" if previous is None else "no canary")
-            else:
-                await _canary(run, policy, previous)
-            await _prune(run, previous)
+            await _deploy(run, policy, previous)
+            await prune(run, previous)
         except LockLost:
             raise  # the record stays pending: the lease's next holder recovers it
         except DeployError as exc:
@@ -194,7 +164,47 @@ async def release(
         return record
 
 
-async def _pre_deploy(run: _Release, api: client.ApiClient, hooks: list[dict[str, Any]]) -> None:
+async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | None) -> None:
+    """No canary for a first release, `-o skip-canary`, `canary: false` or a Deployment that has no stable version
+    yet; otherwise the live version moves behind its primaries if it is not there yet, then the canary."""
+    if not run.targets:
+        await run.save(phase="applying")
+        await apply_plain(run, why="first release" if previous is None else "no canary")
+        return
+    why = "first release" if previous is None else "no canary" if run.options.skip_canary else None
+    if why is None:
+        why = await _behind_primaries(run, previous)
+    if why is not None:
+        run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
+        await run.save(phase="applying")
+        await serve_stable(run, run.objects, run.targets)
+        return
+    assert previous is not None
+    await _canary(run, policy, previous)
+
+
+async def _behind_primaries(run: Run, previous: dict[str, Any] | None) -> str | None:
+    """Make sure the live version serves from primaries (it does not after `canary: false`, helm or kubectl);
+    say why there is no canary if some Deployment has no earlier version to compare with."""
+    missing = [
+        t
+        for t in run.targets
+        if await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=t.primary) is None
+    ]
+    if not missing or previous is None:
+        return None
+    earlier = previous["manifests"]
+    known = canary_targets(earlier)
+    new = [t.deployment for t in missing if t not in known]
+    if new:
+        return f"no earlier version of {', '.join(new)} to compare a canary with"
+    run.sink(Event("release", f"revision {previous['revision']} moves behind {', '.join(t.primary for t in missing)}"))
+    await run.save(phase="applying")
+    await serve_stable(run, earlier, known)
+    return None
+
+
+async def _pre_deploy(run: Run, api: client.ApiClient, hooks: list[dict[str, Any]]) -> None:
     """Run the pre-deploy Jobs to completion, in order; if one fails, nothing else is applied."""
     runner = KubeJobRunner(api)
     for hook in hooks:
@@ -217,72 +227,26 @@ async def _pre_deploy(run: _Release, api: client.ApiClient, hooks: list[dict[str
             )
 
 
-async def _apply_all(run: _Release, *, why: str) -> None:
-    """Apply everything as stable, wait for the rollouts, route all traffic to stable."""
-    run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
-    await run.save(phase="applying")
-    await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
-    await _routes(run, weight=0, rules=True)
-    await _wait_stable(run)
-
-
-async def _routes(run: _Release, *, weight: int, rules: bool = False) -> None:
-    """Write the weights (and, when `rules`, the DestinationRules once per release)."""
-    objects: list[dict[str, Any]] = []
-    for target in run.targets:
-        objects += (
-            [destination_rule(target), virtual_service(target, weight)] if rules else [virtual_service(target, weight)]
-        )
-    await run.kube.apply(objects, namespace=run.namespace)
-    run.record["weights"] = [100 - weight, weight]
-    run.sink(Event("canary", f"weights stable {100 - weight}% / canary {weight}%", data={"canary_weight": weight}))
-
-
-async def _rollout(run: _Release, deployment: str) -> Any:
-    """Wait for one Deployment's rollout (kubectl's rules), up to the release's rollout timeout."""
-    return await run.kube.wait_rollout(
-        deployment,
-        namespace=run.namespace,
-        timeout=run.options.rollout_timeout,
-        sink=run.sink,
-        status_of=rollout_status,
-    )
-
-
-async def _wait_stable(run: _Release) -> None:
-    for deployment in [o["metadata"]["name"] for o in run.objects if o["kind"] == "Deployment"]:
-        state = await _rollout(run, deployment)
-        if state.state is Rollout.FAILED:
-            raise DeployError(state.message, where=run.namespace)
-
-
-def _canaries(run: _Release) -> list[dict[str, Any]]:
-    by_name = {o["metadata"]["name"]: o for o in stable_objects(run.objects, run.targets) if o["kind"] == "Deployment"}
-    return [canary_deployment(by_name[t.deployment]) for t in run.targets]
-
-
-async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any]) -> None:
-    canaries = _canaries(run)
+async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> None:
     await run.save(phase="canary")
-    await _routes(run, weight=0, rules=True)
-    await run.kube.apply(canaries, namespace=run.namespace)
-    await _canary_ready(run, canaries)
+    canaries = await start_canary(run)
+    await _canary_ready(run, canaries, previous)
     rounds: list[Round] = []
     while True:
         result = verdict(rounds, policy)
         asked = await run.records.requested(int(run.record["revision"]))
         if asked == "abort":
-            await _rollback(run, "aborted by request (deployer abort)")
+            await _rollback(run, "aborted by request (deployer abort)", previous)
         if asked == "promote":
             run.sink(Event("canary", "promotion requested (deployer promote): skipping the remaining steps"))
             break
         if result.decision is Decision.ROLLBACK:
-            await _rollback(run, result.reason)
+            await _rollback(run, result.reason, previous)
         if result.decision is Decision.PROMOTE:
             break
         assert result.next_weight is not None
         run.held()
-        await _routes(run, weight=result.next_weight)
+        await routes(run, run.objects, run.targets, result.next_weight)
         checks = await _watched(run, canaries, policy.interval)
         checks += await _readiness(run, canaries) + await configured_checks(run, policy, canaries)
         rounds.append(Round(result.next_weight, checks))
@@ -301,7 +265,7 @@ async def _canary(run: _Release, policy: CanaryPolicy, previous: dict[str, Any])
     await _promote(run, previous)
 
 
-async def _watched(run: _Release, canaries: list[dict[str, Any]], interval: float) -> tuple[CheckResult, ...]:
+async def _watched(run: Run, canaries: list[dict[str, Any]], interval: float) -> tuple[CheckResult, ...]:
     """The round's interval, watched: a pod going unready fails the round at once; a watch that could not be
     kept up to the interval's end fails it too (no signal is not a pass)."""
     names = [c["metadata"]["name"] for c in canaries]
@@ -316,19 +280,19 @@ async def _watched(run: _Release, canaries: list[dict[str, Any]], interval: floa
     return ()
 
 
-async def _canary_ready(run: _Release, canaries: list[dict[str, Any]]) -> None:
+async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
     """No traffic reaches a canary before it rolled out (as in Flagger); one that never does is rolled back."""
     for canary in canaries:
         name = canary["metadata"]["name"]
         try:
-            state = await _rollout(run, name)
+            state = await rollout(run, name)
         except DeployError as exc:  # the rollout timeout
-            await _rollback(run, f"the canary never became ready: {exc.message}")
+            await _rollback(run, f"the canary never became ready: {exc.message}", previous)
         if state.state is Rollout.FAILED:
-            await _rollback(run, f"the canary never became ready: {state.message}")
+            await _rollback(run, f"the canary never became ready: {state.message}", previous)
 
 
-async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
+async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
     results = []
     for canary in canaries:
         name = canary["metadata"]["name"]
@@ -343,50 +307,44 @@ async def _readiness(run: _Release, canaries: list[dict[str, Any]]) -> tuple[Che
     return tuple(results)
 
 
-async def _delete_canaries(run: _Release) -> None:
-    for target in run.targets:
-        await run.kube.delete("apps/v1", "Deployment", namespace=run.namespace, name=canary_name(target.deployment))
-
-
-async def _promote(run: _Release, previous: dict[str, Any]) -> None:
+async def _promote(run: Run, previous: dict[str, Any]) -> None:
+    """The new version becomes stable while the routes keep the canary's weight; once the primaries rolled out,
+    all traffic goes to them and the canary is removed after the grace."""
     run.held()
     run.sink(Event("canary", "promoting: the new version becomes stable"))
     await run.save(phase="promoting")
-    await run.kube.apply(stable_objects(run.objects, run.targets), namespace=run.namespace)
     try:
-        await _wait_stable(run)
+        await serve_stable(run, run.objects, run.targets)
     except DeployError as exc:  # e.g. a progress deadline exceeded: put the last good release back
-        earlier = previous["manifests"]
-        back = stable_objects(earlier, canary_targets(earlier) if previous.get("canary", True) else [])
-        await run.kube.apply(back, namespace=run.namespace)
-        restored = [o["metadata"]["name"] for o in back if o["kind"] == "Deployment"]
-        await _rollback(run, f"promotion failed: {exc.message}", restore=(previous, restored))
-    await _routes(run, weight=0)
-    await _delete_canaries(run)
+        await _rollback(run, f"promotion failed: {exc.message}", previous, restore=True)
+    await remove_canary(run, run.objects, run.targets, reroute=False)
 
 
-async def _rollback(run: _Release, reason: str, *, restore: tuple[dict[str, Any], list[str]] | None = None) -> None:
+async def _rollback(run: Run, reason: str, previous: dict[str, Any], *, restore: bool = False) -> None:
     """Traffic back to stable, the canary removed, and the release recorded rolled back once the version that
-    serves has rolled out (`restore`: the release put back and its Deployments, when stable was changed)."""
+    serves has rolled out (`restore`: stable was changed, so the previous release is put back first)."""
     run.sink(Event("canary", f"rolling back: {reason}", kind="warning"))
-    await _routes(run, weight=0)
-    await _delete_canaries(run)
-    if restore is not None:
-        previous, names = restore
+    earlier = previous["manifests"]
+    known = [t for t in canary_targets(earlier) if t in run.targets]  # the live version serves from primaries
+    if restore:
+        await run.kube.apply(stable_set(earlier, known), namespace=run.namespace)
+    await remove_canary(run, run.objects, run.targets)
+    if restore:
+        names = [o["metadata"]["name"] for o in stable_set(earlier, known) if o["kind"] == "Deployment"]
         reason += f"; {await _restored(run, int(previous['revision']), names)}"
-    elif (serving := await _restored(run, None, [t.deployment for t in run.targets])) is not None:
+    elif (serving := await _restored(run, None, [t.primary for t in run.targets])) is not None:
         reason += f"; {serving}"
     await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
     raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
 
 
-async def _restored(run: _Release, revision: int | None, deployments: list[str]) -> str | None:
+async def _restored(run: Run, revision: int | None, deployments: list[str]) -> str | None:
     """Wait for the serving version's rollouts and say, in the record's words, whether it serves: for a
     revision put back, always; for a stable version the canary never touched (`revision` None), only if not."""
     problem = None
     for name in deployments:
         try:
-            state = await _rollout(run, name)
+            state = await rollout(run, name)
         except (DeployError, TransientError) as exc:
             problem = str(exc)
             break
@@ -399,16 +357,3 @@ async def _restored(run: _Release, revision: int | None, deployments: list[str])
     if problem is None:
         return f"revision {revision} restored and rolled out"
     return f"revision {revision} re-applied but NOT rolled out: {problem}"
-
-
-async def _prune(run: _Release, previous: dict[str, Any] | None) -> None:
-    """Delete what the last deployed release made and this one no longer renders (found by our labels)."""
-    if previous is None:
-        return
-    kinds = sorted({(o["apiVersion"], o["kind"]) for o in previous.get("manifests", [])})
-    keep = {(o["kind"], o["metadata"]["name"]) for o in run.objects}
-    selector = owner_selector(app=run.rendered.app, environment=run.rendered.environment)
-    for obj in await run.kube.owned(kinds, namespace=run.namespace, selector=selector):
-        if (obj["kind"], obj["metadata"]["name"]) not in keep:
-            await run.kube.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
-            run.sink(Event("release", f"pruned {obj['kind']}/{obj['metadata']['name']}"))

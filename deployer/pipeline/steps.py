@@ -15,8 +15,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deployer.build import Builder, BuildRequest, RegistryClient, Repository, export_commit, resolve_commit, tree_size
+from deployer.canary.istio import IstioRouter
+from deployer.canary.objects import require_targets
+from deployer.canary.router import Routing
 from deployer.config import DeployConfig, RepoFiles, load_deploy_config, load_values_file
 from deployer.config.load import DEPLOY_FILE
+from deployer.config.model import CanaryPolicy
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.helm import Helm
@@ -135,6 +139,7 @@ async def render_environment(
         )
     ordered = sort_for_apply(place_in_namespace(objects, env.namespace, cluster_scoped=cluster_scoped))
     unvalidated = validate_objects(ordered)
+    check_routing([o.obj for o in ordered], env.canary)
     return Rendered(
         app=config.app,
         environment=environment,
@@ -144,6 +149,14 @@ async def render_environment(
         values=values.final,
         unvalidated=tuple(unvalidated),
     )
+
+
+def check_routing(objects: list[dict[str, Any]], policy: CanaryPolicy) -> None:
+    """What a canary needs of the rendered objects, at render time: a Service for a Deployment, no object named
+    as the canary's copies, and routing objects the router can adopt or leave alone."""
+    if policy.enabled and any(o["kind"] == "Deployment" for o in objects):
+        targets = require_targets(objects)
+        IstioRouter(routing=Routing(tuple(policy.gateways), tuple(policy.hosts))).check(objects, targets)
 
 
 def _chart_source(chart: str, helm_source: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 from sandboxes import Running
 from support import EXAMPLES, Registry, commit, edit, git, run_deployer
+from workloads import split
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the images live in a registry on the test machine's loopback
@@ -76,7 +77,7 @@ def weights(api: client.ApiClient, namespace: str) -> list[int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "hello"
     )
-    return [r["weight"] for r in vs["spec"]["http"][0]["route"]]
+    return split(vs["spec"]["http"][0]["route"])
 
 
 def test_a_good_change_is_promoted_and_one_answering_500_is_rolled_back(
@@ -101,5 +102,5 @@ def test_a_good_change_is_promoted_and_one_answering_500_is_rolled_back(
     assert "check homepage: FAILED HTTP 500" in out, out
     assert weights(api, namespace) == [100, 0]
     names = [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items]
-    assert names == ["hello"]
+    assert names == ["hello-primary"]
     assert through_mesh(cluster, namespace) == {(200, f"howdy from {second}")}

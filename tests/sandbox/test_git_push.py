@@ -36,6 +36,7 @@ from gitserver import (
 from kubernetes import client
 from sandboxes import Running
 from support import EXAMPLES, Registry, commit, edit, free_port, git, run_deployer
+from workloads import split
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
@@ -124,7 +125,8 @@ def change(app: App, text: str) -> str:
 
 
 def live_image(api: client.ApiClient, namespace: str, name: str) -> str:
-    deployment = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    """The image stable serves: the app's primary."""
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(f"{name}-primary", namespace)
     return str(deployment.spec.template.spec.containers[0].image)
 
 
@@ -132,7 +134,7 @@ def weights(api: client.ApiClient, namespace: str, name: str) -> list[int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", name
     )
-    return [r["weight"] for r in vs["spec"]["http"][0]["route"]]
+    return split(vs["spec"]["http"][0]["route"])
 
 
 def deployments(api: client.ApiClient, namespace: str) -> list[str]:
@@ -177,7 +179,7 @@ def test_a_change_over_http_goes_through_the_canary_and_is_promoted(
     assert server.ref("refs/heads/main", app.name) == new
     assert live_image(api, app.staging, app.name) != first_image
     assert weights(api, app.staging, app.name) == [100, 0]
-    assert deployments(api, app.staging) == [app.name]
+    assert deployments(api, app.staging) == [f"{app.name}-primary"]
 
 
 @pytest.mark.sandbox_only  # a crashing image is a sandbox behaviour
@@ -204,7 +206,7 @@ def test_a_change_that_crashes_is_rolled_back_and_the_push_rejected(
     assert server.ref("refs/heads/main", app.name) == old
     assert live_image(api, app.staging, app.name) == before
     assert weights(api, app.staging, app.name) == [100, 0]
-    assert deployments(api, app.staging) == [app.name]
+    assert deployments(api, app.staging) == [f"{app.name}-primary"]
 
 
 def test_dry_run_builds_renders_diffs_and_changes_nothing(server: GitServer, app: App, api: client.ApiClient) -> None:
@@ -214,7 +216,7 @@ def test_dry_run_builds_renders_diffs_and_changes_nothing(server: GitServer, app
     pushed = push(app.repo, server.http_url(app.name), "main", options=("dry-run",))
     assert pushed.code == 1
     text = "\n".join(pushed.remote)
-    assert f"Deployment/{app.name}: would change" in text
+    assert f"Deployment/{app.name}-primary: would change" in text
     assert f"Service/{app.name}: unchanged" in text, text
     assert any(x.strip().startswith("dry-run") and "+" in x and "image:" in x for x in pushed.remote), text
     assert "error: dry-run: dry run: built, rendered and compared with the cluster; nothing was changed" in text
@@ -242,7 +244,7 @@ def test_prod_push_is_deployed_and_forbidden_push_options_are_refused(
     pushed = push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["alice"])
     assert pushed.code == 0, pushed
     assert server.ref("refs/heads/prod", app.name) == app.head()
-    assert deployments(api, app.prod) == [app.name]
+    assert deployments(api, app.prod) == [f"{app.name}-primary"]
 
 
 def test_two_concurrent_pushes_to_one_environment_are_serialized(
@@ -312,7 +314,7 @@ def test_killing_the_git_client_mid_canary_still_ends_consistently(
     record = history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]
     assert (record["commit"], record["status"]) == (new, "deployed")
     assert weights(api, app.staging, app.name) == [100, 0]
-    assert deployments(api, app.staging) == [app.name]
+    assert deployments(api, app.staging) == [f"{app.name}-primary"]
 
 
 def test_async_push_is_accepted_once_the_canary_has_traffic(server: GitServer, app: App) -> None:
@@ -354,7 +356,7 @@ def test_skip_canary_and_set_push_options(server: GitServer, app: App, api: clie
     assert any("-o set: replicas; all valid" in x for x in pushed.remote)
     assert any("no canary: applying 3 objects without a canary" in x for x in pushed.remote)
     assert not any("/ canary 50%" in x for x in pushed.remote)
-    deployment = client.AppsV1Api(api).read_namespaced_deployment(app.name, app.staging)
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(f"{app.name}-primary", app.staging)
     assert deployment.spec.replicas == 2
 
 
@@ -679,7 +681,7 @@ def test_a_server_killed_mid_canary_recovers_at_start_and_keeps_its_host_key(
         assert record["status"] == "rolled-back"
         assert record["reason"] == "recovered: the deployer stopped during canary"
         assert weights(api, app.staging, app.name) == [100, 0]
-        assert deployments(api, app.staging) == [app.name]
+        assert deployments(api, app.staging) == [f"{app.name}-primary"]
         assert second.ref("refs/heads/main", app.name) == old
         assert keyscan(second.ssh_port) == host_key != ""
     finally:

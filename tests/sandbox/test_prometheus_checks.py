@@ -101,7 +101,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def app_with(tmp_path: Path, namespace: str, checks: str) -> Path:
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
-    text = deploy_yaml(namespace).replace("threshold: 2}", f"threshold: 1, checks: [{checks}]}}")
+    text = deploy_yaml(namespace).replace("threshold: 2,", f"threshold: 1, checks: [{checks}],")
     text = text.replace("interval: 300ms", "interval: 2s")
     (repo / "deploy.yaml").write_text(text)
     (repo / "Dockerfile").write_text("FROM scratch\n")
@@ -132,7 +132,7 @@ def test_a_success_rate_below_the_threshold_rolls_back(
     code, out, err = deploy(app, cluster, "v3", url=url)
     assert code == 1
     assert "success-rate: 0.5 is below the minimum 0.9" in err
-    assert image_of(cluster.api(), namespace, "shop") == "127.0.0.1:5000/shop:v2"
+    assert image_of(cluster.api(), namespace, "shop-primary") == "127.0.0.1:5000/shop:v2"
     assert secrets_status(cluster.api(), namespace)["3"] == "rolled-back"
 
 

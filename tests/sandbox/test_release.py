@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client, watch
 from sandboxes import Running
 from support import run_deployer, run_deployer_process
+from workloads import split
 
 pytestmark = pytest.mark.cluster
 
@@ -28,12 +29,14 @@ environments:
   test:
     branches: [main]
     namespace: {namespace}
-    canary: {{steps: {steps}, interval: {interval}, threshold: {threshold}}}
+    canary: {{steps: {steps}, interval: {interval}, threshold: {threshold}, grace: {grace}}}
 """
 
 
-def deploy_yaml(namespace: str, *, steps: str = "[20, 50]", interval: str = "300ms", threshold: int = 2) -> str:
-    return DEPLOY.format(namespace=namespace, steps=steps, interval=interval, threshold=threshold)
+def deploy_yaml(
+    namespace: str, *, steps: str = "[20, 50]", interval: str = "300ms", threshold: int = 2, grace: str = "0s"
+) -> str:
+    return DEPLOY.format(namespace=namespace, steps=steps, interval=interval, threshold=threshold, grace=grace)
 
 
 TEMPLATES = {
@@ -118,8 +121,8 @@ def vs_weights(api: client.ApiClient, namespace: str) -> tuple[int, int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "shop"
     )
-    route = vs["spec"]["http"][0]["route"]
-    return route[0]["weight"], route[1]["weight"]
+    stable, canary = split(vs["spec"]["http"][0]["route"])
+    return stable, canary
 
 
 def record_weights(api: client.ApiClient, namespace: str) -> tuple[list[tuple[int, int]], Callable[[], None]]:
@@ -136,8 +139,8 @@ def record_weights(api: client.ApiClient, namespace: str) -> tuple[list[tuple[in
             timeout_seconds=30,
         )
         for event in stream:
-            route = event["object"]["spec"]["http"][0]["route"]
-            pair = (route[0]["weight"], route[1]["weight"])
+            stable, canary = split(event["object"]["spec"]["http"][0]["route"])
+            pair = (stable, canary)
             if not seen or seen[-1] != pair:
                 seen.append(pair)
             if stop.is_set():
@@ -160,9 +163,13 @@ def test_first_release_applies_without_canary_and_routes_all_to_stable(
     assert code == 0, err
     assert "first release: applying 2 objects without a canary" in out
     assert vs_weights(api, namespace) == (100, 0)
-    stable = client.AppsV1Api(api).read_namespaced_deployment("shop", namespace)
-    assert stable.spec.selector.match_labels == {"app": "shop", "deployer.dev/track": "stable"}
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
+    stable = apps.read_namespaced_deployment("shop-primary", namespace)
+    assert stable.spec.selector.match_labels == {"app": "shop", "deployer.dev/track": "primary"}
     assert stable.metadata.labels["deployer.dev/environment"] == "test"
+    service = core.read_namespaced_service("shop", namespace)
+    assert service.spec.selector == {"app": "shop", "deployer.dev/track": "primary"}, "only stable serves the Service"
     records = client.CoreV1Api(api).list_namespaced_secret(namespace, label_selector="owner=deployer").items
     assert [
         (r.metadata.labels["deployer.dev/revision"], r.metadata.labels["deployer.dev/status"]) for r in records
@@ -178,9 +185,9 @@ def test_a_good_canary_walks_the_weights_and_is_promoted(
     stop()
     assert code == 0, err
     assert seen[-4:] == [(100, 0), (80, 20), (50, 50), (100, 0)]
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v2"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v2"
     names = [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items]
-    assert names == ["shop"], "the canary is gone after promotion"
+    assert names == ["shop-primary"], "the canary is gone after promotion"
     assert "promoting: the new version becomes stable" in out
 
 
@@ -190,7 +197,7 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
 ) -> None:
     assert deploy(app, cluster, "v1")[0] == 0
     apps = client.AppsV1Api(api)
-    before = apps.read_namespaced_deployment("shop", namespace)
+    before = apps.read_namespaced_deployment("shop-primary", namespace)
     cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:broken", "behaviour": "never-ready"})
     code, _, err = deploy(app, cluster, "broken")
     assert code == 1
@@ -198,10 +205,10 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
         f"error: test ({namespace}): canary rolled back: the canary never became ready: "
         'deployment "shop-canary" exceeded its progress deadline'
     )
-    after = apps.read_namespaced_deployment("shop", namespace)
+    after = apps.read_namespaced_deployment("shop-primary", namespace)
     assert after.metadata.generation == before.metadata.generation
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
-    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop"]
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
     assert vs_weights(api, namespace) == (100, 0)
     statuses = {
         r.metadata.labels["deployer.dev/revision"]: r.metadata.labels["deployer.dev/status"]
@@ -233,7 +240,7 @@ def test_history_status_and_rollback_to_an_earlier_revision(
     code, out, err = operation(app, cluster, "rollback", "--to", "1")
     assert code == 0, err
     assert time.monotonic() - started < 10, "a rollback takes seconds"
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
     assert secrets_status(api, namespace) == {"1": "deployed", "2": "deployed", "3": "deployed"}
     code, out, _ = operation(app, cluster, "status")
     assert out.splitlines()[0].split()[0] == "3"
@@ -266,8 +273,10 @@ def test_kill_9_at_a_phase_boundary_then_recover_ends_consistent(
     assert code == 0, err
     assert "recovered 1 release(s): [2]" in out
     assert vs_weights(api, namespace) == (100, 0)
-    assert [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items] == ["shop"]
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items] == [
+        "shop-primary"
+    ]
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
     assert secrets_status(api, namespace) == {"1": "deployed", "2": "rolled-back"}
 
 
@@ -317,7 +326,7 @@ def test_transient_api_faults_at_5_percent_give_no_wrong_verdict(
     assert good[0] == 0, good[2]
     assert bad[0] == 1
     assert "canary rolled back" in bad[2]
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:good"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:good"
 
 
 @pytest.mark.sandbox_only
@@ -338,11 +347,11 @@ def test_pre_deploy_jobs_run_first_and_a_failed_one_applies_nothing(
     assert err.splitlines()[0] == (
         f"error: test ({namespace}): pre-deploy Job migrate-r2 failed (BackoffLimitExceeded); nothing was applied"
     )
-    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v1"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
     assert secrets_status(api, namespace) == {"1": "deployed", "2": "failed"}
 
 
-def test_a_deployment_with_a_foreign_selector_is_reported_not_patched(
+def test_a_deployment_made_by_kubectl_is_adopted_without_deletion_and_canary_toggles(
     cluster: Running, api: client.ApiClient, namespace: str, app: Path
 ) -> None:
     apps = client.AppsV1Api(api)
@@ -355,27 +364,38 @@ def test_a_deployment_with_a_foreign_selector_is_reported_not_patched(
                 "selector": {"matchLabels": {"app": "shop"}},
                 "template": {
                     "metadata": {"labels": {"app": "shop"}},
-                    "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+                    "spec": {"containers": [{"name": "shop", "image": "x:1"}]},
                 },
             },
         },
     )
-    code, _, err = deploy(app, cluster, "v1")
-    assert code == 1
-    assert err.strip() == (
-        f"error: {namespace}: Deployment/shop exists with a selector the deployer did not make; "
-        "delete it, or set `canary: false` for this environment"
-    )
-    assert apps.read_namespaced_deployment("shop", namespace).spec.selector.match_labels == {"app": "shop"}
+    code, out, err = deploy(app, cluster, "v1")
+    assert code == 0, err
+    kubectls = apps.read_namespaced_deployment("shop", namespace)
+    assert kubectls.spec.selector.match_labels == {"app": "shop"}, "the selector is never touched"
+    assert kubectls.spec.replicas == 0, "scaled to zero once shop-primary serves"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
     (app / "deploy.yaml").write_text(
         (app / "deploy.yaml")
         .read_text()
-        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2}", "canary: false")
+        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2, grace: 0s}", "canary: false")
     )
-    code, out, err = deploy(app, cluster, "v1")
+    code, out, err = deploy(app, cluster, "v2")
     assert code == 0, err
-    assert "applying 2 objects without a canary" in out
-    assert secrets_status(api, namespace) == {"1": "failed", "2": "deployed"}
+    assert "no canary: applying 2 objects without a canary" in out
+    assert "pruned Deployment/shop-primary" in out
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop"]
+    assert image_of(api, namespace, "shop") == "127.0.0.1:5000/shop:v2"
+    assert client.CoreV1Api(api).read_namespaced_service("shop", namespace).spec.selector == {"app": "shop"}
+    (app / "deploy.yaml").write_text(deploy_yaml(namespace))
+    code, out, err = deploy(app, cluster, "v3")
+    assert code == 0, err
+    assert "revision 2 moves behind shop-primary" in out
+    assert "weights stable 80% / canary 20%" in out, "back to a canary: the new version goes through one"
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v3"
+    assert "pruned Deployment/shop" in out, "the deployer's own `shop` (from canary: false) is not left behind"
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
+    assert secrets_status(api, namespace) == {"1": "deployed", "2": "deployed", "3": "deployed"}
 
 
 @pytest.mark.parametrize(("command", "code", "image"), [("promote", 0, "v2"), ("abort", 1, "v1")])
@@ -403,7 +423,7 @@ def test_promote_or_abort_a_canary_in_flight(
         assert "promotion requested (deployer promote): skipping the remaining steps" in messages
     if command == "abort":
         assert "canary rolled back: aborted by request (deployer abort)" in err
-    assert image_of(api, namespace, "shop") == f"127.0.0.1:5000/shop:{image}"
+    assert image_of(api, namespace, "shop-primary") == f"127.0.0.1:5000/shop:{image}"
     assert vs_weights(api, namespace) == (100, 0)
 
 
@@ -495,8 +515,8 @@ def test_missing_istio_crds_are_a_clear_message_before_anything_is_applied(
     code, _, err = deploy(repo, bare, "v1")
     assert code == 1
     assert err.strip() == (
-        "error: cluster: the Istio CRDs (networking.istio.io/v1 VirtualService, DestinationRule) "
-        "are missing from the cluster; install Istio before deploying"
+        "error: cluster: the cluster serves no VirtualService in networking.istio.io (v1 or v1beta1): a canary "
+        "needs Istio; install Istio, or set `canary: false` for this environment"
     )
     assert client.AppsV1Api(api).list_namespaced_deployment("shop").items == []
 
@@ -507,7 +527,7 @@ def test_rollback_of_an_environment_without_canary_keeps_its_selectors(
     (app / "deploy.yaml").write_text(
         (app / "deploy.yaml")
         .read_text()
-        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2}", "canary: false")
+        .replace("canary: {steps: [20, 50], interval: 300ms, threshold: 2, grace: 0s}", "canary: false")
     )
     assert deploy(app, cluster, "v1")[0] == 0
     assert deploy(app, cluster, "v2")[0] == 0

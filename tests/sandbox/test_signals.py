@@ -20,6 +20,7 @@ from sandboxes import Running
 from support import run_deployer_process
 from test_release import TEMPLATES, deploy_yaml, start_deploy
 from waiting import wait_for
+from workloads import split
 
 from deployer.kube.lease import Lock, LockLost
 
@@ -85,7 +86,7 @@ def deployed(sandbox: Running, app: Path, version: str) -> None:
 
 
 def image_of(sandbox: Running, namespace: str) -> str:
-    deployment = client.AppsV1Api(sandbox.api()).read_namespaced_deployment("shop", namespace)
+    deployment = client.AppsV1Api(sandbox.api()).read_namespaced_deployment("shop-primary", namespace)
     return str(deployment.spec.template.spec.containers[0].image)
 
 
@@ -93,7 +94,7 @@ def weights(sandbox: Running, namespace: str) -> list[int]:
     vs = client.CustomObjectsApi(sandbox.api()).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "shop"
     )
-    return [r["weight"] for r in vs["spec"]["http"][0]["route"]]
+    return split(vs["spec"]["http"][0]["route"])
 
 
 def test_a_dropped_watch_does_not_end_the_interval_and_a_canary_going_unready_later_is_not_promoted(
@@ -193,7 +194,7 @@ def test_a_failed_promotion_ends_only_once_the_version_put_back_has_rolled_out_o
     if put_back_serves:
         assert "revision 1 restored and rolled out" in err and "revision 1 restored and rolled out" in history
         assert image_of(sandbox, namespace) == f"{IMAGE}:v1"
-        ready = client.AppsV1Api(sandbox.api()).read_namespaced_deployment("shop", namespace).status
+        ready = client.AppsV1Api(sandbox.api()).read_namespaced_deployment("shop-primary", namespace).status
         assert (ready.ready_replicas, ready.updated_replicas) == (2, 2), "stable's pods are all v1 again"
     else:
         assert "revision 1 re-applied but NOT rolled out" in err and "NOT rolled out" in history
@@ -255,4 +256,6 @@ def test_a_rollback_says_so_when_the_stable_version_is_not_serving_either(
     assert result.code == 1
     [line] = result.err.splitlines()
     assert "canary rolled back: the canary never became ready: " in line
-    assert line.endswith('; the stable version is NOT rolled out: deployment "shop" exceeded its progress deadline')
+    assert line.endswith(
+        '; the stable version is NOT rolled out: deployment "shop-primary" exceeded its progress deadline'
+    )

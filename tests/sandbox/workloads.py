@@ -100,3 +100,10 @@ def autoscaler(name: str, *, maximum: int, metric: dict[str, Any], **spec: Any) 
             **spec,
         },
     }
+
+
+def split(route: list[dict[str, Any]]) -> list[int]:
+    """[stable, canary] weights of a deployer route: one destination (the Service, so the primaries) is all stable."""
+    if len(route) == 1:
+        return [100, 0]
+    return [int(r["weight"]) for r in route]

@@ -1,0 +1,140 @@
+"""The Istio router: VirtualServices that split a Service's host between `S` (the primaries) and `S-canary`.
+
+Routing by host rather than by subset needs no DestinationRule, so a chart's own DestinationRule is never
+written over. A VirtualService the chart renders that routes to the Service (one destination per route, as
+Argo Rollouts requires of the routes it manages: rollout/trafficrouting/istio/istio.go) is adopted: everything
+in it is kept and only the weights of its routes to the Service change. Otherwise the deployer's own
+VirtualService, named after the Service, binds the mesh and the environment's gateways (a VirtualService
+without `gateways` binds `mesh` only: istio/api networking/v1alpha3/virtual_service.proto).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployer.canary.objects import CanaryTarget
+from deployer.canary.router import Routing
+from deployer.errors import DeployError
+
+GROUP = "networking.istio.io"
+VERSIONS = ("v1", "v1beta1")  # v1 from Istio 1.22; v1beta1 since 1.5
+KIND = "VirtualService"
+ROUTE = "deployer"
+
+
+def _names_service(host: str, target: CanaryTarget) -> bool:
+    """Whether a destination host is the Service (short names resolve in the VirtualService's namespace)."""
+    service, namespace = target.service, target.namespace
+    return host in (service, f"{service}.{namespace}", f"{service}.{namespace}.svc", target.host)
+
+
+def _mesh_bound(virtual: dict[str, Any]) -> bool:
+    gateways = (virtual.get("spec") or {}).get("gateways") or []
+    return not gateways or "mesh" in gateways
+
+
+@dataclass(frozen=True)
+class IstioRouter:
+    api_version: str = f"{GROUP}/v1"
+    routing: Routing = field(default_factory=Routing)
+    labels: dict[str, str] = field(default_factory=dict)
+    kind: str = KIND
+
+    def _routing_to(self, objects: list[dict[str, Any]], target: CanaryTarget) -> list[dict[str, Any]]:
+        return [
+            o
+            for o in objects
+            if o["kind"] == KIND
+            and any(
+                _names_service(str((d.get("destination") or {}).get("host", "")), target)
+                for http in (o.get("spec") or {}).get("http") or []
+                for d in http.get("route") or []
+            )
+        ]
+
+    def check(self, objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> None:
+        own = {t.service for t in targets if self._needs_own(objects, t)}
+        for virtual in (o for o in objects if o["kind"] == KIND):
+            name = virtual["metadata"]["name"]
+            if name in own:
+                raise DeployError(
+                    f"VirtualService {name}: the deployer routes Service {name} with a VirtualService of this name "
+                    "(for the mesh); rename the chart's, or bind it to the mesh so that it is adopted",
+                    where="canary",
+                )
+            for target in targets:
+                for http in (virtual.get("spec") or {}).get("http") or []:
+                    route = http.get("route") or []
+                    hosts = [str((d.get("destination") or {}).get("host", "")) for d in route]
+                    if len(route) > 1 and any(_names_service(h, target) for h in hosts):
+                        raise DeployError(
+                            f"VirtualService {name}: a route splits traffic between {', '.join(hosts)}; the "
+                            f"deployer manages the weights of routes to Service {target.service} only when such a "
+                            "route has one destination",
+                            where="canary",
+                        )
+
+    def _needs_own(self, objects: list[dict[str, Any]], target: CanaryTarget) -> bool:
+        adopted = self._routing_to(objects, target)
+        return bool(self.routing.gateways) or not any(_mesh_bound(v) for v in adopted)
+
+    def adopted(self, objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> set[tuple[str, str]]:
+        return {(KIND, v["metadata"]["name"]) for t in targets for v in self._routing_to(objects, t)}
+
+    def routes(
+        self, objects: list[dict[str, Any]], targets: list[CanaryTarget], weight: int | None
+    ) -> list[dict[str, Any]]:
+        if weight is not None and not 0 <= weight <= 100:
+            raise ValueError(f"canary weight {weight} is outside 0..100")
+        out: dict[str, dict[str, Any]] = {}
+        for target in targets:
+            for virtual in self._routing_to(objects, target):
+                name = virtual["metadata"]["name"]
+                out[name] = _weighted(out.get(name, virtual), target, weight, self.api_version)
+            if self._needs_own(objects, target):
+                out[target.service] = self._own(target, weight)
+        return list(out.values())
+
+    def _own(self, target: CanaryTarget, weight: int | None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"hosts": [target.service, *self.routing.hosts]}
+        if self.routing.gateways:
+            spec["gateways"] = [*self.routing.gateways, "mesh"]
+        spec["http"] = [{"name": ROUTE, "route": _split({"host": target.host}, target, weight)}]
+        return {
+            "apiVersion": self.api_version,
+            "kind": KIND,
+            "metadata": {"name": target.service, "namespace": target.namespace, "labels": dict(self.labels)},
+            "spec": spec,
+        }
+
+    def weights(self, live: dict[str, Any], target: CanaryTarget) -> tuple[int, int] | None:
+        for http in (live.get("spec") or {}).get("http") or []:
+            route = http.get("route") or []
+            hosts = [str((d.get("destination") or {}).get("host", "")) for d in route]
+            if any(_names_service(h, target) for h in hosts):
+                canary = sum(
+                    int(d.get("weight", 0)) for d, h in zip(route, hosts, strict=True) if h == target.canary_host
+                )
+                return 100 - canary, canary
+        return None
+
+
+def _split(destination: dict[str, Any], target: CanaryTarget, weight: int | None) -> list[dict[str, Any]]:
+    """A route to the Service at `weight` percent to its canary (the canary copy keeps the port, not a subset:
+    subsets select the primaries' labels)."""
+    if weight is None:
+        return [{"destination": destination}]
+    canary = {"host": target.canary_host, **({"port": destination["port"]} if "port" in destination else {})}
+    return [{"destination": destination, "weight": 100 - weight}, {"destination": canary, "weight": weight}]
+
+
+def _weighted(virtual: dict[str, Any], target: CanaryTarget, weight: int | None, api_version: str) -> dict[str, Any]:
+    out = copy.deepcopy(virtual)
+    out["apiVersion"] = api_version
+    for http in (out.get("spec") or {}).get("http") or []:
+        route = http.get("route") or []
+        if len(route) == 1 and _names_service(str((route[0].get("destination") or {}).get("host", "")), target):
+            http["route"] = _split(route[0]["destination"], target, weight)
+    return out

@@ -1,0 +1,269 @@
+"""Canary v2 on real containers and the sandbox's Istio-like mesh (1 s route propagation): every path traffic takes
+follows the weights or reaches stable only, a chart's gateway VirtualService is adopted, the canary reads its
+own config, and promotion and abort under steady traffic fail no request."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from sandboxes import Running
+from support import edit, run_deployer
+from workloads import split
+
+pytestmark = [
+    pytest.mark.sandbox_only,  # the sandbox's mesh answers who served each request
+    pytest.mark.skipif(
+        not (shutil.which("dockerd") and shutil.which("docker-registry")),
+        reason="dockerd and docker-registry are installed by `make setup`",
+    ),
+]
+GATEWAY = "istio-system/istio-ingressgateway"
+
+DEPLOY = """\
+app: web
+image: {{repository: 127.0.0.1:5000/web}}
+render: {{templates: {{dir: templates}}}}
+environments:
+  test:
+    branches: [main]
+    namespace: {namespace}
+    values: [values.yaml]
+    canary:
+      steps: [10]
+      interval: 2m
+      threshold: 1
+      grace: 2s
+      gateways: [{gateway}]
+      hosts: [web-direct.example.test]
+"""
+
+TEMPLATES = {
+    "config.yaml.j2": """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data: {VERSION: "{{ values.version }}"}
+""",
+    "deployment.yaml.j2": """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: "{{ values.image }}"  # busybox from the test registry, whatever the release's tag
+        command: [sh, -c,
+          "mkdir -p /tmp/www && echo $VERSION > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+        env: [{name: VERSION, valueFrom: {configMapKeyRef: {name: web-config, key: VERSION}}}]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+""",
+    "service.yaml.j2": """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+""",
+    "public.yaml.j2": """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web-public}
+spec:
+  hosts: [web.example.test]
+  gateways: [GATEWAY]
+  http:
+  - match: [{uri: {prefix: /}}]
+    timeout: 5s
+    route: [{destination: {host: web, port: {number: 80}}}]
+""".replace("GATEWAY", GATEWAY),
+    "ingress.yaml.j2": """\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  ingressClassName: istio
+  rules:
+  - host: web-ingress.example.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(containers_cluster: Running) -> Running:
+    return containers_cluster
+
+
+@pytest.fixture
+def app(tmp_path: Path, mesh_namespace: str, busybox: str) -> Path:
+    repo = tmp_path / "web"
+    (repo / "templates").mkdir(parents=True)
+    (repo / "deploy.yaml").write_text(DEPLOY.format(namespace=mesh_namespace, gateway=GATEWAY))
+    (repo / "values.yaml").write_text(f"image: {busybox}\nversion: v1\n")
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    for name, text in TEMPLATES.items():
+        (repo / "templates" / name).write_text(text)
+    return repo
+
+
+def deploy_args(app: Path, cluster: Running, image: str) -> list[str]:
+    return [
+        "deploy",
+        "--env",
+        "test",
+        "--repo",
+        str(app),
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--image",
+        image,
+        "--rollout-timeout",
+        "60",
+    ]
+
+
+def start(app: Path, cluster: Running, image: str) -> subprocess.Popen[str]:
+    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+    return subprocess.Popen(
+        [exe, *deploy_args(app, cluster, image), "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], message: str) -> list[str]:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(json.loads(line)["message"])
+        if seen[-1] == message:
+            return seen
+    raise AssertionError(f"never saw {message!r}: {seen} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def versions(answers: list[tuple[int, str]]) -> Counter[str]:
+    return Counter(body.strip() if status == 200 else f"{status} {body.strip()}" for status, body in answers)
+
+
+def within(count: int, total: int, share: float) -> bool:
+    """`count` of `total` is within the two-sided 99% binomial bound of `share`."""
+    mean, sd = total * share, math.sqrt(total * share * (1 - share))
+    return mean - 2.576 * sd <= count <= mean + 2.576 * sd
+
+
+class Steady:
+    """Requests through the gateway and from a mesh client, back to back, until stopped: what failed."""
+
+    def __init__(self, cluster: Running, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.answers: Counter[str] = Counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self.answers += versions(self.cluster.send("web.example.test", 10))
+            self.answers += versions(self.cluster.send("web", 10, source=self.namespace))
+
+    def __enter__(self) -> Steady:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=60)
+
+    def failed(self) -> dict[str, int]:
+        return {k: n for k, n in self.answers.items() if not k.startswith("v")}
+
+
+@pytest.fixture
+def first(app: Path, cluster: Running, busybox: str, mesh_namespace: str) -> Iterator[str]:
+    """v1 live, through the deployer's first release."""
+    result = run_deployer(*deploy_args(app, cluster, busybox))
+    assert result.code == 0, result.err
+    cluster.propagated()
+    assert versions(cluster.send("web.example.test", 10)) == {"v1": 10}
+    yield busybox
+
+
+def test_at_10_percent_the_mesh_and_the_gateways_follow_the_weights_and_other_paths_reach_stable_only(
+    app: Path, cluster: Running, api: client.ApiClient, mesh_namespace: str, first: str
+) -> None:
+    ns = mesh_namespace
+    edit(app / "values.yaml", "version: v1", "version: v2")  # a config-only change goes through the canary
+    proc = start(app, cluster, first)
+    try:
+        read_until(proc, "weights stable 90% / canary 10%")
+        cluster.propagated()
+        gateway = versions(cluster.send("web.example.test", 1000))
+        direct = versions(cluster.send("web-direct.example.test", 500))
+        mesh = versions(cluster.send("web", 1000, source=ns))
+        ingress = versions(cluster.send("web-ingress.example.test", 300))
+        plain = versions(cluster.send("web", 300, source=ns, sidecar=False))
+        assert set(gateway) == {"v1", "v2"} and within(gateway["v2"], 1000, 0.1), gateway
+        assert set(direct) == {"v1", "v2"} and within(direct["v2"], 500, 0.1), direct
+        assert set(mesh) == {"v1", "v2"} and within(mesh["v2"], 1000, 0.1), mesh
+        assert ingress == {"v1": 300}, "a Kubernetes Ingress does not pass through the routes: stable only"
+        assert plain == {"v1": 300}, "a pod without a sidecar reaches the Service's endpoints: stable only"
+        public = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "networking.istio.io", "v1", ns, "virtualservices", "web-public"
+        )
+        assert public["spec"]["gateways"] == [GATEWAY], "the chart's VirtualService keeps its gateway"
+        assert public["spec"]["http"][0]["timeout"] == "5s"
+        assert split(public["spec"]["http"][0]["route"]) == [90, 10]
+        assert run_deployer("promote", "--env", "test", "--repo", app, "--kubeconfig", cluster.kubeconfig).code == 0
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+    cluster.propagated()
+    assert versions(cluster.send("web.example.test", 50)) == {"v2": 50}
+    names = sorted(d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(ns).items)
+    assert names == ["web-primary"], "the canary is gone after promotion"
+    configs = sorted(c.metadata.name for c in client.CoreV1Api(api).list_namespaced_config_map(ns).items)
+    assert "web-config-canary" not in configs, "the canary's config copy is gone too"
+    public = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "networking.istio.io", "v1", ns, "virtualservices", "web-public"
+    )
+    assert public["spec"]["gateways"] == [GATEWAY] and split(public["spec"]["http"][0]["route"]) == [100, 0]
+
+
+@pytest.mark.parametrize(("command", "code", "after"), [("promote", 0, "v2"), ("abort", 1, "v1")])
+def test_promotion_and_abort_under_steady_traffic_fail_no_request(
+    app: Path, cluster: Running, mesh_namespace: str, first: str, command: str, code: int, after: str
+) -> None:
+    edit(app / "values.yaml", "version: v1", "version: v2")
+    edit(app / "deploy.yaml", "interval: 2m", "interval: 10s")  # a request is taken up when the interval ends
+    proc = start(app, cluster, first)
+    try:
+        read_until(proc, "weights stable 90% / canary 10%")
+        with Steady(cluster, mesh_namespace) as steady:
+            cluster.propagated()
+            asked = run_deployer(command, "--env", "test", "--repo", app, "--kubeconfig", cluster.kubeconfig)
+            assert asked.code == 0, asked.err
+            assert proc.wait(timeout=120) == code, proc.stderr.read() if proc.stderr else ""
+            cluster.propagated()
+        assert steady.failed() == {}, steady.answers
+        assert steady.answers["v2"] > 0 and steady.answers["v1"] > 0, steady.answers
+    finally:
+        proc.kill()
+    assert versions(cluster.send("web.example.test", 50)) == {after: 50}
