@@ -206,6 +206,12 @@ def hpas_of(objects: list[dict[str, Any]], deployment: str) -> list[dict[str, An
     ]
 
 
+def hpa_minimum(objects: list[dict[str, Any]], deployment: str) -> int | None:
+    """The least replicas the rendered HPAs of `deployment` keep (None when none scales it)."""
+    scalers = hpas_of(objects, deployment)
+    return max(int(h["spec"].get("minReplicas", 1)) for h in scalers) if scalers else None
+
+
 def _retarget(hpa: dict[str, Any], deployment: str, name: str) -> dict[str, Any]:
     out = _strip(hpa)
     out["metadata"]["name"] = name
@@ -258,8 +264,7 @@ def canary_set(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> li
                 holder[key] = canary_name(holder[key])
         scalers = hpas_of(objects, target.deployment)
         if scalers:
-            minimum = max(int(h["spec"].get("minReplicas", 1)) for h in scalers)
-            canary["spec"]["replicas"] = max(minimum, 1)
+            canary["spec"]["replicas"] = max(hpa_minimum(objects, target.deployment) or 1, 1)
         deployments.append(canary)
         hpas += [_retarget(h, target.canary, canary_name(h["metadata"]["name"])) for h in scalers]
         service = _strip(services[target.service])
@@ -276,10 +281,9 @@ def canary_set(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> li
 def initial_replicas(objects: list[dict[str, Any]], target: CanaryTarget, live: dict[str, Any] | None) -> int | None:
     """The size a new primary starts at when an HPA scales it (None when none does): the live Deployment's it
     replaces, at least the HPA's minimum."""
-    scalers = hpas_of(objects, target.deployment)
-    if not scalers:
+    minimum = hpa_minimum(objects, target.deployment)
+    if minimum is None:
         return None
-    minimum = max(int(h["spec"].get("minReplicas", 1)) for h in scalers)
     current = int(((live or {}).get("spec") or {}).get("replicas") or 0)
     return max(minimum, current, 1)
 

@@ -170,7 +170,9 @@ class Kube:
 
     def _follow(self, names: set[str], namespace: str, seconds: float) -> Observed:
         deadline = time.monotonic() + seconds
-        armed: set[str] = set()
+        # per Deployment, once all its pods were ready: the most pods seen ready since, at most the replicas it
+        # wants (an HPA's scale-up adds pods not yet ready, a scale-down removes ready ones: neither is a failure)
+        peak: dict[str, int] = {}
         version: str | None = None
         lost: str | None = None
 
@@ -179,10 +181,11 @@ class Kube:
             if name not in names:
                 return None
             wanted, ready = obj.spec.replicas or 0, (obj.status.ready_replicas if obj.status else 0) or 0
-            if ready >= wanted > 0:
-                armed.add(name)
-            elif name in armed:
+            before = peak.get(name)
+            if before is not None and ready < min(before, wanted):
                 return f"{name}: {ready}/{wanted} pods ready (a pod went unready)"
+            if before is not None or ready >= wanted > 0:
+                peak[name] = min(max(before or 0, ready), wanted)
             return None
 
         while (remaining := deadline - time.monotonic()) > 0:

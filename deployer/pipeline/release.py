@@ -18,7 +18,7 @@ from kubernetes import client
 
 from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, verdict
 from deployer.canary.jobs import for_revision, job_from_config, split_pre_deploy
-from deployer.canary.objects import canary_targets, owned_by_release, require_targets, stable_set
+from deployer.canary.objects import canary_targets, hpa_minimum, owned_by_release, require_targets, stable_set
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job
 from deployer.errors import DeployError, TransientError
@@ -293,6 +293,8 @@ async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: dict
 
 
 async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
+    """Every canary pod ready; for a canary an HPA scales, at least the HPA's minimum (pods it is adding as the
+    round ends are not a failure of the new version)."""
     results = []
     for canary in canaries:
         name = canary["metadata"]["name"]
@@ -301,9 +303,13 @@ async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckRes
         except (DeployError, TransientError) as exc:  # a check that cannot be made fails its round
             results.append(CheckResult(f"readiness {name}", False, f"cannot read the Deployment: {exc}"))
             continue
-        wanted = (live.get("spec") or {}).get("replicas", 1)
-        ready = (live.get("status") or {}).get("readyReplicas") or 0
-        results.append(CheckResult(f"readiness {name}", ready >= wanted, f"{ready}/{wanted} pods ready"))
+        wanted = int((live.get("spec") or {}).get("replicas", 1))
+        ready = int((live.get("status") or {}).get("readyReplicas") or 0)
+        floor = hpa_minimum(run.objects, next(t.deployment for t in run.targets if t.canary == name))
+        message = f"{ready}/{wanted} pods ready"
+        if floor is not None and floor < wanted:
+            wanted, message = floor, f"{message} (the HPA's minimum is {floor})"
+        results.append(CheckResult(f"readiness {name}", ready >= wanted, message))
     return tuple(results)
 
 

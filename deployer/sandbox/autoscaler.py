@@ -178,11 +178,14 @@ class Autoscaler:
         self._status(hpa, target, metrics, conditions, desired=limited, scaled=limited != current)
 
     def _pods(self, target: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+        """The target's pods the replica calculator groups: all but the deleted and the failed ones."""
         selector = match_labels_selector((target.get("spec") or {}).get("selector"))
         return [
             p
             for p in self.cluster.store.items("", "pods", namespace)
-            if selector(p["metadata"].get("labels") or {}) and ready(p) and not p["metadata"].get("deletionTimestamp")
+            if selector(p["metadata"].get("labels") or {})
+            and not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") != "Failed"
         ]
 
     def _proposals(
@@ -206,12 +209,14 @@ class Autoscaler:
     def _cpu(
         self, resource: dict[str, Any], pods: list[dict[str, Any]], current: int, namespace: str
     ) -> tuple[int, dict[str, Any]]:
+        """kube's GetResourceReplicas (pkg/controller/podautoscaler/replica_calculator.go): the ratio over the ready
+        pods with metrics; then, if pods have no metrics or are unready, it is recomputed with missing pods at
+        100% on a scale-down and 0% on a scale-up (unready ones at 0% on a scale-up), and no scaling happens if
+        that flips the direction or lands within the tolerance (as during a rollout)."""
         target = resource.get("target") or {}
-        measured = {
-            p["metadata"]["name"]: self.cpu[(namespace, p["metadata"]["name"])]
-            for p in pods
-            if (namespace, p["metadata"]["name"]) in self.cpu
-        }
+        usage = {p["metadata"]["name"]: self.cpu.get((namespace, p["metadata"]["name"])) for p in pods}
+        measured = {p["metadata"]["name"]: usage[p["metadata"]["name"]] or 0.0 for p in pods if ready(p)}
+        measured = {name: value for name, value in measured.items() if usage[name] is not None}
         if not measured:
             raise MetricError(
                 "FailedGetResourceMetric",
@@ -224,16 +229,36 @@ class Autoscaler:
             wanted = quantity(target.get("averageValue", 0))
             proposal = _propose(total / len(measured) / wanted, total / wanted, current)
             return proposal, {"type": "Resource", "resource": {"name": "cpu", "current": {"averageValue": average}}}
-        requests = sum(_cpu_request(p) for p in pods if p["metadata"]["name"] in measured)
-        utilization = total / requests * 100
+        requests = {p["metadata"]["name"]: _cpu_request(p) for p in pods}
         wanted = float(target.get("averageUtilization", 80))
-        proposal = _propose(utilization / wanted, utilization / wanted * len(measured), current)
+        utilization = total / sum(requests[n] for n in measured) * 100
         shown = {"averageUtilization": round(utilization), "averageValue": average}
-        return proposal, {"type": "Resource", "resource": {"name": "cpu", "current": shown}}
+        metric = {"type": "Resource", "resource": {"name": "cpu", "current": shown}}
+        ratio = utilization / wanted
+        missing = [n for n in requests if usage[n] is None]
+        unready = [n for n in requests if usage[n] is not None and n not in measured]
+        if not missing and not (unready and ratio > 1.0):
+            return _propose(ratio, ratio * len(measured), current), metric
+        filled = dict(measured)
+        for name in missing:
+            if ratio < 1.0:
+                filled[name] = requests[name] * max(100.0, wanted) / 100
+            elif ratio > 1.0:
+                filled[name] = 0.0
+        if ratio > 1.0:
+            filled.update({name: 0.0 for name in unready})
+        again = sum(filled.values()) / sum(requests[n] for n in filled) * 100 / wanted
+        if abs(1.0 - again) <= TOLERANCE or (ratio < 1.0 < again) or (again < 1.0 < ratio):
+            return current, metric
+        proposal = max(1, math.ceil(again * len(filled) - 1e-9))
+        if (again < 1.0 and proposal > current) or (again > 1.0 and proposal < current):
+            return current, metric
+        return proposal, metric
 
     def _rate(
         self, metric: dict[str, Any], pods: list[dict[str, Any]], current: int, namespace: str
     ) -> tuple[int, dict[str, Any]]:
+        pods = [p for p in pods if ready(p)]
         if not pods:
             raise MetricError("FailedGetPodsMetric", "no ready pods to measure")
         total = sum(self.request_rate(namespace, p["metadata"]["name"]) for p in pods)

@@ -174,7 +174,7 @@ def test_an_hpa_scales_its_deployment_within_bounds_and_owns_replicas_again_afte
 ) -> None:
     running = sandbox_factory(hpa_sync_period=0.3, ready_delay=0.05)
     api = running.api()
-    apps = client.AppsV1Api(api)
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     container = {"name": "web", "image": "web:1", "resources": {"requests": {"cpu": "100m"}}}
     deployment = {
         "apiVersion": "apps/v1",
@@ -226,6 +226,9 @@ def test_an_hpa_scales_its_deployment_within_bounds_and_owns_replicas_again_afte
         }
 
     assert owners().get(("kubectl", "Apply", "")) is True
+    # the new pods report too (kube's calculator counts a pod without metrics at 100% on a scale-down)
+    wait_for(lambda: len(core.list_namespaced_pod("default", label_selector="app=web").items) == 3, what="3 pods")
+    running.control("/sandbox/metrics", {"namespace": "default", "selector": "app=web", "cpu": "10m"})
     wait_for(replicas(1), what="the HPA to scale back to 1")
     after = owners()
     assert after[("kube-controller-manager", "Update", "scale")] is True
