@@ -288,6 +288,21 @@ def initial_replicas(objects: list[dict[str, Any]], target: CanaryTarget, live: 
     return max(minimum, current, 1)
 
 
+def without_sidecar(pods: list[dict[str, Any]]) -> list[str]:
+    """Names of the pods Istio did not inject (istio/istio pkg/kube/inject: the `sidecar.istio.io/status`
+    annotation and an `istio-proxy` container, or init container for native sidecars)."""
+    names = []
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+        injected = "sidecar.istio.io/status" in ((pod.get("metadata") or {}).get("annotations") or {}) or any(
+            c.get("name") == "istio-proxy" for c in containers
+        )
+        if not injected:
+            names.append(str(pod["metadata"]["name"]))
+    return names
+
+
 OWNER_LABELS = ("app.kubernetes.io/managed-by", "deployer.dev/app", "deployer.dev/environment")
 
 

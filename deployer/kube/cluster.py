@@ -145,22 +145,24 @@ class Kube:
 
     async def pods(self, *, namespace: str, selector: dict[str, str]) -> list[str]:
         """Names of the ready pods matching `selector`."""
-
-        def ready() -> list[str]:
-            text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-            listed = self.api.sanitize_for_serialization(
-                call(client.CoreV1Api(self.api).list_namespaced_pod, namespace, label_selector=text)
+        return [
+            p["metadata"]["name"]
+            for p in await self.pod_objects(namespace=namespace, selector=selector)
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
             )
-            return [
-                p["metadata"]["name"]
-                for p in listed["items"]
-                if any(
-                    c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (p.get("status") or {}).get("conditions") or []
-                )
-            ]
+        ]
 
-        return await asyncio.to_thread(ready)
+    async def pod_objects(self, *, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        """The pods matching `selector`, as the API serves them."""
+
+        def listed() -> list[dict[str, Any]]:
+            text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            found = call(client.CoreV1Api(self.api).list_namespaced_pod, namespace, label_selector=text)
+            return list(self.api.sanitize_for_serialization(found)["items"])
+
+        return await asyncio.to_thread(listed)
 
     async def until_unready(self, names: list[str], *, namespace: str, seconds: float) -> Observed:
         """Watch these Deployments for the whole of `seconds`. Ends early only for an observed unready pod of one

@@ -18,7 +18,14 @@ from kubernetes import client
 
 from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, verdict
 from deployer.canary.jobs import for_revision, job_from_config, split_pre_deploy
-from deployer.canary.objects import canary_targets, hpa_minimum, owned_by_release, require_targets, stable_set
+from deployer.canary.objects import (
+    canary_targets,
+    hpa_minimum,
+    owned_by_release,
+    require_targets,
+    stable_set,
+    without_sidecar,
+)
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job
 from deployer.errors import DeployError, TransientError
@@ -231,6 +238,7 @@ async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> N
     await run.save(phase="canary")
     canaries = await start_canary(run)
     await _canary_ready(run, canaries, previous)
+    await _in_mesh(run, canaries, previous)
     rounds: list[Round] = []
     while True:
         result = verdict(rounds, policy)
@@ -290,6 +298,21 @@ async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: dict
             await _rollback(run, f"the canary never became ready: {exc.message}", previous)
         if state.state is Rollout.FAILED:
             await _rollback(run, f"the canary never became ready: {state.message}", previous)
+
+
+async def _in_mesh(run: Run, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+    """Before any traffic shifts: a pod without a sidecar is not routed by weight and reports no metrics, so a
+    canary would be judged on nothing."""
+    for canary in canaries:
+        pods = await run.kube.pod_objects(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
+        if bare := without_sidecar(pods):
+            await _rollback(
+                run,
+                f"the canary's pods have no Istio sidecar ({', '.join(sorted(bare)[:3])}), so the mesh can neither "
+                f"route by weight to them nor measure them: label namespace {run.namespace} with "
+                "istio-injection=enabled (or istio.io/rev=<revision>) and push again",
+                previous,
+            )
 
 
 async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:

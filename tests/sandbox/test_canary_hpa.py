@@ -35,7 +35,9 @@ def autoscaled(sandbox_factory: Callable[..., Running]) -> Running:
 
 @pytest.fixture
 def app(tmp_path: Path, autoscaled: Running) -> Path:
-    client.CoreV1Api(autoscaled.api()).create_namespace({"metadata": {"name": "shop"}})
+    client.CoreV1Api(autoscaled.api()).create_namespace(
+        {"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}
+    )
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
     deploy = DEPLOY.format(namespace="shop", steps="[50]", interval="8s", threshold=1, grace="0s")
@@ -67,7 +69,7 @@ def test_the_canary_is_autoscaled_and_the_primarys_replicas_stay_the_hpas(autosc
     assert replicas(api, "shop-primary") == 2, "a new primary starts at the HPA's minimum"
     hpa = client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("shop", "shop")
     assert hpa.spec.scale_target_ref.name == "shop-primary"
-    cpu(autoscaled, "primary", "100m")  # twice the target: the HPA doubles the primary
+    cpu(autoscaled, "primary", "200m")  # app and sidecar request 200m: 100%, twice the target
     wait_for(lambda: replicas(api, "shop-primary") == 4, what="the HPA to scale the primary to 4")
 
     proc = start_deploy(app, autoscaled, "v2")
@@ -76,7 +78,7 @@ def test_the_canary_is_autoscaled_and_the_primarys_replicas_stay_the_hpas(autosc
         if json.loads(line)["message"] == "weights stable 50% / canary 50%":
             break
     assert replicas(api, "shop-canary") == 2, "the canary starts at the HPA's minimum"
-    cpu(autoscaled, "canary", "100m")
+    cpu(autoscaled, "canary", "200m")
     wait_for(lambda: replicas(api, "shop-canary") == 4, what="the canary's own HPA to scale it")
     assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
 

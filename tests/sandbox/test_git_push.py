@@ -41,6 +41,7 @@ from workloads import split
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
 APPS = [f"app{i}" for i in range(34)]
+MESH = {"istio-injection": "enabled"}  # a canary needs sidecars
 _next_app = itertools.count()
 
 
@@ -73,7 +74,7 @@ def server(
     core = client.CoreV1Api(cluster.api())
     for app in APPS:
         for env in ("staging", "prod"):
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=f"{app}-{env}")))
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=f"{app}-{env}", labels=MESH)))
     tokens = {"alice": new_token(), "bob": new_token()}
     tmp = tmp_path_factory.mktemp("server")
     config = server_config(

@@ -496,6 +496,23 @@ def test_objects_a_release_no_longer_renders_are_pruned(
     assert "not-ours" in names, "only objects carrying the deployer's labels are pruned"
 
 
+def test_a_canary_without_sidecars_is_refused_before_any_traffic_moves(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    core = client.CoreV1Api(api)
+    core.patch_namespace(namespace, {"metadata": {"labels": {"istio-injection": None}}})
+    seen, stop = record_weights(api, namespace)
+    code, out, err = deploy(app, cluster, "v2")
+    stop()
+    assert code == 1
+    assert err.startswith(f"error: test ({namespace}): canary rolled back: the canary's pods have no Istio sidecar")
+    assert f"label namespace {namespace} with istio-injection=enabled (or istio.io/rev=<revision>)" in err
+    assert "weights stable 80% / canary 20%" not in out
+    assert all(canary == 0 for _, canary in seen), seen
+    assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
+
+
 @pytest.mark.sandbox_only
 def test_missing_istio_crds_are_a_clear_message_before_anything_is_applied(
     sandbox_factory: Callable[..., Running], tmp_path: Path

@@ -36,7 +36,9 @@ def sandbox(sandbox_factory: Callable[..., Running]) -> Running:
 @pytest.fixture
 def namespace(sandbox: Running) -> Iterator[str]:
     name = f"s-{uuid.uuid4().hex[:8]}"
-    client.CoreV1Api(sandbox.api()).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    client.CoreV1Api(sandbox.api()).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"istio-injection": "enabled"}))
+    )
     yield name
 
 
@@ -171,7 +173,9 @@ def test_a_failed_promotion_ends_only_once_the_version_put_back_has_rolled_out_o
 ) -> None:
     sandbox = sandbox_factory(ready_delay=1.0)  # pods take a second: room to act once promotion starts
     namespace = f"p-{uuid.uuid4().hex[:8]}"
-    client.CoreV1Api(sandbox.api()).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    client.CoreV1Api(sandbox.api()).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels={"istio-injection": "enabled"}))
+    )
     app = make_app(tmp_path, namespace, steps="[50]", interval="300ms")
     deployed(sandbox, app, "v1")
     run = Deploy(app, sandbox, "v2")
