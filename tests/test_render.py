@@ -114,13 +114,13 @@ def test_the_same_object_rendered_twice_is_an_error(example: Example) -> None:
 def test_custom_resources_without_a_schema_are_noted_not_refused(example: Example) -> None:
     repo = example("hello-jinja")
     (repo / "templates" / "vs.yaml.j2").write_text(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: {{ app }}}\n"
-        "spec: {hosts: [{{ app }}]}\n"
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: {{ app }}-public}\n"
+        "spec: {hosts: [{{ app }}.example.com]}\n"
     )
     result = run_deployer("render", "--env", "prod", "--repo", repo)
     assert result.code == 0
-    assert (
-        result.err == "note: VirtualService/hello-jinja has no Kubernetes schema here; only its metadata was checked\n"
+    assert result.err == (
+        "note: VirtualService/hello-jinja-public has no Kubernetes schema here; only its metadata was checked\n"
     )
     assert not has_schema("VirtualService", "networking.istio.io/v1")
     assert has_schema("Deployment", "apps/v1", version=KUBERNETES_VERSION)

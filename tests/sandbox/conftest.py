@@ -100,6 +100,16 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture
+def plain_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace without sidecar injection, deleted afterwards."""
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
 def mesh_namespace(api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace with Istio sidecar injection enabled, deleted afterwards."""
     name = f"m-{uuid.uuid4().hex[:8]}"

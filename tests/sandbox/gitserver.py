@@ -104,6 +104,8 @@ def server_config(
         "builder": {"kind": "buildah", "storage": str(STATE / "containers")},
         "apps": {"hello": {"environments": bound}},  # environment -> namespace
         "users": users,
+        # the sandbox's routes reach its proxies in 1s; a grace above that keeps the suite quick
+        "canary": {"defaults": {"grace": "1500ms"}},
         **extra,
     }
 

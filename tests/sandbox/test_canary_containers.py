@@ -39,7 +39,7 @@ def app(tmp_path: Path, registry: Registry, namespace: str) -> Path:
     edit(
         repo / "deploy.yaml",
         "steps: [20, 50]\n      interval: 10s\n      threshold: 2",
-        "steps: [50]\n      interval: 1s\n      threshold: 1",
+        "steps: [50]\n      interval: 1s\n      threshold: 1\n      grace: 1500ms",
     )
     git(repo, "init", "-q", "-b", "main")
     commit(repo, "hello")
@@ -67,8 +67,7 @@ def build_and_deploy(app: Path, cluster: Running) -> tuple[int, str, str]:
 
 
 def through_mesh(cluster: Running, namespace: str, count: int = 20) -> set[tuple[int, str]]:
-    """What a pod of the app's namespace gets from `hello`, once the last route change has propagated (the
-    deployer removes a canary as soon as its weight is 0, before the proxies have the change: canary v2 fixes it)."""
+    """What a pod of the app's namespace gets from `hello`, once the last route change has propagated."""
     cluster.propagated()
     return set(cluster.send("hello", count, source=namespace))
 

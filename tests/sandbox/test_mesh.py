@@ -140,10 +140,10 @@ def test_mesh_clients_follow_routes_only_through_a_sidecar_and_read_short_hosts_
     api: client.ApiClient,
     mesh_namespace: str,
     other_mesh_namespace: str,
-    namespace: str,
+    plain_namespace: str,
     image: str,
 ) -> None:
-    ns, other, plain = mesh_namespace, other_mesh_namespace, namespace
+    ns, other, plain = mesh_namespace, other_mesh_namespace, plain_namespace
     two_tracks(cluster, api, ns, image)
     apply(cluster, ns, [split("web", 100, hosts=["web"])])
     cluster.propagated()
@@ -197,15 +197,15 @@ def test_a_kubernetes_ingress_of_class_istio_reaches_every_endpoint_of_its_servi
 
 
 def test_injection_adds_a_sidecar_where_istio_would_and_only_sidecars_report_metrics(
-    cluster: Running, api: client.ApiClient, mesh_namespace: str, namespace: str, image: str
+    cluster: Running, api: client.ApiClient, mesh_namespace: str, plain_namespace: str, image: str
 ) -> None:
     core = client.CoreV1Api(api)
     opted_out = deployment("out", image, HTTPD, labels={"app": "out", "sidecar.istio.io/inject": "false"})
     opted_in = deployment("in", image, HTTPD, labels={"app": "in", "sidecar.istio.io/inject": "true"})
     apply(cluster, mesh_namespace, [deployment("web", image, HTTPD, labels={"app": "web"}), opted_out])
-    apply(cluster, namespace, [deployment("web", image, HTTPD, labels={"app": "web"}), opted_in])
+    apply(cluster, plain_namespace, [deployment("web", image, HTTPD, labels={"app": "web"}), opted_in])
     apply(cluster, mesh_namespace, [service("web", {"app": "web"})])
-    apply(cluster, namespace, [service("web", {"app": "web"})])
+    apply(cluster, plain_namespace, [service("web", {"app": "web"})])
 
     def containers(ns: str, app: str) -> tuple[list[str], list[tuple[str, bool]]]:
         pod = ready_pods(api, ns, f"app={app}")[0]
@@ -214,19 +214,19 @@ def test_injection_adds_a_sidecar_where_istio_would_and_only_sidecars_report_met
 
     assert containers(mesh_namespace, "web") == (["web", "istio-proxy"], [("istio-proxy", True), ("web", True)])
     assert containers(mesh_namespace, "out") == (["web"], [("web", True)])
-    assert containers(namespace, "web") == (["web"], [("web", True)])
-    assert containers(namespace, "in")[0] == ["web", "istio-proxy"]
+    assert containers(plain_namespace, "web") == (["web"], [("web", True)])
+    assert containers(plain_namespace, "in")[0] == ["web", "istio-proxy"]
     pod = core.list_namespaced_pod(mesh_namespace, label_selector="app=web").items[0]
     assert pod.metadata.labels["security.istio.io/tlsMode"] == "istio"
     assert json.loads(pod.metadata.annotations["sidecar.istio.io/status"])["containers"] == ["istio-proxy"]
 
     assert tracks(cluster.send("web", 10, source=mesh_namespace)) == {"web": 10}
-    assert tracks(cluster.send("web", 10, source=namespace)) == {"web": 10}
+    assert tracks(cluster.send("web", 10, source=plain_namespace)) == {"web": 10}
     metrics = _scrape(cluster)
     assert 'reporter="destination",source_workload="unknown"' in "".join(
         line for line in metrics if f'destination_workload_namespace="{mesh_namespace}"' in line
     )
-    assert not [line for line in metrics if f'destination_workload_namespace="{namespace}"' in line]
+    assert not [line for line in metrics if f'destination_workload_namespace="{plain_namespace}"' in line]
 
 
 def test_strict_mtls_resets_plaintext_from_outside_the_mesh_and_permissive_accepts_it(
