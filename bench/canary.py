@@ -40,7 +40,7 @@ environments:
   bench:
     branches: [main]
     namespace: NAMESPACE
-    canary: {steps: [25, 50, 75], interval: INTERVAL, threshold: 1}
+    canary: {steps: [25, 50, 75], interval: INTERVAL, threshold: 1, grace: 1s}  # the sandbox propagates in 1s
 """
 DEPLOYMENT = """\
 apiVersion: apps/v1
@@ -148,7 +148,8 @@ def one_run(tmp: Path) -> dict[str, float]:
         from kubernetes import client  # noqa: PLC0415
 
         for ns in ("bench-a", "bench-b", "bench-helm"):
-            client.CoreV1Api(api_ns).create_namespace({"metadata": {"name": ns}})
+            mesh = {"istio-injection": "enabled"}  # a canary needs sidecars
+            client.CoreV1Api(api_ns).create_namespace({"metadata": {"name": ns, "labels": mesh}})
         interval = 0.5
         good = app(tmp, "bench-a", f"{int(interval * 1000)}ms")
         asyncio.run(run_release(sandbox, good, "v1"))
