@@ -17,6 +17,7 @@ from deployer.canary.analysis import (
     rollout_status,
     verdict,
 )
+from deployer.canary.checks import judge, promql
 from deployer.canary.istio import IstioRouter
 from deployer.canary.objects import (
     CONFIG_HASH,
@@ -30,7 +31,7 @@ from deployer.canary.objects import (
     stable_set,
 )
 from deployer.canary.router import Routing
-from deployer.config.model import CanaryPolicy
+from deployer.config.model import CanaryPolicy, Check, PrometheusCheck, check_windows
 from deployer.errors import DeployError
 from deployer.render.manifests import RenderedObject
 from deployer.render.validate import validate_object
@@ -411,3 +412,29 @@ def status(**fields: Any) -> dict[str, Any]:
 def test_rollout_status_follows_kubectls_rules(fields: dict[str, Any], state: Rollout, message: str) -> None:
     result = rollout_status(status(**fields))
     assert (result.state, result.message) == (state, message)
+
+
+def test_prometheus_windows_fill_the_query_and_must_cover_two_scrapes() -> None:
+    check = PrometheusCheck(template="request-success-rate", min=0.99, window="90s")
+    assert "[90s]" in promql(check, namespace="ns", workload="web-canary") and "{" + "window}" not in promql(
+        check, namespace="ns", workload="web-canary"
+    )
+    checks = [Check(name="rate", prometheus=check)]
+    check_windows(checks, scrape_interval=45, where="environments.prod.canary")
+    with pytest.raises(DeployError) as info:
+        check_windows(checks, scrape_interval=60, where="environments.prod.canary")
+    assert str(info.value) == (
+        "deploy.yaml: environments.prod.canary.checks[rate].prometheus.window: 90s is shorter than twice the "
+        "scrape interval the server states (60s), so rate() would see nothing; use at least 120s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("no_data", "requests", "ok"),
+    [("skip", 12.0, True), ("skip", 0.0, False), ("skip", None, False), ("fail", 5.0, False)],
+)
+def test_no_data_is_skipped_only_when_asked_and_the_canary_had_requests(
+    no_data: str, requests: float | None, ok: bool
+) -> None:
+    check = PrometheusCheck(query="up", min=1, noData=no_data)
+    assert judge("q", check, None, requests=requests).ok is ok

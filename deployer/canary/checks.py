@@ -11,29 +11,38 @@ TEMPLATES = {
     # "or on() vector(0)": a canary answering nothing but 5xx has no non-5xx series at all, and must score 0, not
     # "no data" (with no requests at all, the denominator is empty and the result is still no data)
     "request-success-rate": (
-        f'(sum(rate(istio_requests_total{{{_SELECT},response_code!~"5.*"}}[{{interval}}])) or on() vector(0)) / '
-        f"sum(rate(istio_requests_total{{{_SELECT}}}[{{interval}}]))"
+        f'(sum(rate(istio_requests_total{{{_SELECT},response_code!~"5.*"}}[{{window}}])) or on() vector(0)) / '
+        f"sum(rate(istio_requests_total{{{_SELECT}}}[{{window}}]))"
     ),
     "request-duration": (
         "histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket"
-        f"{{{_SELECT}}}[{{interval}}])) by (le))"
+        f"{{{_SELECT}}}[{{window}}])) by (le))"
     ),
 }
 
 
-def promql(check: PrometheusCheck, *, namespace: str, workload: str, interval: str) -> str:
-    """The check's query with {namespace}, {workload} and {interval} filled in."""
-    text = TEMPLATES[check.template] if check.template else (check.query or "")
-    for key, value in (("namespace", namespace), ("workload", workload), ("interval", interval)):
+# Whether the canary had any request in the window: `noData: skip` is honoured only then.
+TRAFFIC = f"sum(increase(istio_requests_total{{{_SELECT}}}[{{window}}]))"
+
+
+def promql(check: PrometheusCheck, *, namespace: str, workload: str, template: str | None = None) -> str:
+    """The check's query (or `template`) with {namespace}, {workload} and {window} (or {interval}) filled in."""
+    text = template or (TEMPLATES[check.template] if check.template else (check.query or ""))
+    window = f"{max(int(check.window), 1)}s"
+    for key, value in (("namespace", namespace), ("workload", workload), ("window", window), ("interval", window)):
         text = text.replace("{" + key + "}", value)
     return text
 
 
-def judge(name: str, check: PrometheusCheck, value: float | None) -> CheckResult:
-    """A query result against the check's bounds and its no-data policy."""
+def judge(name: str, check: PrometheusCheck, value: float | None, *, requests: float | None = None) -> CheckResult:
+    """A query result against the check's bounds and its no-data policy (`requests`: the canary's requests in
+    the window, asked only when there is no data)."""
     if value is None:
-        ok = check.no_data == "skip"
-        return CheckResult(name, ok, "no data" + (" (skipped)" if ok else ""))
+        if check.no_data == "skip" and requests:
+            return CheckResult(name, True, f"no data (skipped: the canary had {requests:g} requests)")
+        if check.no_data == "skip":
+            return CheckResult(name, False, "no data, and the canary had no requests in the window: nothing to judge")
+        return CheckResult(name, False, "no data")
     if check.min is not None and value < check.min:
         return CheckResult(name, False, f"{value:g} is below the minimum {check.min:g}", value)
     if check.max is not None and value > check.max:

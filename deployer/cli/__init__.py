@@ -18,6 +18,7 @@ from deployer import __version__
 from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
 from deployer.cli import git as git_commands
 from deployer.config import RepoFiles, json_schema, load_deploy_config
+from deployer.config.model import parse_duration
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError, TransientError
 from deployer.events import Event
@@ -25,6 +26,14 @@ from deployer.helm import Helm
 from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
 
 UNCOMMITTED = "uncommitted"
+
+
+def _duration(text: str) -> float:
+    """A duration flag such as 15s or 1m, in seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_operations(commands: Any) -> None:
@@ -115,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--no-wait", action="store_true", help="fail at once if another release holds the lock")
     deploy.add_argument("--rollout-timeout", type=float, default=300, help="seconds to wait for a rollout")
     deploy.add_argument("--prometheus", metavar="URL", help="Prometheus for the canary's prometheus checks")
+    deploy.add_argument(
+        "--scrape-interval",
+        metavar="DURATION",
+        type=_duration,
+        default=15.0,
+        help="how often that Prometheus scrapes (default 15s); a check's window must be at least twice it",
+    )
     deploy.add_argument("--output", "-o", choices=["text", "json"], default="text")
 
     _add_operations(commands)
@@ -439,6 +455,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         wait_for_lock=not args.no_wait,
         rollout_timeout=args.rollout_timeout,
         prometheus_url=args.prometheus,
+        scrape_interval=args.scrape_interval,
         pusher=os.environ.get("USER", ""),
     )
     record = await release(

@@ -150,12 +150,20 @@ class HttpCheck(StrictModel):
 class PrometheusCheck(StrictModel):
     query: str | None = Field(
         default=None,
-        description="PromQL; {namespace}, {workload} and {interval} are replaced before it is sent.",
+        description="PromQL; {namespace}, {workload} and {window} ({interval}: the same) are replaced before it "
+        "is sent.",
     )
     template: Literal["request-success-rate", "request-duration"] | None = None
     min: float | None = None
     max: float | None = None
-    no_data: Literal["fail", "skip"] = "fail"
+    no_data: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="`skip` passes a round without data only once the canary has had requests in the window.",
+    )
+    window: Duration = Field(
+        default=60.0,
+        description="The range the query looks back over; at least twice the scrape interval the server states.",
+    )
 
     @model_validator(mode="after")
     def _query_and_bounds(self) -> Self:
@@ -320,3 +328,15 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "deploy.yaml"
     return schema
+
+
+def check_windows(checks: list[Check], *, scrape_interval: float, where: str) -> None:
+    """Refuse a Prometheus window shorter than two scrapes: rate() needs two samples in it, or it is empty."""
+    for check in checks:
+        if check.prometheus is not None and check.prometheus.window < 2 * scrape_interval:
+            raise DeployError(
+                f"{where}.checks[{check.name}].prometheus.window: {check.prometheus.window:g}s is shorter than "
+                f"twice the scrape interval the server states ({scrape_interval:g}s), so rate() would see "
+                f"nothing; use at least {2 * scrape_interval:g}s",
+                where="deploy.yaml",
+            )

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from deployer.config.load import parse_model
-from deployer.config.model import DNS1123_LABEL, CanaryPolicy, DeployConfig, Duration, Name, StrictModel
+from deployer.config.model import DNS1123_LABEL, CanaryPolicy, DeployConfig, Duration, Name, StrictModel, check_windows
 from deployer.errors import DeployError
 
 PUSH_OPTIONS = ("dry-run", "skip-canary", "async", "set")
@@ -202,6 +202,10 @@ class ServerConfig(StrictModel):
     registry: RegistryConfig
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
     prometheus: str | None = Field(default=None, description="Prometheus URL for the canary's prometheus checks.")
+    prometheus_scrape_interval: Duration = Field(
+        default=15.0,
+        description="How often that Prometheus scrapes the mesh; a check's window must be at least twice it.",
+    )
     apps: Annotated[dict[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)], AppPolicy], Field(min_length=1)]
     users: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], User] = Field(default_factory=dict)
     environments: dict[Glob, EnvironmentPolicy] = Field(
@@ -375,6 +379,7 @@ def effective_canary(server: ServerConfig, canary: CanaryPolicy, *, environment:
             f"({limits.max_interval:g}s)",
             where=where,
         )
+    check_windows(policy.checks, scrape_interval=server.prometheus_scrape_interval, where=field)
     if len(policy.steps) < limits.min_steps:
         raise DeployError(
             f"{field}.steps: {len(policy.steps)} step(s), the server requires at least {limits.min_steps} "

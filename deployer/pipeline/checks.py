@@ -10,7 +10,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 
 from deployer.canary.analysis import CheckResult
-from deployer.canary.checks import judge, judge_http, promql
+from deployer.canary.checks import TRAFFIC, judge, judge_http, promql
 from deployer.config.model import CanaryPolicy, Check
 from deployer.health import http_through_proxy, query_prometheus
 
@@ -46,13 +46,12 @@ async def _one_check(run: Any, policy: CanaryPolicy, check: Check, canary: dict[
         if check.prometheus is not None:
             if not run.options.prometheus_url:
                 return CheckResult(check.name, False, "no Prometheus to ask (give the deployer --prometheus URL)")
-            expression = promql(
-                check.prometheus,
-                namespace=run.namespace,
-                workload=workload,
-                interval=f"{max(int(policy.interval), 1)}s",
-            )
-            return judge(check.name, check.prometheus, await query_prometheus(run.options.prometheus_url, expression))
+            url, where = run.options.prometheus_url, {"namespace": run.namespace, "workload": workload}
+            value = await query_prometheus(url, promql(check.prometheus, **where))
+            requests = None
+            if value is None and check.prometheus.no_data == "skip":
+                requests = await query_prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
+            return judge(check.name, check.prometheus, value, requests=requests)
         assert check.http is not None
         pods = await run.kube.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
         if not pods:

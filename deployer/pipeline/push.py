@@ -269,6 +269,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             rollout_timeout=services.server.limits.rollout_timeout,
             pusher=push.user,
             prometheus_url=services.server.prometheus,
+            scrape_interval=services.server.prometheus_scrape_interval,
             lock_timeout=services.server.policy(target.environment).lock_wait,
             precondition=lambda: _unmoved(push, target.update),
         ),

@@ -27,7 +27,7 @@ from deployer.canary.objects import (
     without_sidecar,
 )
 from deployer.canary.router import Routing
-from deployer.config.model import CanaryPolicy, Job
+from deployer.config.model import CanaryPolicy, Job, check_windows
 from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink, discard
 from deployer.kube.cluster import Kube
@@ -58,6 +58,7 @@ class ReleaseOptions:
     rollout_timeout: float = 300.0
     pusher: str = ""
     prometheus_url: str | None = None
+    scrape_interval: float = 15.0  # the Prometheus's, as its operator states it
     lock_timeout: float = 600.0
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None
@@ -132,6 +133,9 @@ async def release(
         labels = objects[0]["metadata"]["labels"] if objects else {}
         hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
         kube.cluster_scoped = allowed_cluster_kinds(objects)
+        check_windows(
+            policy.checks, scrape_interval=options.scrape_interval, where=f"environments.{rendered.environment}.canary"
+        )
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []
         routing = Routing(tuple(policy.gateways), tuple(policy.hosts))

@@ -157,8 +157,8 @@ def test_prometheus_sees_the_success_rate_of_a_canary_answering_500(
         )
 
     def deployer(workload: str) -> float | None:  # the deployer's built-in template
-        check = PrometheusCheck(template="request-success-rate", min=0.99)
-        return query(promql(check, namespace=namespace, workload=workload, interval="30s"))
+        check = PrometheusCheck(template="request-success-rate", min=0.99, window="30s")
+        return query(promql(check, namespace=namespace, workload=workload))
 
     assert flagger("web-stable") == 1
     assert deployer("web-stable") == 1

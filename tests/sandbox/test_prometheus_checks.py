@@ -111,10 +111,11 @@ def app_with(tmp_path: Path, namespace: str, checks: str) -> Path:
 
 
 def deploy(app: Path, cluster: Running, version: str, *, url: str) -> tuple[int, str, str]:
-    return release_deploy(app, cluster, version, "--prometheus", url)
+    # this Prometheus scrapes every 500ms, as the deployer is told: windows of 2s see four scrapes
+    return release_deploy(app, cluster, version, "--prometheus", url, "--scrape-interval", "500ms")
 
 
-SUCCESS_RATE = "{name: success-rate, retries: 0, prometheus: {template: request-success-rate, min: 0.9}}"
+SUCCESS_RATE = "{name: success-rate, retries: 0, prometheus: {template: request-success-rate, window: 2s, min: 0.9}}"
 
 
 def test_a_success_rate_below_the_threshold_rolls_back(
@@ -136,18 +137,54 @@ def test_a_success_rate_below_the_threshold_rolls_back(
     assert secrets_status(cluster.api(), namespace)["3"] == "rolled-back"
 
 
-@pytest.mark.parametrize(("policy", "outcome"), [("skip", 0), ("fail", 1)])
-def test_no_data_follows_the_checks_policy(
-    cluster: Running, namespace: str, tmp_path: Path, prometheus: tuple[str, Exporter], policy: str, outcome: int
+@pytest.mark.parametrize(
+    ("check", "silent", "outcome", "seen"),
+    [
+        # no requests reached the canary: silence is nothing to judge, whatever noData says
+        (
+            SUCCESS_RATE.replace("min: 0.9}", "min: 0.9, noData: skip}"),
+            True,
+            1,
+            "success-rate: no data, and the canary had no requests in the window: nothing to judge",
+        ),
+        # requests, but no latency histogram (e.g. a TCP port): skipped, as asked
+        (
+            "{name: latency, retries: 0, prometheus: {template: request-duration, window: 2s, max: 500, noData: skip}}",
+            False,
+            0,
+            "check latency: ok no data (skipped: the canary had ",
+        ),
+        (SUCCESS_RATE, True, 1, "success-rate: no data"),
+    ],
+)
+def test_no_data_fails_unless_skipped_and_skip_needs_requests(
+    cluster: Running,
+    namespace: str,
+    tmp_path: Path,
+    prometheus: tuple[str, Exporter],
+    check: str,
+    silent: bool,
+    outcome: int,
+    seen: str,
 ) -> None:
     url, exporter = prometheus
-    exporter.namespace, exporter.silent = "elsewhere", True
-    check = SUCCESS_RATE.replace("min: 0.9}", f"min: 0.9, noData: {policy}}}")
+    exporter.namespace, exporter.silent, exporter.errors = namespace, silent, 0.0
     app = app_with(tmp_path, namespace, check)
     assert deploy(app, cluster, "v1", url=url)[0] == 0
     code, out, err = deploy(app, cluster, "v2", url=url)
     assert code == outcome, err
-    if policy == "skip":
-        assert "check success-rate: ok no data (skipped)" in out
-    else:
-        assert "success-rate: no data" in err
+    assert seen in (out if outcome == 0 else err)
+
+
+def test_a_window_shorter_than_two_scrapes_is_refused_before_anything(
+    cluster: Running, namespace: str, tmp_path: Path, prometheus: tuple[str, Exporter]
+) -> None:
+    url, _ = prometheus
+    app = app_with(tmp_path, namespace, SUCCESS_RATE.replace("window: 2s", "window: 20s"))
+    code, _, err = release_deploy(app, cluster, "v1", "--prometheus", url, "--scrape-interval", "15s")
+    assert code == 1
+    assert err.strip() == (
+        "error: deploy.yaml: environments.test.canary.checks[success-rate].prometheus.window: 20s is shorter "
+        "than twice the scrape interval the server states (15s), so rate() would see nothing; use at least 30s"
+    )
+    assert secrets_status(cluster.api(), namespace) == {}
