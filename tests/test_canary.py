@@ -254,7 +254,10 @@ def test_own_virtual_service_binds_the_gateways_and_the_mesh_and_weights_sum_to_
     assert own["spec"]["gateways"] == ["istio-system/gw", "mesh"]
     assert own["spec"]["hosts"] == ["web", "web.example.com"]
     assert ROUTER.weights(own, TARGET) == (100 - weight, weight)
-    route = own["spec"]["http"][0]["route"]
+    pin, split = own["spec"]["http"]
+    assert pin["match"] == [{"headers": {"x-deployer-canary": {"exact": "true"}}}], "checks can reach the canary"
+    assert pin["route"] == [{"destination": {"host": "web-canary.ns.svc.cluster.local"}}]
+    route = split["route"]
     assert [r["destination"]["host"] for r in route] == ["web.ns.svc.cluster.local", "web-canary.ns.svc.cluster.local"]
 
 
@@ -279,7 +282,8 @@ def test_a_chart_virtual_service_routing_to_the_service_is_adopted_and_keeps_eve
     assert router.adopted(objects, [TARGET]) == {("VirtualService", "public")}
     public, own = router.routes(objects, [TARGET], 20)
     assert own["metadata"]["name"] == "web", "a gateway-only chart VirtualService leaves the mesh to ours"
-    http = public["spec"]["http"][0]
+    pin, http = public["spec"]["http"]
+    assert pin["route"] == [{"destination": {"host": "web-canary.ns.svc.cluster.local"}}]
     assert public["spec"]["gateways"] == ["istio-system/gw"] and public["spec"]["hosts"] == ["web.example.com"]
     assert http["match"] == [{"uri": {"prefix": "/"}}] and http["timeout"] == "3s"
     assert http["route"] == [

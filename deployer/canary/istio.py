@@ -22,6 +22,9 @@ GROUP = "networking.istio.io"
 VERSIONS = ("v1", "v1beta1")  # v1 from Istio 1.22; v1beta1 since 1.5
 KIND = "VirtualService"
 ROUTE = "deployer"
+# While a canary runs, requests with this header go to it whatever the weights (Flagger's A/B match): how HTTP
+# checks reach the canary through the mesh. Anyone in the mesh may send it, so it selects only the candidate.
+PIN_HEADER = "x-deployer-canary"
 
 
 def _names_service(host: str, target: CanaryTarget) -> bool:
@@ -101,7 +104,10 @@ class IstioRouter:
         spec: dict[str, Any] = {"hosts": [target.service, *self.routing.hosts]}
         if self.routing.gateways:
             spec["gateways"] = [*self.routing.gateways, "mesh"]
-        spec["http"] = [{"name": ROUTE, "route": _split({"host": target.host}, target, weight)}]
+        spec["http"] = [
+            *([_pinned({"host": target.host}, target)] if weight is not None else []),
+            {"name": ROUTE, "route": _split({"host": target.host}, target, weight)},
+        ]
         return {
             "apiVersion": self.api_version,
             "kind": KIND,
@@ -109,8 +115,21 @@ class IstioRouter:
             "spec": spec,
         }
 
+    def check_host(self, objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> str | None:
+        """A host that a gateway routes to the canary for requests carrying PIN_HEADER, if a gateway does."""
+        if self.routing.gateways and self.routing.hosts:
+            return self.routing.hosts[0]
+        for target in targets:
+            for virtual in self._routing_to(objects, target):
+                hosts = (virtual.get("spec") or {}).get("hosts") or []
+                if not _mesh_bound(virtual) and hosts and "*" not in hosts[0]:
+                    return str(hosts[0])
+        return None
+
     def weights(self, live: dict[str, Any], target: CanaryTarget) -> tuple[int, int] | None:
         for http in (live.get("spec") or {}).get("http") or []:
+            if http.get("name") == PIN_ROUTE:
+                continue
             route = http.get("route") or []
             hosts = [str((d.get("destination") or {}).get("host", "")) for d in route]
             if any(_names_service(h, target) for h in hosts):
@@ -130,11 +149,29 @@ def _split(destination: dict[str, Any], target: CanaryTarget, weight: int | None
     return [{"destination": destination, "weight": 100 - weight}, {"destination": canary, "weight": weight}]
 
 
+PIN_ROUTE = "deployer-canary-pin"
+
+
+def _pinned(destination: dict[str, Any], target: CanaryTarget) -> dict[str, Any]:
+    canary = {"host": target.canary_host, **({"port": destination["port"]} if "port" in destination else {})}
+    return {
+        "name": PIN_ROUTE,
+        "match": [{"headers": {PIN_HEADER: {"exact": "true"}}}],
+        "route": [{"destination": canary}],
+    }
+
+
 def _weighted(virtual: dict[str, Any], target: CanaryTarget, weight: int | None, api_version: str) -> dict[str, Any]:
     out = copy.deepcopy(virtual)
     out["apiVersion"] = api_version
-    for http in (out.get("spec") or {}).get("http") or []:
+    http_routes = (out.get("spec") or {}).get("http") or []
+    pins: list[dict[str, Any]] = []
+    for http in http_routes:
         route = http.get("route") or []
         if len(route) == 1 and _names_service(str((route[0].get("destination") or {}).get("host", "")), target):
+            if weight is not None and not pins:
+                pins.append(_pinned(route[0]["destination"], target))
             http["route"] = _split(route[0]["destination"], target, weight)
+    if pins:
+        out["spec"]["http"] = [*pins, *http_routes]
     return out

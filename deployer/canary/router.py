@@ -39,5 +39,8 @@ class Router(Protocol):
     ) -> list[dict[str, Any]]:
         """Every routing object at `weight` percent to the canaries; None: stable only, no canary named."""
 
+    def check_host(self, objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> str | None:
+        """A host that a named gateway routes to the canary for checks (pinned by a header), if one does."""
+
     def weights(self, live: dict[str, Any], target: CanaryTarget) -> tuple[int, int] | None:
         """(stable, canary) as a live routing object states them for `target`, None if it does not route it."""

@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--rollout-timeout", type=float, default=300, help="seconds to wait for a rollout")
     deploy.add_argument("--prometheus", metavar="URL", help="Prometheus for the canary's prometheus checks")
     deploy.add_argument(
+        "--mesh-gateway",
+        metavar="URL",
+        help="the Istio ingress gateway's URL: HTTP checks go through it to the canary when the environment names "
+        "a gateway (else through the API server's pod proxy, which STRICT mTLS refuses)",
+    )
+    deploy.add_argument(
         "--scrape-interval",
         metavar="DURATION",
         type=_duration,
@@ -336,6 +342,7 @@ def _sandbox(args: argparse.Namespace) -> int:
                 prometheus=args.prometheus,
                 crash_backoff=args.crash_backoff,
                 scrape_interval=args.scrape_interval,
+                mesh_gateway=args.mesh_gateway,
                 propagation_delay=args.propagation_delay,
                 hpa_sync_period=args.hpa_sync_period,
             )
@@ -456,6 +463,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         rollout_timeout=args.rollout_timeout,
         prometheus_url=args.prometheus,
         scrape_interval=args.scrape_interval,
+        mesh_gateway=args.mesh_gateway,
         pusher=os.environ.get("USER", ""),
     )
     record = await release(

@@ -202,6 +202,11 @@ class ServerConfig(StrictModel):
     registry: RegistryConfig
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
     prometheus: str | None = Field(default=None, description="Prometheus URL for the canary's prometheus checks.")
+    mesh_gateway: str | None = Field(
+        default=None,
+        description="The Istio ingress gateway's URL as the server reaches it: HTTP checks of environments that "
+        "name a gateway go through it to the canary, as users' requests do (mTLS inside the mesh).",
+    )
     prometheus_scrape_interval: Duration = Field(
         default=15.0,
         description="How often that Prometheus scrapes the mesh; a check's window must be at least twice it.",

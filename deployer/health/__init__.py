@@ -1,5 +1,6 @@
-"""Adapters for the canary's checks: Prometheus instant queries, and HTTP through the API server's pod proxy
-(so a check works inside the cluster, outside it, and on the sandbox alike)."""
+"""Adapters for the canary's checks: Prometheus instant queries, and HTTP either through the mesh's ingress
+gateway (as users' requests arrive; it speaks mTLS to the sidecars, so it works under STRICT) or through the API
+server's pod proxy (plaintext from outside the mesh: a STRICT sidecar resets it, istio/istio#27169)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ async def http_through_proxy(
         return int(response.status), text[0] if text else ""
 
     return await asyncio.to_thread(get)
+
+
+async def http_through_gateway(
+    url: str, *, host: str, path: str, headers: dict[str, str], timeout: float
+) -> tuple[int, str]:
+    """GET `path` for `host` from the ingress gateway at `url`: (HTTP status, first line of the body)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.get(f"{url.rstrip('/')}{path}", headers={"Host": host, **headers}, allow_redirects=False) as answer,
+    ):
+        text = (await answer.read()).decode(errors="replace").strip().splitlines()
+    return answer.status, text[0] if text else ""

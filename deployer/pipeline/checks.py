@@ -1,4 +1,6 @@
-"""The configured checks of one canary round: Prometheus queries and HTTP through the pod proxy, each retried
+"""The configured checks of one canary round: Prometheus queries and HTTP (through the mesh's ingress gateway,
+pinned to the canary by a header, when the environment names a gateway and the server one to send to; else
+through the API server's pod proxy), each retried
 with tenacity within the round; a check that cannot be made fails its round, it never crashes the release."""
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ex
 
 from deployer.canary.analysis import CheckResult
 from deployer.canary.checks import TRAFFIC, judge, judge_http, promql
+from deployer.canary.istio import PIN_HEADER
 from deployer.config.model import CanaryPolicy, Check
-from deployer.health import http_through_proxy, query_prometheus
+from deployer.health import http_through_gateway, http_through_proxy, query_prometheus
 
 
 async def configured_checks(run: Any, policy: CanaryPolicy, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
@@ -53,6 +56,16 @@ async def _one_check(run: Any, policy: CanaryPolicy, check: Check, canary: dict[
                 requests = await query_prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
             return judge(check.name, check.prometheus, value, requests=requests)
         assert check.http is not None
+        host = run.router.check_host(run.objects, run.targets) if run.router is not None else None
+        if run.options.mesh_gateway and host:  # as users' requests arrive: through the mesh, mTLS to the sidecar
+            status, line = await http_through_gateway(
+                run.options.mesh_gateway,
+                host=host,
+                path=check.http.path,
+                headers={PIN_HEADER: "true"},
+                timeout=check.http.timeout,
+            )
+            return judge_http(check.name, check.http, status, line)
         pods = await run.kube.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
         if not pods:
             return CheckResult(check.name, False, f"no ready pod of {workload} to ask")

@@ -270,6 +270,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             pusher=push.user,
             prometheus_url=services.server.prometheus,
             scrape_interval=services.server.prometheus_scrape_interval,
+            mesh_gateway=services.server.mesh_gateway,
             lock_timeout=services.server.policy(target.environment).lock_wait,
             precondition=lambda: _unmoved(push, target.update),
         ),

@@ -59,6 +59,7 @@ class ReleaseOptions:
     pusher: str = ""
     prometheus_url: str | None = None
     scrape_interval: float = 15.0  # the Prometheus's, as its operator states it
+    mesh_gateway: str | None = None  # the ingress gateway's URL, for HTTP checks through the mesh
     lock_timeout: float = 600.0
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from sandboxes import Running
 from support import EXAMPLES, Registry, commit, edit, git, run_deployer
-from workloads import split
+from workloads import vs_split
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the images live in a registry on the test machine's loopback
@@ -76,7 +76,7 @@ def weights(api: client.ApiClient, namespace: str) -> list[int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "hello"
     )
-    return split(vs["spec"]["http"][0]["route"])
+    return vs_split(vs)
 
 
 def test_a_good_change_is_promoted_and_one_answering_500_is_rolled_back(

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from sandboxes import Running
 from support import edit, run_deployer
-from workloads import split
+from workloads import BROKEN, apply, routed, vs_split
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the sandbox's mesh answers who served each request
@@ -28,6 +29,7 @@ pytestmark = [
     ),
 ]
 GATEWAY = "istio-system/istio-ingressgateway"
+SERVE = "mkdir -p /tmp/www && echo $VERSION > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
 
 DEPLOY = """\
 app: web
@@ -67,8 +69,7 @@ spec:
       containers:
       - name: web
         image: "{{ values.image }}"  # busybox from the test registry, whatever the release's tag
-        command: [sh, -c,
-          "mkdir -p /tmp/www && echo $VERSION > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+        command: {{ ["sh", "-c", values.command] | to_json }}
         env: [{name: VERSION, valueFrom: {configMapKeyRef: {name: web-config, key: VERSION}}}]
         ports: [{containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
@@ -117,7 +118,7 @@ def app(tmp_path: Path, mesh_namespace: str, busybox: str) -> Path:
     repo = tmp_path / "web"
     (repo / "templates").mkdir(parents=True)
     (repo / "deploy.yaml").write_text(DEPLOY.format(namespace=mesh_namespace, gateway=GATEWAY))
-    (repo / "values.yaml").write_text(f"image: {busybox}\nversion: v1\n")
+    (repo / "values.yaml").write_text(yaml.safe_dump({"image": busybox, "version": "v1", "command": SERVE}))
     (repo / "Dockerfile").write_text("FROM scratch\n")
     for name, text in TEMPLATES.items():
         (repo / "templates" / name).write_text(text)
@@ -229,8 +230,8 @@ def test_at_10_percent_the_mesh_and_the_gateways_follow_the_weights_and_other_pa
             "networking.istio.io", "v1", ns, "virtualservices", "web-public"
         )
         assert public["spec"]["gateways"] == [GATEWAY], "the chart's VirtualService keeps its gateway"
-        assert public["spec"]["http"][0]["timeout"] == "5s"
-        assert split(public["spec"]["http"][0]["route"]) == [90, 10]
+        assert routed(public)["timeout"] == "5s"
+        assert vs_split(public) == [90, 10]
         assert run_deployer("promote", "--env", "test", "--repo", app, "--kubeconfig", cluster.kubeconfig).code == 0
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
@@ -244,7 +245,7 @@ def test_at_10_percent_the_mesh_and_the_gateways_follow_the_weights_and_other_pa
     public = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", ns, "virtualservices", "web-public"
     )
-    assert public["spec"]["gateways"] == [GATEWAY] and split(public["spec"]["http"][0]["route"]) == [100, 0]
+    assert public["spec"]["gateways"] == [GATEWAY] and vs_split(public) == [100, 0]
 
 
 @pytest.mark.parametrize(("command", "code", "after"), [("promote", 0, "v2"), ("abort", 1, "v1")])
@@ -267,3 +268,41 @@ def test_promotion_and_abort_under_steady_traffic_fail_no_request(
     finally:
         proc.kill()
     assert versions(cluster.send("web.example.test", 50)) == {after: 50}
+
+
+def test_under_strict_mtls_http_checks_reach_the_canary_through_the_gateway(
+    app: Path, cluster: Running, api: client.ApiClient, mesh_namespace: str, first: str
+) -> None:
+    """The pod proxy is plaintext from outside the mesh, which a STRICT sidecar resets: the checks go through the
+    ingress gateway instead, pinned to the canary by a header, and still tell a good canary from a broken one."""
+    apply(cluster, mesh_namespace, [PEER_AUTHENTICATION])
+    edit(app / "deploy.yaml", "interval: 2m", "interval: 1s")
+    edit(
+        app / "deploy.yaml",
+        "      hosts: [web-direct.example.test]\n",
+        "      hosts: [web-direct.example.test]\n"
+        "      checks: [{name: homepage, retries: 0, http: {path: /, port: 8080}}]\n",
+    )
+    gateway = ["--mesh-gateway", cluster.info()["gateway"]]
+    edit(app / "values.yaml", "version: v1", "version: v2")
+    good = run_deployer(*deploy_args(app, cluster, first), *gateway)
+    assert good.code == 0, good.err
+    assert "check homepage: ok HTTP 200" in good.out
+    without = run_deployer(*deploy_args(app, cluster, first))  # the same change again, through the pod proxy
+    assert without.code == 1
+    assert "homepage: " in without.err and "HTTP 200" not in without.err, "STRICT mTLS resets the pod proxy"
+    values = yaml.safe_load((app / "values.yaml").read_text())
+    (app / "values.yaml").write_text(yaml.safe_dump({**values, "version": "v3", "command": BROKEN}))
+    broken = run_deployer(*deploy_args(app, cluster, first), *gateway)
+    assert broken.code == 1
+    assert "homepage: HTTP 500" in broken.err and "expected 200" in broken.err
+    cluster.propagated()
+    assert versions(cluster.send("web.example.test", 20)) == {"v2": 20}
+
+
+PEER_AUTHENTICATION = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}

@@ -36,7 +36,7 @@ from gitserver import (
 from kubernetes import client
 from sandboxes import Running
 from support import EXAMPLES, Registry, commit, edit, free_port, git, run_deployer
-from workloads import split
+from workloads import vs_split
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
@@ -135,7 +135,7 @@ def weights(api: client.ApiClient, namespace: str, name: str) -> list[int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", name
     )
-    return split(vs["spec"]["http"][0]["route"])
+    return vs_split(vs)
 
 
 def deployments(api: client.ApiClient, namespace: str) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client, watch
 from sandboxes import Running
 from support import run_deployer, run_deployer_process
-from workloads import split
+from workloads import vs_split
 
 pytestmark = pytest.mark.cluster
 
@@ -121,7 +121,7 @@ def vs_weights(api: client.ApiClient, namespace: str) -> tuple[int, int]:
     vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "shop"
     )
-    stable, canary = split(vs["spec"]["http"][0]["route"])
+    stable, canary = vs_split(vs)
     return stable, canary
 
 
@@ -139,7 +139,7 @@ def record_weights(api: client.ApiClient, namespace: str) -> tuple[list[tuple[in
             timeout_seconds=30,
         )
         for event in stream:
-            stable, canary = split(event["object"]["spec"]["http"][0]["route"])
+            stable, canary = vs_split(event["object"])
             pair = (stable, canary)
             if not seen or seen[-1] != pair:
                 seen.append(pair)

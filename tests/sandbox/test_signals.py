@@ -20,7 +20,7 @@ from sandboxes import Running
 from support import run_deployer_process
 from test_release import TEMPLATES, deploy_yaml, start_deploy
 from waiting import wait_for
-from workloads import split
+from workloads import vs_split
 
 from deployer.kube.lease import Lock, LockLost
 
@@ -96,7 +96,7 @@ def weights(sandbox: Running, namespace: str) -> list[int]:
     vs = client.CustomObjectsApi(sandbox.api()).get_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "shop"
     )
-    return split(vs["spec"]["http"][0]["route"])
+    return vs_split(vs)
 
 
 def test_a_dropped_watch_does_not_end_the_interval_and_a_canary_going_unready_later_is_not_promoted(
