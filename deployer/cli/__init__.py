@@ -342,7 +342,6 @@ def _sandbox(args: argparse.Namespace) -> int:
                 prometheus=args.prometheus,
                 crash_backoff=args.crash_backoff,
                 scrape_interval=args.scrape_interval,
-                mesh_gateway=args.mesh_gateway,
                 propagation_delay=args.propagation_delay,
                 hpa_sync_period=args.hpa_sync_period,
             )

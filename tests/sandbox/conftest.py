@@ -88,36 +88,33 @@ def api(cluster: Running) -> client.ApiClient:
     return cluster.api()
 
 
-@pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace per test in the mesh (a canary needs sidecars), deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
+def _fresh_namespace(api: client.ApiClient, prefix: str, labels: dict[str, str]) -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)
-    labels = {"istio-injection": "enabled"}
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
     yield name
     core.delete_namespace(name)
+
+
+MESH = {"istio-injection": "enabled"}
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test in the mesh (a canary needs sidecars), deleted afterwards."""
+    yield from _fresh_namespace(api, "t", MESH)
 
 
 @pytest.fixture
 def plain_namespace(api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace without sidecar injection, deleted afterwards."""
-    name = f"p-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    yield from _fresh_namespace(api, "p", {})
 
 
 @pytest.fixture
 def mesh_namespace(api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace with Istio sidecar injection enabled, deleted afterwards."""
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    labels = {"istio-injection": "enabled"}
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    yield name
-    core.delete_namespace(name)
+    yield from _fresh_namespace(api, "m", MESH)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -105,9 +105,10 @@ def tracks(answers: list[tuple[int, str]]) -> Counter[str]:
 
 
 def within(count: int, total: int, share: float) -> bool:
-    """`count` of `total` is within the two-sided 99% binomial bound of `share`."""
+    """`count` of `total` is within the two-sided 99.9% binomial bound of `share` (at 99%, the suite's dozen such
+    assertions fail a correct run one time in ten)."""
     mean, sd = total * share, math.sqrt(total * share * (1 - share))
-    return mean - 2.576 * sd <= count <= mean + 2.576 * sd
+    return mean - 3.291 * sd <= count <= mean + 3.291 * sd
 
 
 def test_a_virtual_service_bound_to_the_gateway_splits_ingress_traffic_and_mesh_ones_do_not(
