@@ -19,5 +19,9 @@ class DeployError(Exception):
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
+class RolledBack(DeployError):
+    """A release whose canary was rolled back (recorded `rolled-back`): the outcome, not a fault in the input."""
+
+
 class TransientError(Exception):
     """A failure that may pass on its own (5xx, timeouts, conflicts): retried with backoff."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -25,3 +26,24 @@ EventSink = Callable[[Event], None]
 
 def discard(event: Event) -> None:
     """A sink for callers that do not listen."""
+
+
+class Status(StrEnum):
+    """A release record's status (stored as its value)."""
+
+    PENDING = "pending"
+    DEPLOYED = "deployed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
+
+
+class Phase(StrEnum):
+    """Where a release is; a pre-deploy Job's phase is `pre-deploy <job>`."""
+
+    STARTING = "starting"
+    PRE_DEPLOY = "pre-deploy"
+    APPLYING = "applying"
+    CANARY = "canary"
+    PROMOTING = "promoting"
+    ROLLBACK = "rollback"
+    DONE = "done"

@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes import client
 
+from deployer.events import Status
 from deployer.kube.jobs import call
 
 TYPE = "deployer.dev/release.v1"
@@ -93,7 +94,7 @@ class Records:
                 self._written.add(revision)
             meta = self.core.api_client.sanitize_for_serialization(stored)["metadata"]
             self._requests[revision] = (meta.get("labels") or {}).get(REQUEST)
-            if record["status"] != "pending":
+            if record["status"] != Status.PENDING:
                 self._cap()
 
         await asyncio.to_thread(write)

@@ -12,7 +12,7 @@ from kubernetes import client
 from deployer.canary.objects import canary_targets
 from deployer.canary.router import Routing
 from deployer.errors import DeployError
-from deployer.events import Event, EventSink, discard
+from deployer.events import Event, EventSink, Phase, Status, discard
 from deployer.kube.cluster import Kube
 from deployer.kube.lease import Lock
 from deployer.kube.records import Records
@@ -89,7 +89,7 @@ async def rollback(
     async with _lock(api, env, sink):
         records = Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
         stored = await records.history()
-        deployed = [r for r in stored if r["status"] == "deployed"]
+        deployed = [r for r in stored if r["status"] == Status.DEPLOYED]
         target = (
             next((r for r in stored if int(r["revision"]) == to), None)
             if to
@@ -105,8 +105,8 @@ async def rollback(
         record = {
             **{k: v for k, v in target.items() if k not in ("reason", "finished")},
             "revision": int(stored[-1]["revision"]) + 1,
-            "status": "pending",
-            "phase": "rollback",
+            "status": Status.PENDING,
+            "phase": Phase.ROLLBACK,
             "rollback_of": target["revision"],
             "started": time.time(),
             "rounds": [],
@@ -115,7 +115,7 @@ async def rollback(
         await run.save()
         await _serve(run, why=f"rollback to revision {target['revision']}")
         await prune(run, deployed[-1] if deployed else None)
-        await run.save(status="deployed", phase="done", finished=time.time())
+        await run.save(status=Status.DEPLOYED, phase=Phase.DONE, finished=time.time())
         sink(Event("release", f"revision {record['revision']} (revision {target['revision']} again) is live"))
         return record
 
@@ -128,11 +128,13 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
         recovered = []
         stored = await records.history()
         for record in stored:
-            if record["status"] != "pending":
+            if record["status"] != Status.PENDING:
                 continue
-            earlier = [r for r in stored if r["status"] == "deployed" and int(r["revision"]) < int(record["revision"])]
+            earlier = [
+                r for r in stored if r["status"] == Status.DEPLOYED and int(r["revision"]) < int(record["revision"])
+            ]
             run = await _replay(kube, records, env, record, sink=sink)
-            put_back = bool(earlier) and record.get("phase") in ("applying", "promoting", "rollback")
+            put_back = bool(earlier) and record.get("phase") in (Phase.APPLYING, Phase.PROMOTING, Phase.ROLLBACK)
             if put_back:  # stable may already run the new version: put the last good release back
                 back = await _replay(kube, records, env, dict(earlier[-1]), sink=sink)
                 await _serve(back, why=f"putting revision {earlier[-1]['revision']} back")
@@ -140,8 +142,8 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
                 await remove_canary(run, run.objects, run.targets, reroute=not put_back)
             phase = record.get("phase", "unknown")
             await run.save(
-                status="rolled-back",
-                phase="done",
+                status=Status.ROLLED_BACK,
+                phase=Phase.DONE,
                 finished=time.time(),
                 reason=f"recovered: the deployer stopped during {phase}",
             )
@@ -153,7 +155,7 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
 async def request(*, api: client.ApiClient, env: Environment, what: str) -> int:
     """Ask the release in flight to promote now or to abort (roll back) now; return its revision."""
     records = Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
-    pending = [r for r in await records.history() if r["status"] == "pending"]
+    pending = [r for r in await records.history() if r["status"] == Status.PENDING]
     if not pending:
         raise DeployError(f"no release in flight to {what}", where=f"{env.environment} ({env.namespace})")
     revision = int(pending[-1]["revision"])

@@ -28,8 +28,8 @@ from deployer.canary.objects import (
 )
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job, check_windows
-from deployer.errors import DeployError, TransientError
-from deployer.events import Event, EventSink, discard
+from deployer.errors import DeployError, RolledBack, TransientError
+from deployer.events import Event, EventSink, Phase, Status, discard
 from deployer.kube.cluster import Kube
 from deployer.kube.jobs import KubeJobRunner
 from deployer.kube.lease import Lock, LockLost, holder_identity
@@ -86,7 +86,7 @@ def environment_lock(
 
     async def explain() -> str | None:
         records = await Records(api, namespace=namespace, app=app, environment=environment).history()
-        busy = next((r for r in reversed(records) if r["status"] == "pending"), None)
+        busy = next((r for r in reversed(records) if r["status"] == Status.PENDING), None)
         if busy is None:
             return None
         return f"{environment} is being released: {str(busy['commit'])[:12]} by {busy.get('pusher') or 'someone'}"
@@ -128,7 +128,7 @@ async def release(
             await options.precondition()
         records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
         history = await records.history()
-        previous = next((r for r in reversed(history) if r["status"] == "deployed"), None)
+        previous = next((r for r in reversed(history) if r["status"] == Status.DEPLOYED), None)
         objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
         hooks, objects = split_pre_deploy(objects)
         labels = objects[0]["metadata"]["labels"] if objects else {}
@@ -147,8 +147,8 @@ async def release(
             "revision": (int(history[-1]["revision"]) + 1) if history else 1,
             "commit": image.tag,
             "image": image.ref,
-            "status": "pending",
-            "phase": "starting",
+            "status": Status.PENDING,
+            "phase": Phase.STARTING,
             "pusher": options.pusher,
             "started": time.time(),
             "manifests": objects,
@@ -168,10 +168,10 @@ async def release(
         except LockLost:
             raise  # the record stays pending: the lease's next holder recovers it
         except DeployError as exc:
-            if record["status"] == "pending":  # a rollback or a failed Job has recorded itself already
-                await run.save(status="failed", phase="done", reason=exc.message, finished=time.time())
+            if record["status"] == Status.PENDING:  # a rollback or a failed Job has recorded itself already
+                await run.save(status=Status.FAILED, phase=Phase.DONE, reason=exc.message, finished=time.time())
             raise
-        await run.save(status="deployed", phase="done", finished=time.time())
+        await run.save(status=Status.DEPLOYED, phase=Phase.DONE, finished=time.time())
         sink(Event("release", f"revision {record['revision']} is live"))
         return record
 
@@ -180,7 +180,7 @@ async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | Non
     """No canary for a first release, `-o skip-canary`, `canary: false` or a Deployment that has no stable version
     yet; otherwise the live version moves behind its primaries if it is not there yet, then the canary."""
     if not run.targets:
-        await run.save(phase="applying")
+        await run.save(phase=Phase.APPLYING)
         await apply_plain(run, why="first release" if previous is None else "no canary")
         return
     why = "first release" if previous is None else "no canary" if run.options.skip_canary else None
@@ -188,7 +188,7 @@ async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | Non
         why = await _behind_primaries(run, previous)
     if why is not None:
         run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
-        await run.save(phase="applying")
+        await run.save(phase=Phase.APPLYING)
         await serve_stable(run, run.objects, run.targets)
         return
     assert previous is not None
@@ -211,7 +211,7 @@ async def _behind_primaries(run: Run, previous: dict[str, Any] | None) -> str | 
     if new:
         return f"no earlier version of {', '.join(new)} to compare a canary with"
     run.sink(Event("release", f"revision {previous['revision']} moves behind {', '.join(t.primary for t in missing)}"))
-    await run.save(phase="applying")
+    await run.save(phase=Phase.APPLYING)
     await serve_stable(run, earlier, known)
     return None
 
@@ -221,14 +221,14 @@ async def _pre_deploy(run: Run, api: client.ApiClient, hooks: list[dict[str, Any
     runner = KubeJobRunner(api)
     for hook in hooks:
         job = for_revision(hook, int(run.record["revision"]))
-        await run.save(phase=f"pre-deploy {job['metadata']['name']}")
+        await run.save(phase=f"{Phase.PRE_DEPLOY} {job['metadata']['name']}")
         succeeded, reason, logs = await runner.run_job(
             job, namespace=run.namespace, timeout=run.options.rollout_timeout, sink=run.sink
         )
         if not succeeded:
             await run.save(
-                status="failed",
-                phase="done",
+                status=Status.FAILED,
+                phase=Phase.DONE,
                 reason=f"pre-deploy Job {job['metadata']['name']}: {reason}",
                 finished=time.time(),
             )
@@ -240,7 +240,7 @@ async def _pre_deploy(run: Run, api: client.ApiClient, hooks: list[dict[str, Any
 
 
 async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> None:
-    await run.save(phase="canary")
+    await run.save(phase=Phase.CANARY)
     canaries = await start_canary(run)
     await _canary_ready(run, canaries, previous)
     await _in_mesh(run, canaries, previous)
@@ -346,7 +346,7 @@ async def _promote(run: Run, previous: dict[str, Any]) -> None:
     all traffic goes to them and the canary is removed after the grace."""
     run.held()
     run.sink(Event("canary", "promoting: the new version becomes stable"))
-    await run.save(phase="promoting")
+    await run.save(phase=Phase.PROMOTING)
     try:
         await serve_stable(run, run.objects, run.targets)
     except DeployError as exc:  # e.g. a progress deadline exceeded: put the last good release back
@@ -368,8 +368,8 @@ async def _rollback(run: Run, reason: str, previous: dict[str, Any], *, restore:
         reason += f"; {await _restored(run, int(previous['revision']), names)}"
     elif (serving := await _restored(run, None, [t.primary for t in run.targets])) is not None:
         reason += f"; {serving}"
-    await run.save(status="rolled-back", phase="done", reason=reason, finished=time.time())
-    raise DeployError(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
+    await run.save(status=Status.ROLLED_BACK, phase=Phase.DONE, reason=reason, finished=time.time())
+    raise RolledBack(f"canary rolled back: {reason}", where=f"{run.rendered.environment} ({run.namespace})")
 
 
 async def _restored(run: Run, revision: int | None, deployments: list[str]) -> str | None:

@@ -30,7 +30,7 @@ from kubernetes import client
 from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
-from deployer.errors import DeployError, TransientError
+from deployer.errors import DeployError, RolledBack, TransientError
 from deployer.events import Event
 from deployer.kube.records import pending_environments
 from deployer.pipeline import operations
@@ -321,9 +321,7 @@ class DeployServer:
             result = "released"
         except DeployError as exc:
             error = exc
-            result = (
-                "dry-run" if exc.where == "dry-run" else ("rolled-back" if "rolled back" in exc.message else "failed")
-            )
+            result = "dry-run" if exc.where == "dry-run" else "rolled-back" if isinstance(exc, RolledBack) else "failed"
         except TransientError as exc:  # still failing after its retries; an interrupted release is recovered
             error = DeployError(f"no answer after retries: {exc}; push again once it answers", where="server")
             result = "failed"
