@@ -195,15 +195,15 @@ def _with_config_hash(deployment: dict[str, Any], configs: list[dict[str, Any]])
     return deployment
 
 
+def _scale_target(hpa: dict[str, Any]) -> str | None:
+    """The Deployment an HPA scales, if it scales one."""
+    ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    return str(ref.get("name")) if ref.get("kind") == "Deployment" else None
+
+
 def hpas_of(objects: list[dict[str, Any]], deployment: str) -> list[dict[str, Any]]:
     """The rendered HPAs that scale `deployment`."""
-    return [
-        o
-        for o in objects
-        if o["kind"] == HPA
-        and ((o.get("spec") or {}).get("scaleTargetRef") or {}).get("kind") == "Deployment"
-        and o["spec"]["scaleTargetRef"].get("name") == deployment
-    ]
+    return [o for o in objects if o["kind"] == HPA and _scale_target(o) == deployment]
 
 
 def hpa_minimum(objects: list[dict[str, Any]], deployment: str) -> int | None:
@@ -237,8 +237,8 @@ def stable_set(objects: list[dict[str, Any]], targets: list[CanaryTarget]) -> li
             service = copy.deepcopy(obj)
             service["spec"]["selector"][TRACK] = PRIMARY
             out.append(service)
-        elif obj["kind"] == HPA and (obj["spec"]["scaleTargetRef"].get("name") in by_deployment):
-            out.append(_retarget(obj, primary_name(obj["spec"]["scaleTargetRef"]["name"]), name))
+        elif obj["kind"] == HPA and (scaled := _scale_target(obj)) in by_deployment:
+            out.append(_retarget(obj, primary_name(scaled), name))
         else:
             out.append(obj)
     return out
