@@ -18,14 +18,7 @@ from deployer.kube.lease import Lock
 from deployer.kube.records import Records
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, environment_lock
 from deployer.pipeline.steps import Rendered
-from deployer.pipeline.traffic import (
-    Run,
-    apply_plain,
-    istio_router,
-    prune,
-    remove_canary,
-    serve_stable,
-)
+from deployer.pipeline.traffic import Run, istio_router, prune, remove_canary, without_canary
 
 
 @dataclass(frozen=True)
@@ -68,15 +61,6 @@ async def _replay(
     return Run(kube, records, rendered, objects, targets, record, ReleaseOptions(), sink, router=router)
 
 
-async def _serve(run: Run, *, why: str) -> None:
-    """Make a replayed release's objects the live version, as its release did (primaries or plain)."""
-    if run.targets and run.router is not None:
-        run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
-        await serve_stable(run, run.objects, run.targets)
-    else:
-        await apply_plain(run, why=why)
-
-
 def _lock(api: client.ApiClient, env: Environment, sink: EventSink) -> Lock:
     return environment_lock(api, namespace=env.namespace, app=env.app, environment=env.environment, sink=sink)
 
@@ -113,7 +97,7 @@ async def rollback(
         }
         run = await _replay(kube, records, env, record, sink=sink)
         await run.save()
-        await _serve(run, why=f"rollback to revision {target['revision']}")
+        await without_canary(run, why=f"rollback to revision {target['revision']}")
         await prune(run, deployed[-1] if deployed else None)
         await run.save(status=Status.DEPLOYED, phase=Phase.DONE, finished=time.time())
         sink(Event("release", f"revision {record['revision']} (revision {target['revision']} again) is live"))
@@ -137,7 +121,7 @@ async def recover(*, api: client.ApiClient, env: Environment, sink: EventSink = 
             put_back = bool(earlier) and record.get("phase") in (Phase.APPLYING, Phase.PROMOTING, Phase.ROLLBACK)
             if put_back:  # stable may already run the new version: put the last good release back
                 back = await _replay(kube, records, env, dict(earlier[-1]), sink=sink)
-                await _serve(back, why=f"putting revision {earlier[-1]['revision']} back")
+                await without_canary(back, why=f"putting revision {earlier[-1]['revision']} back")
             if earlier and run.targets and run.router is not None:  # a first release never has a canary
                 await remove_canary(run, run.objects, run.targets, reroute=not put_back)
             phase = record.get("phase", "unknown")

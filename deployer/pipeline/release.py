@@ -38,8 +38,8 @@ from deployer.pipeline.checks import configured_checks
 from deployer.pipeline.steps import ImageRef, Rendered
 from deployer.pipeline.traffic import (
     Run,
-    apply_plain,
     istio_router,
+    live_deployment,
     prune,
     remove_canary,
     require_router,
@@ -47,6 +47,7 @@ from deployer.pipeline.traffic import (
     routes,
     serve_stable,
     start_canary,
+    without_canary,
 )
 from deployer.render.manifests import CLUSTER_SCOPED
 
@@ -179,17 +180,12 @@ async def release(
 async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | None) -> None:
     """No canary for a first release, `-o skip-canary`, `canary: false` or a Deployment that has no stable version
     yet; otherwise the live version moves behind its primaries if it is not there yet, then the canary."""
-    if not run.targets:
-        await run.save(phase=Phase.APPLYING)
-        await apply_plain(run, why="first release" if previous is None else "no canary")
-        return
-    why = "first release" if previous is None else "no canary" if run.options.skip_canary else None
+    why = "first release" if previous is None else "no canary" if run.options.skip_canary or not run.targets else None
     if why is None:
         why = await _behind_primaries(run, previous)
     if why is not None:
-        run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
         await run.save(phase=Phase.APPLYING)
-        await serve_stable(run, run.objects, run.targets)
+        await without_canary(run, why=why)
         return
     assert previous is not None
     await _canary(run, policy, previous)
@@ -198,11 +194,7 @@ async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | Non
 async def _behind_primaries(run: Run, previous: dict[str, Any] | None) -> str | None:
     """Make sure the live version serves from primaries (it does not after `canary: false`, helm or kubectl);
     say why there is no canary if some Deployment has no earlier version to compare with."""
-    missing = [
-        t
-        for t in run.targets
-        if await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=t.primary) is None
-    ]
+    missing = [t for t in run.targets if await live_deployment(run, t.primary) is None]
     if not missing or previous is None:
         return None
     earlier = previous["manifests"]

@@ -121,27 +121,32 @@ async def serve_stable(run: Run, objects: list[dict[str, Any]], targets: list[Ca
     routed = {("Service", t.service) for t in targets}
     if run.router is not None:
         routed |= run.router.adopted(objects, targets)
-    news = {t.primary: await _live(run, t.primary) is None for t in targets}
+    news = {t.primary: await live_deployment(run, t.primary) is None for t in targets}
     await run.kube.apply(
         [o for o in stable if (o["kind"], o["metadata"]["name"]) not in routed], namespace=run.namespace
     )
     for target in targets:
         if news[target.primary]:
-            size = initial_replicas(objects, target, await _live(run, target.deployment))
+            size = initial_replicas(objects, target, await live_deployment(run, target.deployment))
             if size is not None:
                 await run.kube.apply([_size(target.primary, size)], namespace=run.namespace, manager=INITIAL_SIZE)
     await wait_rolled_out(run, stable)
     await run.kube.apply([o for o in stable if (o["kind"], o["metadata"]["name"]) in routed], namespace=run.namespace)
     await routes(run, objects, targets, None)
-    retired = [t.deployment for t in targets if _serving(await _live(run, t.deployment))]
+    retired = [t.deployment for t in targets if _serving(await live_deployment(run, t.deployment))]
     if retired:
         await grace(run, f"before scaling {', '.join(retired)} to zero: {', '.join(t.primary for t in targets)} serve")
         await run.kube.apply([_size(name, 0) for name in retired], namespace=run.namespace, manager=RETIRE)
 
 
-async def apply_plain(run: Run, *, why: str) -> None:
-    """`canary: false`: the rendered objects as they are, rolled out (what they replace is pruned after the grace)."""
+async def without_canary(run: Run, *, why: str) -> None:
+    """The release's objects live with no canary: behind primaries where it routes (a first release, `-o
+    skip-canary`, a replay of such a release), else as rendered (`canary: false`; what they replace is pruned
+    after the grace)."""
     run.sink(Event("release", f"{why}: applying {len(run.objects)} objects without a canary"))
+    if run.targets and run.router is not None:
+        await serve_stable(run, run.objects, run.targets)
+        return
     await run.kube.apply(run.objects, namespace=run.namespace)
     await wait_rolled_out(run, run.objects)
 
@@ -199,7 +204,7 @@ async def prune(run: Run, previous: dict[str, Any] | None) -> None:
         run.sink(Event("release", f"pruned {obj['kind']}/{obj['metadata']['name']}"))
 
 
-async def _live(run: Run, name: str) -> dict[str, Any] | None:
+async def live_deployment(run: Run, name: str) -> dict[str, Any] | None:
     return await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name)
 
 
