@@ -28,6 +28,7 @@ from deployer.config import RepoFiles, load_deploy_config
 from deployer.errors import DeployError
 from deployer.kube import connect
 from deployer.pipeline import ImageRef, render_environment
+from deployer.pipeline.ports import cluster_ports
 from deployer.pipeline.release import release
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,8 +129,11 @@ async def run_release(sandbox: Sandbox, repo: Path, version: str) -> tuple[float
     events: list[tuple[float, str]] = []
     started = time.perf_counter()
     try:
+        ports = await cluster_ports(
+            connect(sandbox.kubeconfig), namespace=rendered.namespace, app=rendered.app, environment="bench"
+        )
         await release(
-            api=connect(sandbox.kubeconfig),
+            ports,
             rendered=rendered,
             policy=config.environments["bench"].canary,
             image=ImageRef(repository="127.0.0.1:5000/bench", tag=version),

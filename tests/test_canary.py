@@ -9,10 +9,8 @@ from typing import Any
 import pytest
 
 from deployer.canary.analysis import (
-    CheckResult,
     Decision,
     Rollout,
-    Round,
     next_weight,
     rollout_status,
     verdict,
@@ -33,6 +31,7 @@ from deployer.canary.objects import (
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Check, PrometheusCheck, check_windows
 from deployer.errors import DeployError
+from deployer.events import CheckResult, Round
 from deployer.render.manifests import RenderedObject
 from deployer.render.validate import validate_object
 

@@ -11,32 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployer.config.model import CanaryPolicy
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check in one analysis round."""
-
-    name: str
-    ok: bool
-    message: str = ""
-    value: float | None = None
-
-
-@dataclass(frozen=True)
-class Round:
-    """One analysis round at one canary weight."""
-
-    weight: int
-    checks: tuple[CheckResult, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(check.ok for check in self.checks)
-
-    @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(check for check in self.checks if not check.ok)
+from deployer.events import Round
 
 
 class Decision(enum.Enum):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deployer.canary.analysis import CheckResult
 from deployer.config.model import HttpCheck, PrometheusCheck
+from deployer.events import CheckResult
 
 _SELECT = 'reporter="destination",destination_workload_namespace="{namespace}",destination_workload=~"{workload}"'
 TEMPLATES = {

@@ -21,7 +21,7 @@ from deployer.config import RepoFiles, json_schema, load_deploy_config
 from deployer.config.model import parse_duration
 from deployer.config.yamlio import dump_all
 from deployer.errors import DeployError, TransientError
-from deployer.events import Event
+from deployer.events import Event, Record
 from deployer.helm import Helm
 from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
 
@@ -442,6 +442,7 @@ def _image(text: str, commit: str) -> ImageRef:
 
 async def _deploy(args: argparse.Namespace) -> int:
     from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
+    from deployer.pipeline.ports import cluster_ports  # noqa: PLC0415
     from deployer.pipeline.release import ReleaseOptions, release  # noqa: PLC0415
 
     repo = _repo(args.repo)
@@ -458,24 +459,32 @@ async def _deploy(args: argparse.Namespace) -> int:
     )
     options = ReleaseOptions(
         skip_canary=args.skip_canary,
-        wait_for_lock=not args.no_wait,
         rollout_timeout=args.rollout_timeout,
         prometheus_url=args.prometheus,
         scrape_interval=args.scrape_interval,
         mesh_gateway=args.mesh_gateway,
         pusher=os.environ.get("USER", ""),
     )
+    sink = _printer(args.output)
+    ports = await cluster_ports(
+        connect(args.kubeconfig, args.kube_context),
+        namespace=rendered.namespace,
+        app=rendered.app,
+        environment=rendered.environment,
+        wait=not args.no_wait,
+        sink=sink,
+    )
     record = await release(
-        api=connect(args.kubeconfig, args.kube_context),
+        ports,
         rendered=rendered,
         policy=config.environments[args.env].canary,
         image=image,
         options=options,
-        sink=_printer(args.output),
+        sink=sink,
         jobs=tuple(config.environments[args.env].jobs),
     )
     if args.output == "text":
-        print(f"released revision {record['revision']} of {config.app} to {args.env}: {image.ref}")
+        print(f"released revision {record.revision} of {config.app} to {args.env}: {image.ref}")
     return 0
 
 
@@ -492,10 +501,10 @@ def _environment(args: argparse.Namespace) -> Any:
     )
 
 
-def _summary(record: dict[str, Any]) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", 0)))
-    extra = f"  ({record['reason']})" if record.get("reason") else ""
-    return f"{record['revision']:>4}  {stamp}  {record['status']:<12} {record.get('image', '')}{extra}"
+def _summary(record: Record) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started))
+    extra = f"  ({record.reason})" if record.reason else ""
+    return f"{record.revision:>4}  {stamp}  {record.status:<12} {record.image}{extra}"
 
 
 async def _operation(args: argparse.Namespace) -> int:
@@ -504,30 +513,29 @@ async def _operation(args: argparse.Namespace) -> int:
 
     env, api = _environment(args), connect(args.kubeconfig, args.kube_context)
     show = _printer(args.output)
-    if args.command == "history":
-        records = await ops.history(api=api, env=env)
-        slim = [{k: v for k, v in r.items() if k != "manifests"} for r in records]
-        print(json.dumps(slim, indent=2) if args.output == "json" else "\n".join(_summary(r) for r in records))
-    elif args.command == "status":
-        records = await ops.history(api=api, env=env)
+    if args.command in ("history", "status"):
+        records = await ops.records_of(api, env).history()
+        if args.command == "history":
+            slim = [r.to_json(manifests=False) for r in records]
+            print(json.dumps(slim, indent=2) if args.output == "json" else "\n".join(_summary(r) for r in records))
+            return 0
         if not records:
             raise DeployError("no release yet", where=f"{env.environment} ({env.namespace})")
-        last = {k: v for k, v in records[-1].items() if k != "manifests"}
+        last = records[-1]
         if args.output == "json":
-            print(json.dumps(last, indent=2))
+            print(json.dumps(last.to_json(manifests=False), indent=2))
         else:
-            checks = [c for r in last.get("rounds", [])[-1:] for c in r["checks"]]
-            print(f"{_summary(last)}\nphase: {last.get('phase')}  weights: {last.get('weights', [100, 0])}")
-            for check in checks:
-                print(f"  {check['name']}: {'ok' if check['ok'] else 'FAILED'} {check['message']}")
+            print(f"{_summary(last)}\nphase: {last.where}  weights: {list(last.weights or (100, 0))}")
+            for check in [c for r in last.rounds[-1:] for c in r.checks]:
+                print(f"  {check.name}: {'ok' if check.ok else 'FAILED'} {check.message}")
     elif args.command == "rollback":
-        record = await ops.rollback(api=api, env=env, to=args.to, sink=show)
-        print(f"rolled back: revision {record['revision']} runs {record['image']}")
+        record = await ops.rollback(await ops.ports_of(api, env, sink=show), env=env, to=args.to, sink=show)
+        print(f"rolled back: revision {record.revision} runs {record.image}")
     elif args.command in ("promote", "abort"):
-        revision = await ops.request(api=api, env=env, what=args.command)
+        revision = await ops.request(ops.records_of(api, env), env=env, what=args.command)
         print(f"asked revision {revision} to {args.command}; it acts at its next round")
     else:
-        recovered = await ops.recover(api=api, env=env, sink=show)
+        recovered = await ops.recover(await ops.ports_of(api, env, sink=show), env=env, sink=show)
         print(f"recovered {len(recovered)} release(s)" + (f": {recovered}" if recovered else ""))
     return 0
 

@@ -59,6 +59,9 @@ class Kube:
             return False
         return True
 
+    async def serves(self, api_version: str, kind: str) -> bool:
+        return await asyncio.to_thread(self.has_kind, api_version, kind)
+
     async def apply(
         self, objects: list[dict[str, Any]], *, namespace: str, dry_run: bool = False, manager: str | None = None
     ) -> list[dict[str, Any]]:

@@ -6,11 +6,10 @@ import asyncio
 import base64
 import gzip
 import json
-from typing import Any
 
 from kubernetes import client
 
-from deployer.events import Status
+from deployer.events import Record, Status
 from deployer.kube.jobs import call
 
 TYPE = "deployer.dev/release.v1"
@@ -34,10 +33,10 @@ class Records:
     def selector(self) -> str:
         return f"owner=deployer,deployer.dev/app={self.app},deployer.dev/environment={self.environment}"
 
-    async def history(self) -> list[dict[str, Any]]:
+    async def history(self) -> list[Record]:
         """Every stored release, oldest first."""
 
-        def read() -> list[dict[str, Any]]:
+        def read() -> list[Record]:
             listed = call(self.core.list_namespaced_secret, self.namespace, label_selector=self.selector)
             secrets = self.core.api_client.sanitize_for_serialization(listed)["items"]
             records = [
@@ -45,25 +44,25 @@ class Records:
                 for s in secrets
                 if (s.get("data") or {}).get("release")
             ]
-            return sorted(records, key=lambda r: int(r["revision"]))
+            return sorted((Record.from_json(r) for r in records), key=lambda r: r.revision)
 
         return await asyncio.to_thread(read)
 
-    async def save(self, record: dict[str, Any]) -> None:
+    async def save(self, record: Record) -> None:
         """Store `record`: created once, then merge-patched (one request; a promote/abort label survives).
         When the release has ended, the oldest records beyond `keep` are dropped."""
 
         def write() -> None:
-            revision = int(record["revision"])
+            revision = record.revision
             name = _name(self.app, self.environment, revision)
             labels = {
                 "owner": "deployer",
                 "deployer.dev/app": self.app,
                 "deployer.dev/environment": self.environment,
                 "deployer.dev/revision": str(revision),
-                "deployer.dev/status": str(record["status"]),
+                "deployer.dev/status": record.status.value,
             }
-            payload = base64.b64encode(gzip.compress(json.dumps(record, sort_keys=True).encode())).decode()
+            payload = base64.b64encode(gzip.compress(json.dumps(record.to_json(), sort_keys=True).encode())).decode()
             data = {"release": base64.b64encode(payload.encode()).decode()}
             if revision in self._written:
                 stored = call(
@@ -94,7 +93,7 @@ class Records:
                 self._written.add(revision)
             meta = self.core.api_client.sanitize_for_serialization(stored)["metadata"]
             self._requests[revision] = (meta.get("labels") or {}).get(REQUEST)
-            if record["status"] != Status.PENDING:
+            if record.status is not Status.PENDING:
                 self._cap()
 
         await asyncio.to_thread(write)

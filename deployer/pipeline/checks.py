@@ -11,14 +11,14 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 
-from deployer.canary.analysis import CheckResult
 from deployer.canary.checks import TRAFFIC, judge, judge_http, promql
 from deployer.canary.istio import PIN_HEADER
 from deployer.config.model import CanaryPolicy, Check
-from deployer.health import http_through_gateway, http_through_proxy, query_prometheus
+from deployer.events import CheckResult
+from deployer.pipeline.traffic import Run
 
 
-async def configured_checks(run: Any, policy: CanaryPolicy, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
+async def configured_checks(run: Run, policy: CanaryPolicy, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
     """deploy.yaml's checks for every canary, each retried within the round."""
     results = []
     for canary in canaries:
@@ -43,22 +43,22 @@ async def _retried(check: Check, attempt: Callable[[], Awaitable[CheckResult]]) 
     return result
 
 
-async def _one_check(run: Any, policy: CanaryPolicy, check: Check, canary: dict[str, Any]) -> CheckResult:
+async def _one_check(run: Run, policy: CanaryPolicy, check: Check, canary: dict[str, Any]) -> CheckResult:
     workload = canary["metadata"]["name"]
     try:
         if check.prometheus is not None:
             if not run.options.prometheus_url:
                 return CheckResult(check.name, False, "no Prometheus to ask (give the deployer --prometheus URL)")
             url, where = run.options.prometheus_url, {"namespace": run.namespace, "workload": workload}
-            value = await query_prometheus(url, promql(check.prometheus, **where))
+            value = await run.probes.prometheus(url, promql(check.prometheus, **where))
             requests = None
             if value is None and check.prometheus.no_data == "skip":
-                requests = await query_prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
+                requests = await run.probes.prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
             return judge(check.name, check.prometheus, value, requests=requests)
         assert check.http is not None
         host = run.router.check_host(run.objects, run.targets) if run.router is not None else None
         if run.options.mesh_gateway and host:  # as users' requests arrive: through the mesh, mTLS to the sidecar
-            status, line = await http_through_gateway(
+            status, line = await run.probes.http_gateway(
                 run.options.mesh_gateway,
                 host=host,
                 path=check.http.path,
@@ -66,11 +66,10 @@ async def _one_check(run: Any, policy: CanaryPolicy, check: Check, canary: dict[
                 timeout=check.http.timeout,
             )
             return judge_http(check.name, check.http, status, line)
-        pods = await run.kube.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
+        pods = await run.cluster.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
         if not pods:
             return CheckResult(check.name, False, f"no ready pod of {workload} to ask")
-        status, line = await http_through_proxy(
-            run.kube.api,
+        status, line = await run.probes.http_pod(
             namespace=run.namespace,
             pod=pods[0],
             port=check.http.port,

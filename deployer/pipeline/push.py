@@ -33,9 +33,10 @@ from deployer.config import DEPLOY_FILE, RepoFiles, environments_for_branch, loa
 from deployer.config.model import CanaryPolicy, DeployConfig
 from deployer.config.server import ServerConfig, check_app, check_claims, check_environment
 from deployer.errors import DeployError
-from deployer.events import Event, EventSink
+from deployer.events import Event, EventSink, Record
 from deployer.helm import Helm
 from deployer.kube.cluster import Kube
+from deployer.pipeline.ports import cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, release
 from deployer.pipeline.steps import BuildSettings, Rendered, build_exported, render_environment
 
@@ -233,7 +234,7 @@ async def scan(push: Push, sink: EventSink) -> None:
     sink(Event("scan", "no secrets found in values or config files"))
 
 
-async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink) -> dict[str, Any]:
+async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink) -> Record:
     """Steps 3 to 10 for the planned deploy; returns the release record. A dry run ends in a DeployError."""
     options = push.parsed
     commit = target.update.new
@@ -259,8 +260,16 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             "so that the branch stays where it was",
             where="dry-run",
         )
+    ports = await cluster_ports(
+        services.api,
+        namespace=rendered.namespace,
+        app=rendered.app,
+        environment=rendered.environment,
+        timeout=services.server.policy(target.environment).lock_wait,
+        sink=sink,
+    )
     return await release(
-        api=services.api,
+        ports,
         rendered=rendered,
         policy=target.policy,
         image=image,
@@ -271,7 +280,6 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             prometheus_url=services.server.prometheus,
             scrape_interval=services.server.prometheus_scrape_interval,
             mesh_gateway=services.server.mesh_gateway,
-            lock_timeout=services.server.policy(target.environment).lock_wait,
             precondition=lambda: _unmoved(push, target.update),
         ),
         sink=sink,

@@ -8,15 +8,12 @@ readiness (watched during the interval) and the environment's Prometheus and HTT
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
-from kubernetes import client
-
-from deployer.canary.analysis import CheckResult, Decision, Rollout, Round, verdict
+from deployer.canary.analysis import Decision, Rollout, verdict
 from deployer.canary.jobs import for_revision, job_from_config, split_pre_deploy
 from deployer.canary.objects import (
     canary_targets,
@@ -29,12 +26,10 @@ from deployer.canary.objects import (
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job, check_windows
 from deployer.errors import DeployError, RolledBack, TransientError
-from deployer.events import Event, EventSink, Phase, Status, discard
-from deployer.kube.cluster import Kube
-from deployer.kube.jobs import KubeJobRunner
-from deployer.kube.lease import Lock, LockLost, holder_identity
-from deployer.kube.records import Records
+from deployer.events import CheckResult, Event, EventSink, Phase, Record, Round, Status, discard
+from deployer.kube.lease import LockLost
 from deployer.pipeline.checks import configured_checks
+from deployer.pipeline.ports import JobRunner, Ports
 from deployer.pipeline.steps import ImageRef, Rendered
 from deployer.pipeline.traffic import (
     Run,
@@ -55,13 +50,11 @@ from deployer.render.manifests import CLUSTER_SCOPED
 @dataclass(frozen=True)
 class ReleaseOptions:
     skip_canary: bool = False
-    wait_for_lock: bool = True
     rollout_timeout: float = 300.0
     pusher: str = ""
     prometheus_url: str | None = None
     scrape_interval: float = 15.0  # the Prometheus's, as its operator states it
     mesh_gateway: str | None = None  # the ingress gateway's URL, for HTTP checks through the mesh
-    lock_timeout: float = 600.0
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None
 
@@ -72,112 +65,69 @@ def allowed_cluster_kinds(objects: list[dict[str, Any]]) -> frozenset[str]:
     return frozenset(o["kind"] for o in objects if o["kind"] in CLUSTER_SCOPED)
 
 
-def environment_lock(
-    api: client.ApiClient,
-    *,
-    namespace: str,
-    app: str,
-    environment: str,
-    wait: bool = True,
-    timeout: float = 600.0,
-    sink: EventSink = discard,
-) -> Lock:
-    """The one lock every change to an environment's releases takes: the Lease `deployer-<app>-<env>`.
-    While it waits, it says which release holds the environment: "staging is being released: <commit> by <user>"."""
-
-    async def explain() -> str | None:
-        records = await Records(api, namespace=namespace, app=app, environment=environment).history()
-        busy = next((r for r in reversed(records) if r["status"] == Status.PENDING), None)
-        if busy is None:
-            return None
-        return f"{environment} is being released: {str(busy['commit'])[:12]} by {busy.get('pusher') or 'someone'}"
-
-    return Lock(
-        api,
-        namespace=namespace,
-        name=f"deployer-{app}-{environment}",
-        holder=holder_identity(),
-        wait=wait,
-        timeout=timeout,
-        sink=sink,
-        explain=explain,
-    )
-
-
 async def release(
+    ports: Ports,
     *,
-    api: client.ApiClient,
     rendered: Rendered,
     policy: CanaryPolicy,
     image: ImageRef,
     options: ReleaseOptions = ReleaseOptions(),
     sink: EventSink = discard,
     jobs: tuple[Job, ...] = (),
-) -> dict[str, Any]:
-    """Release `rendered` to its environment; return the record. A rollback raises DeployError after recording."""
-    kube = await asyncio.to_thread(Kube, api)
-    async with environment_lock(
-        api,
-        namespace=rendered.namespace,
-        app=rendered.app,
-        environment=rendered.environment,
-        wait=options.wait_for_lock,
-        timeout=options.lock_timeout,
-        sink=sink,
-    ) as lock:
+) -> Record:
+    """Release `rendered` to its environment; return the record. A rollback raises RolledBack after recording."""
+    cluster, records = ports.cluster, ports.records
+    async with ports.lock:
         if options.precondition is not None:
             await options.precondition()
-        records = Records(api, namespace=rendered.namespace, app=rendered.app, environment=rendered.environment)
         history = await records.history()
-        previous = next((r for r in reversed(history) if r["status"] == Status.DEPLOYED), None)
+        previous = next((r for r in reversed(history) if r.status is Status.DEPLOYED), None)
         objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
         hooks, objects = split_pre_deploy(objects)
         labels = objects[0]["metadata"]["labels"] if objects else {}
         hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
-        kube.cluster_scoped = allowed_cluster_kinds(objects)
+        cluster.cluster_scoped = allowed_cluster_kinds(objects)
         check_windows(
             policy.checks, scrape_interval=options.scrape_interval, where=f"environments.{rendered.environment}.canary"
         )
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []
         routing = Routing(tuple(policy.gateways), tuple(policy.hosts))
-        router = await istio_router(kube, routing=routing, app=rendered.app, environment=rendered.environment)
+        router = await istio_router(cluster, routing=routing, app=rendered.app, environment=rendered.environment)
         if targets:
             require_router(router).check(objects, targets)
-        record = {
-            "revision": (int(history[-1]["revision"]) + 1) if history else 1,
-            "commit": image.tag,
-            "image": image.ref,
-            "status": Status.PENDING,
-            "phase": Phase.STARTING,
-            "pusher": options.pusher,
-            "started": time.time(),
-            "manifests": objects,
-            "canary": bool(targets),  # replays (rollback, recover) must split traffic only where this release did
-            "routing": {"gateways": list(routing.gateways), "hosts": list(routing.hosts)},
-            "grace": policy.grace,
-            "rounds": [],
-            "values_digest": rendered.values_digest,
-        }
-        run = Run(kube, records, rendered, objects, targets, record, options, sink, lock, router)
+        record = Record(
+            revision=history[-1].revision + 1 if history else 1,
+            commit=image.tag,
+            image=image.ref,
+            pusher=options.pusher,
+            started=time.time(),
+            manifests=tuple(objects),
+            canary=bool(targets),  # replays (rollback, recover) must split traffic only where this release did
+            gateways=routing.gateways,
+            hosts=routing.hosts,
+            grace=policy.grace,
+            values_digest=rendered.values_digest,
+        )
+        run = Run(cluster, records, rendered, objects, targets, record, options, sink, ports.probes, ports.lock, router)
         await run.save()
-        sink(Event("release", f"revision {record['revision']} of {rendered.app} to {rendered.environment}"))
+        sink(Event("release", f"revision {record.revision} of {rendered.app} to {rendered.environment}"))
         try:
-            await _pre_deploy(run, api, hooks)
+            await _pre_deploy(run, ports.jobs, hooks)
             await _deploy(run, policy, previous)
             await prune(run, previous)
         except LockLost:
             raise  # the record stays pending: the lease's next holder recovers it
         except DeployError as exc:
-            if record["status"] == Status.PENDING:  # a rollback or a failed Job has recorded itself already
+            if run.record.status is Status.PENDING:  # a rollback or a failed Job has recorded itself already
                 await run.save(status=Status.FAILED, phase=Phase.DONE, reason=exc.message, finished=time.time())
             raise
         await run.save(status=Status.DEPLOYED, phase=Phase.DONE, finished=time.time())
-        sink(Event("release", f"revision {record['revision']} is live"))
-        return record
+        sink(Event("release", f"revision {record.revision} is live"))
+        return run.record
 
 
-async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | None) -> None:
+async def _deploy(run: Run, policy: CanaryPolicy, previous: Record | None) -> None:
     """No canary for a first release, `-o skip-canary`, `canary: false` or a Deployment that has no stable version
     yet; otherwise the live version moves behind its primaries if it is not there yet, then the canary."""
     why = "first release" if previous is None else "no canary" if run.options.skip_canary or not run.targets else None
@@ -191,29 +141,28 @@ async def _deploy(run: Run, policy: CanaryPolicy, previous: dict[str, Any] | Non
     await _canary(run, policy, previous)
 
 
-async def _behind_primaries(run: Run, previous: dict[str, Any] | None) -> str | None:
+async def _behind_primaries(run: Run, previous: Record | None) -> str | None:
     """Make sure the live version serves from primaries (it does not after `canary: false`, helm or kubectl);
     say why there is no canary if some Deployment has no earlier version to compare with."""
     missing = [t for t in run.targets if await live_deployment(run, t.primary) is None]
     if not missing or previous is None:
         return None
-    earlier = previous["manifests"]
+    earlier = list(previous.manifests)
     known = canary_targets(earlier)
     new = [t.deployment for t in missing if t not in known]
     if new:
         return f"no earlier version of {', '.join(new)} to compare a canary with"
-    run.sink(Event("release", f"revision {previous['revision']} moves behind {', '.join(t.primary for t in missing)}"))
+    run.sink(Event("release", f"revision {previous.revision} moves behind {', '.join(t.primary for t in missing)}"))
     await run.save(phase=Phase.APPLYING)
     await serve_stable(run, earlier, known)
     return None
 
 
-async def _pre_deploy(run: Run, api: client.ApiClient, hooks: list[dict[str, Any]]) -> None:
+async def _pre_deploy(run: Run, runner: JobRunner, hooks: list[dict[str, Any]]) -> None:
     """Run the pre-deploy Jobs to completion, in order; if one fails, nothing else is applied."""
-    runner = KubeJobRunner(api)
     for hook in hooks:
-        job = for_revision(hook, int(run.record["revision"]))
-        await run.save(phase=f"{Phase.PRE_DEPLOY} {job['metadata']['name']}")
+        job = for_revision(hook, run.record.revision)
+        await run.save(phase=Phase.PRE_DEPLOY, job=job["metadata"]["name"])
         succeeded, reason, logs = await runner.run_job(
             job, namespace=run.namespace, timeout=run.options.rollout_timeout, sink=run.sink
         )
@@ -231,7 +180,7 @@ async def _pre_deploy(run: Run, api: client.ApiClient, hooks: list[dict[str, Any
             )
 
 
-async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> None:
+async def _canary(run: Run, policy: CanaryPolicy, previous: Record) -> None:
     await run.save(phase=Phase.CANARY)
     canaries = await start_canary(run)
     await _canary_ready(run, canaries, previous)
@@ -239,7 +188,7 @@ async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> N
     rounds: list[Round] = []
     while True:
         result = verdict(rounds, policy)
-        asked = await run.records.requested(int(run.record["revision"]))
+        asked = await run.records.requested(run.record.revision)
         if asked == "abort":
             await _rollback(run, "aborted by request (deployer abort)", previous)
         if asked == "promote":
@@ -257,16 +206,7 @@ async def _canary(run: Run, policy: CanaryPolicy, previous: dict[str, Any]) -> N
         rounds.append(Round(result.next_weight, checks))
         for check in checks:
             run.sink(Event("canary", f"check {check.name}: {'ok' if check.ok else 'FAILED'} {check.message}".rstrip()))
-        await run.save(
-            rounds=[
-                {
-                    "weight": r.weight,
-                    "ok": r.ok,
-                    "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in r.checks],
-                }
-                for r in rounds
-            ]
-        )
+        await run.save(rounds=tuple(rounds))
     await _promote(run, previous)
 
 
@@ -274,7 +214,7 @@ async def _watched(run: Run, canaries: list[dict[str, Any]], interval: float) ->
     """The round's interval, watched: a pod going unready fails the round at once; a watch that could not be
     kept up to the interval's end fails it too (no signal is not a pass)."""
     names = [c["metadata"]["name"] for c in canaries]
-    observed = await run.kube.until_unready(names, namespace=run.namespace, seconds=interval)
+    observed = await run.cluster.until_unready(names, namespace=run.namespace, seconds=interval)
     if observed.early:
         run.sink(Event("canary", f"noticed before the interval ended: {observed.early}", kind="warning"))
         return (CheckResult("readiness watch", False, observed.early),)
@@ -285,7 +225,7 @@ async def _watched(run: Run, canaries: list[dict[str, Any]], interval: float) ->
     return ()
 
 
-async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: Record) -> None:
     """No traffic reaches a canary before it rolled out (as in Flagger); one that never does is rolled back."""
     for canary in canaries:
         name = canary["metadata"]["name"]
@@ -297,11 +237,13 @@ async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: dict
             await _rollback(run, f"the canary never became ready: {state.message}", previous)
 
 
-async def _in_mesh(run: Run, canaries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+async def _in_mesh(run: Run, canaries: list[dict[str, Any]], previous: Record) -> None:
     """Before any traffic shifts: a pod without a sidecar is not routed by weight and reports no metrics, so a
     canary would be judged on nothing."""
     for canary in canaries:
-        pods = await run.kube.pod_objects(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
+        pods = await run.cluster.pod_objects(
+            namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"]
+        )
         if bare := without_sidecar(pods):
             await _rollback(
                 run,
@@ -319,7 +261,7 @@ async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckRes
     for canary in canaries:
         name = canary["metadata"]["name"]
         try:
-            live = await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name) or {}
+            live = await run.cluster.get("apps/v1", "Deployment", namespace=run.namespace, name=name) or {}
         except (DeployError, TransientError) as exc:  # a check that cannot be made fails its round
             results.append(CheckResult(f"readiness {name}", False, f"cannot read the Deployment: {exc}"))
             continue
@@ -333,7 +275,7 @@ async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckRes
     return tuple(results)
 
 
-async def _promote(run: Run, previous: dict[str, Any]) -> None:
+async def _promote(run: Run, previous: Record) -> None:
     """The new version becomes stable while the routes keep the canary's weight; once the primaries rolled out,
     all traffic goes to them and the canary is removed after the grace."""
     run.held()
@@ -346,18 +288,18 @@ async def _promote(run: Run, previous: dict[str, Any]) -> None:
     await remove_canary(run, run.objects, run.targets, reroute=False)
 
 
-async def _rollback(run: Run, reason: str, previous: dict[str, Any], *, restore: bool = False) -> None:
+async def _rollback(run: Run, reason: str, previous: Record, *, restore: bool = False) -> NoReturn:
     """Traffic back to stable, the canary removed, and the release recorded rolled back once the version that
     serves has rolled out (`restore`: stable was changed, so the previous release is put back first)."""
     run.sink(Event("canary", f"rolling back: {reason}", kind="warning"))
-    earlier = previous["manifests"]
+    earlier = list(previous.manifests)
     known = [t for t in canary_targets(earlier) if t in run.targets]  # the live version serves from primaries
     if restore:
-        await run.kube.apply(stable_set(earlier, known), namespace=run.namespace)
+        await run.cluster.apply(stable_set(earlier, known), namespace=run.namespace)
     await remove_canary(run, run.objects, run.targets)
     if restore:
         names = [o["metadata"]["name"] for o in stable_set(earlier, known) if o["kind"] == "Deployment"]
-        reason += f"; {await _restored(run, int(previous['revision']), names)}"
+        reason += f"; {await _restored(run, previous.revision, names)}"
     elif (serving := await _restored(run, None, [t.primary for t in run.targets])) is not None:
         reason += f"; {serving}"
     await run.save(status=Status.ROLLED_BACK, phase=Phase.DONE, reason=reason, finished=time.time())
@@ -377,7 +319,7 @@ async def _restored(run: Run, revision: int | None, deployments: list[str]) -> s
         if state.state is Rollout.FAILED:
             problem = state.message
             break
-    run.record["restored"] = problem is None
+    run.record = replace(run.record, restored=problem is None)
     if revision is None:
         return None if problem is None else f"the stable version is NOT rolled out: {problem}"
     if problem is None:

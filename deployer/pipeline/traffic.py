@@ -5,7 +5,7 @@ to reach every sidecar on a real mesh) before it is removed."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from deployer.canary.analysis import Rollout, rollout_status
@@ -20,32 +20,30 @@ from deployer.canary.objects import (
 )
 from deployer.canary.router import Router, Routing
 from deployer.errors import DeployError
-from deployer.events import Event, EventSink
-from deployer.kube.cluster import Kube
-from deployer.kube.lease import Lock
-from deployer.kube.records import Records
+from deployer.events import Event, EventSink, Record
+from deployer.pipeline.ports import Cluster, EnvironmentLock, History, Probes
 from deployer.pipeline.steps import Rendered
 
 # Sizes are applied as their own field managers: an apply holding only `replicas` as the deployer's manager would
 # give up every other field that manager set (server-side apply removes what its manager stops applying).
 INITIAL_SIZE = "deployer-initial-size"  # a new primary's first size; an HPA owns it from its first scale
 RETIRE = "deployer-retire"  # zero, for a Deployment its primary replaced
-DEFAULT_GRACE = 5.0
 
 
 @dataclass
 class Run:
     """What one release (or a replay of a stored one) works with."""
 
-    kube: Kube
-    records: Records
+    cluster: Cluster
+    records: History
     rendered: Rendered
     objects: list[dict[str, Any]]
     targets: list[CanaryTarget]
-    record: dict[str, Any]
+    record: Record  # as last saved, or changed since (weights): replaced, never mutated
     options: Any
     sink: EventSink
-    lock: Lock | None = None
+    probes: Probes
+    lock: EnvironmentLock | None = None
     router: Router | None = None
 
     @property
@@ -54,7 +52,7 @@ class Run:
 
     @property
     def grace(self) -> float:
-        return float(self.record.get("grace", DEFAULT_GRACE))
+        return self.record.grace
 
     def held(self) -> None:
         """Before each change to traffic: stop, changing nothing, if this release may have lost its lock."""
@@ -62,15 +60,17 @@ class Run:
             self.lock.ensure_held()
 
     async def save(self, **changes: Any) -> None:
-        self.record.update(changes)
+        if "phase" in changes and "job" not in changes:
+            changes["job"] = ""  # a Job's name belongs to the pre-deploy phase only
+        self.record = replace(self.record, **changes)
         await self.records.save(self.record)
 
 
-async def istio_router(kube: Kube, *, routing: Routing, app: str, environment: str) -> Router | None:
+async def istio_router(cluster: Cluster, *, routing: Routing, app: str, environment: str) -> Router | None:
     """The Istio router for the networking.istio.io version the cluster serves (v1, else v1beta1); None if
     it serves neither."""
     for version in VERSIONS:
-        if await asyncio.to_thread(kube.has_kind, f"{GROUP}/{version}", KIND):
+        if await cluster.serves(f"{GROUP}/{version}", KIND):
             return IstioRouter(f"{GROUP}/{version}", routing, owner_labels(app=app, environment=environment))
     return None
 
@@ -87,7 +87,7 @@ def require_router(router: Router | None) -> Router:
 
 async def rollout(run: Run, deployment: str) -> Any:
     """Wait for one Deployment's rollout (kubectl's rules), up to the release's rollout timeout."""
-    return await run.kube.wait_rollout(
+    return await run.cluster.wait_rollout(
         deployment,
         namespace=run.namespace,
         timeout=run.options.rollout_timeout,
@@ -107,9 +107,9 @@ async def routes(run: Run, objects: list[dict[str, Any]], targets: list[CanaryTa
     """Write the routes at `weight` percent to the canaries (None: stable only, the canaries unnamed)."""
     if run.router is None or not targets:
         return
-    await run.kube.apply(run.router.routes(objects, targets, weight), namespace=run.namespace)
+    await run.cluster.apply(run.router.routes(objects, targets, weight), namespace=run.namespace)
     canary = weight or 0
-    run.record["weights"] = [100 - canary, canary]
+    run.record = replace(run.record, weights=(100 - canary, canary))
     run.sink(Event("canary", f"weights stable {100 - canary}% / canary {canary}%", data={"canary_weight": canary}))
 
 
@@ -122,21 +122,23 @@ async def serve_stable(run: Run, objects: list[dict[str, Any]], targets: list[Ca
     if run.router is not None:
         routed |= run.router.adopted(objects, targets)
     news = {t.primary: await live_deployment(run, t.primary) is None for t in targets}
-    await run.kube.apply(
+    await run.cluster.apply(
         [o for o in stable if (o["kind"], o["metadata"]["name"]) not in routed], namespace=run.namespace
     )
     for target in targets:
         if news[target.primary]:
             size = initial_replicas(objects, target, await live_deployment(run, target.deployment))
             if size is not None:
-                await run.kube.apply([_size(target.primary, size)], namespace=run.namespace, manager=INITIAL_SIZE)
+                await run.cluster.apply([_size(target.primary, size)], namespace=run.namespace, manager=INITIAL_SIZE)
     await wait_rolled_out(run, stable)
-    await run.kube.apply([o for o in stable if (o["kind"], o["metadata"]["name"]) in routed], namespace=run.namespace)
+    await run.cluster.apply(
+        [o for o in stable if (o["kind"], o["metadata"]["name"]) in routed], namespace=run.namespace
+    )
     await routes(run, objects, targets, None)
     retired = [t.deployment for t in targets if _serving(await live_deployment(run, t.deployment))]
     if retired:
         await grace(run, f"before scaling {', '.join(retired)} to zero: {', '.join(t.primary for t in targets)} serve")
-        await run.kube.apply([_size(name, 0) for name in retired], namespace=run.namespace, manager=RETIRE)
+        await run.cluster.apply([_size(name, 0) for name in retired], namespace=run.namespace, manager=RETIRE)
 
 
 async def without_canary(run: Run, *, why: str) -> None:
@@ -147,14 +149,14 @@ async def without_canary(run: Run, *, why: str) -> None:
     if run.targets and run.router is not None:
         await serve_stable(run, run.objects, run.targets)
         return
-    await run.kube.apply(run.objects, namespace=run.namespace)
+    await run.cluster.apply(run.objects, namespace=run.namespace)
     await wait_rolled_out(run, run.objects)
 
 
 async def start_canary(run: Run) -> list[dict[str, Any]]:
     """The canary's objects applied (routes still name only stable); returns its Deployments."""
     objects = canary_set(run.objects, run.targets)
-    await run.kube.apply(objects, namespace=run.namespace)
+    await run.cluster.apply(objects, namespace=run.namespace)
     return [o for o in objects if o["kind"] == "Deployment"]
 
 
@@ -167,7 +169,7 @@ async def remove_canary(
         await routes(run, objects, targets, None)
     await grace(run, "before removing the canary")
     for obj in reversed(canary_set(objects, targets)):
-        await run.kube.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
+        await run.cluster.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
 
 
 async def grace(run: Run, why: str) -> None:
@@ -184,28 +186,55 @@ def applied(run: Run) -> list[dict[str, Any]]:
     return [*stable_set(run.objects, run.targets), *own]
 
 
-async def prune(run: Run, previous: dict[str, Any] | None) -> None:
+async def prune(run: Run, previous: Record | None) -> None:
     """Delete what carries this environment's labels and this release no longer keeps (a workload or Service after
     the grace, so that what replaced it is seen first)."""
     if previous is None:
         return
-    kinds = {(o["apiVersion"], o["kind"]) for o in previous.get("manifests", [])}
+    kinds = {(o["apiVersion"], o["kind"]) for o in previous.manifests}
     kinds |= {("apps/v1", "Deployment"), ("v1", "Service")}
     if run.router is not None:
         kinds.add((run.router.api_version, run.router.kind))
     keep = {(o["kind"], o["metadata"]["name"]) for o in applied(run)}
     selector = owner_selector(app=run.rendered.app, environment=run.rendered.environment)
-    found = await run.kube.owned(sorted(kinds), namespace=run.namespace, selector=selector)
-    gone = [o for o in found if (o["kind"], o["metadata"]["name"]) not in keep]
+    found = await run.cluster.owned(sorted(kinds), namespace=run.namespace, selector=selector)
+    gone = []
+    for obj in found:
+        if (obj["kind"], obj["metadata"]["name"]) in keep:
+            continue
+        if others := adopted_from(obj):  # helm or kubectl made it; the deployer took it over: not its to delete
+            run.sink(Event("release", f"kept {obj['kind']}/{obj['metadata']['name']}: made by {', '.join(others)}"))
+            continue
+        gone.append(obj)
     if any(o["kind"] in ("Deployment", "Service", KIND) for o in gone):
         await grace(run, "before pruning what served")
     for obj in gone:
-        await run.kube.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
+        await run.cluster.delete(obj["apiVersion"], obj["kind"], namespace=run.namespace, name=obj["metadata"]["name"])
         run.sink(Event("release", f"pruned {obj['kind']}/{obj['metadata']['name']}"))
 
 
+OURS = ("deployer", INITIAL_SIZE, RETIRE)
+# Kubernetes' own components write the main resource too (the Deployment controller its revision annotation):
+# they make nothing a release renders.
+CONTROL_PLANE = ("kube-controller-manager", "kube-scheduler", "kube-apiserver", "kubelet")
+
+
+def adopted_from(obj: dict[str, Any]) -> list[str]:
+    """The other field managers of an object's main resource (not its status or scale): whoever made it before
+    the deployer adopted it (helm, kubectl, ...) keeps fields there. kube-apiserver names an Update's manager after
+    the client's user agent (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/create.go: managerOrUserAgent)."""
+    entries = (obj.get("metadata") or {}).get("managedFields") or []
+    return sorted(
+        {
+            str(e.get("manager"))
+            for e in entries
+            if not e.get("subresource") and e.get("manager") not in (*OURS, *CONTROL_PLANE)
+        }
+    )
+
+
 async def live_deployment(run: Run, name: str) -> dict[str, Any] | None:
-    return await run.kube.get("apps/v1", "Deployment", namespace=run.namespace, name=name)
+    return await run.cluster.get("apps/v1", "Deployment", namespace=run.namespace, name=name)
 
 
 def _serving(live: dict[str, Any] | None) -> bool:

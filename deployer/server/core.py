@@ -31,7 +31,7 @@ from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
 from deployer.errors import DeployError, RolledBack, TransientError
-from deployer.events import Event
+from deployer.events import Event, Record
 from deployer.kube.records import pending_environments
 from deployer.pipeline import operations
 from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
@@ -118,9 +118,9 @@ class DeployServer:
                 try:
                     for environment in await pending_environments(self.services.api, namespace=namespace, app=app):
                         env = operations.Environment(app=app, environment=environment, namespace=namespace)
-                        revisions = await operations.recover(
-                            api=self.services.api, env=env, sink=self._log(app, environment)
-                        )
+                        sink = self._log(app, environment)
+                        ports = await operations.ports_of(self.services.api, env, sink=sink)
+                        revisions = await operations.recover(ports, env=env, sink=sink)
                         done += [f"{app}/{environment} revision {r}" for r in revisions]
                 except (DeployError, client.ApiException, OSError) as exc:
                     log.warning("recover %s in %s: %s", app, namespace, exc)
@@ -298,13 +298,13 @@ class DeployServer:
         result, record, error = await asyncio.shield(task)
         outcomes.append(_outcome(target, result, record, error))
         _table(say, outcomes)
-        if error is not None:
-            _error(say, error)
+        if error is not None or record is None:
+            _error(say, error or DeployError("the release ended without a record", where="server"))
             say(f"push rejected: {target.environment} still runs what it ran; {target.update.short} did not move")
             self.metrics.pushes.labels(push.app, "rejected").inc()
             return 1
         say(
-            f"{target.environment} is live at {target.update.new[:12]} (revision {record['revision']}); "
+            f"{target.environment} is live at {target.update.new[:12]} (revision {record.revision}); "
             f"{target.update.short} moves"
         )
         self.metrics.pushes.labels(push.app, "accepted").inc()
@@ -312,9 +312,9 @@ class DeployServer:
 
     async def _run(
         self, push: Push, target: Deploy, sink: Callable[[Event], None], started: float, gauge: Any
-    ) -> tuple[str, dict[str, Any], DeployError | None]:
+    ) -> tuple[str, Record | None, DeployError | None]:
         """The release, to its end; then metrics, and for an async push that failed, the branch put back."""
-        record: dict[str, Any] = {}
+        record: Record | None = None
         error: DeployError | None = None
         try:
             record = await deploy(push, target, self.services, sink)
@@ -350,14 +350,14 @@ class DeployServer:
             log.info("%s: %s put back to %s (release failed)", push.app, update.ref, update.old[:12])
 
 
-def _outcome(target: Deploy, result: str, record: dict[str, Any], error: DeployError | None) -> Outcome:
+def _outcome(target: Deploy, result: str, record: Record | None, error: DeployError | None) -> Outcome:
     commit = target.update.new[:12]
-    if error is not None:
-        return Outcome(target.update.ref, target.environment, commit, result, error.message)
-    weights = [str(r["weight"]) + "%" for r in record.get("rounds", [])]
-    checks = sorted({c["name"] for r in record.get("rounds", []) for c in r["checks"]})
+    if error is not None or record is None:
+        return Outcome(target.update.ref, target.environment, commit, result, error.message if error else "")
+    weights = [f"{r.weight}%" for r in record.rounds]
+    checks = sorted({c.name for r in record.rounds for c in r.checks})
     path = " → ".join([*weights, "100%"]) if weights else "no canary"
-    detail = f"revision {record['revision']}: {path}" + (f"; checks: {', '.join(checks)}" if checks else "")
+    detail = f"revision {record.revision}: {path}" + (f"; checks: {', '.join(checks)}" if checks else "")
     return Outcome(target.update.ref, target.environment, commit, result, detail)
 
 

@@ -10,9 +10,11 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -175,16 +177,29 @@ def within(count: int, total: int, share: float) -> bool:
 class Steady:
     """Requests through the gateway and from a mesh client, back to back, until stopped: what failed."""
 
-    def __init__(self, cluster: Running, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(self, cluster: Running, namespace: str, *, every_path: bool = False) -> None:
+        self.cluster, self.namespace, self.every_path = cluster, namespace, every_path
         self.answers: Counter[str] = Counter()
+        self.batches: list[tuple[float, Counter[str]]] = []  # when each batch of requests had its last answer
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        paths: list[tuple[str, int, dict[str, Any]]] = [
+            ("web.example.test", 10, {}),
+            ("web", 10, {"source": self.namespace}),
+        ]
+        if self.every_path:  # the environment's host, the Kubernetes Ingress, a pod without a sidecar
+            paths += [
+                ("web-direct.example.test", 5, {}),
+                ("web-ingress.example.test", 5, {}),
+                ("web", 5, {"source": self.namespace, "sidecar": False}),
+            ]
         while not self.stopped.is_set():
-            self.answers += versions(self.cluster.send("web.example.test", 10))
-            self.answers += versions(self.cluster.send("web", 10, source=self.namespace))
+            for host, count, how in paths:
+                batch = versions(self.cluster.send(host, count, **how))
+                self.answers += batch
+                self.batches.append((time.monotonic(), batch))
 
     def __enter__(self) -> Steady:
         self.thread.start()
@@ -247,6 +262,27 @@ def test_at_10_percent_the_mesh_and_the_gateways_follow_the_weights_and_other_pa
         "networking.istio.io", "v1", ns, "virtualservices", "web-public"
     )
     assert public["spec"]["gateways"] == [GATEWAY] and vs_split(public) == [100, 0]
+
+
+def test_no_path_reaches_the_canary_before_its_first_weight(
+    app: Path, cluster: Running, mesh_namespace: str, first: str
+) -> None:
+    """From the push to the first weight, while the canary's pods start and become ready: every path (gateway,
+    the environment's host, the mesh, a Kubernetes Ingress, a pod without a sidecar) reaches stable only."""
+    edit(app / "values.yaml", "version: v1", "version: v2")
+    edit(app / "deploy.yaml", "interval: 2m", "interval: 3s")
+    with Steady(cluster, mesh_namespace, every_path=True) as steady:
+        proc = start(app, cluster, first)
+        try:
+            read_until(proc, "weights stable 90% / canary 10%")
+            weighted = time.monotonic()  # routes reach the proxies a propagation delay later: nothing before
+            assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            proc.kill()
+    before = sum((batch for ended, batch in steady.batches if ended < weighted), Counter())
+    assert before["v1"] > 50 and "v2" not in before, before
+    assert steady.failed() == {}, steady.answers
+    assert steady.answers["v2"] > 0, "the canary did get traffic once weighted"
 
 
 @pytest.mark.parametrize(("command", "code", "after"), [("promote", 0, "v2"), ("abort", 1, "v1")])
@@ -331,3 +367,87 @@ def test_adopting_an_app_kubectl_deployed_fails_no_request_and_deletes_nothing(
     assert (kubectls.spec.replicas, kubectls.spec.selector.match_labels) == (0, {"app": "web"})
     service = client.CoreV1Api(api).read_namespaced_service("web", mesh_namespace)
     assert service.spec.selector == {"app": "web", "deployer.dev/track": "primary"}
+
+
+HELM = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "helm"
+
+
+def as_chart(app: Path) -> Path:
+    """The same app as a Helm chart: the templates with Helm's syntax, rendered by the deployer through helm."""
+    chart = app / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: web\nversion: 0.1.0\n")
+    helm_syntax = {
+        "{{ values.version }}": "{{ .Values.version }}",
+        '"{{ values.image }}"': "{{ .Values.image | quote }}",
+        '{{ ["sh", "-c", values.command] | to_json }}': '{{ list "sh" "-c" .Values.command | toJson }}',
+    }
+    for name, jinja in TEMPLATES.items():
+        text = jinja
+        for old, new in helm_syntax.items():
+            text = text.replace(old, new)
+        (chart / "templates" / name.removesuffix(".j2")).write_text(text)
+    edit(app / "deploy.yaml", "render: {templates: {dir: templates}}", "render: {helm: {chart: chart}}")
+    return chart
+
+
+@pytest.mark.skipif(not HELM.exists(), reason="helm is installed by `make setup`")
+def test_adopting_an_app_helm_installed_and_switching_the_canary_off_and_on_fail_no_request(
+    app: Path, cluster: Running, api: client.ApiClient, mesh_namespace: str, busybox: str
+) -> None:
+    """`helm install` first; then the deployer's first release, a release with `canary: false`, and a canary
+    release again, all under steady traffic: no request fails, and neither helm's Deployment nor its Service is
+    ever deleted (the same objects, by uid, at the end)."""
+    ns = mesh_namespace
+    chart = as_chart(app)
+    edit(app / "deploy.yaml", "interval: 2m", "interval: 1s")
+    installed = subprocess.run(
+        [
+            str(HELM),
+            "install",
+            "web",
+            str(chart),
+            "-n",
+            ns,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-f",
+            str(app / "values.yaml"),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    uids = (
+        apps.read_namespaced_deployment("web", ns).metadata.uid,
+        core.read_namespaced_service("web", ns).metadata.uid,
+    )
+    cluster.propagated()
+    assert versions(cluster.send("web.example.test", 10)) == {"v1": 10}
+    with Steady(cluster, ns) as steady:
+        adopted = run_deployer(*deploy_args(app, cluster, busybox))
+        assert adopted.code == 0, adopted.err
+        cluster.propagated()
+        edit(app / "deploy.yaml", "      steps: [10]", "      enabled: false\n      steps: [10]")
+        off = run_deployer(*deploy_args(app, cluster, busybox))
+        assert off.code == 0, off.err
+        cluster.propagated()
+        edit(app / "deploy.yaml", "      enabled: false\n", "")
+        edit(app / "values.yaml", "version: v1", "version: v2")
+        on = run_deployer(*deploy_args(app, cluster, busybox))
+        assert on.code == 0, on.err
+        assert "weights stable 90% / canary 10%" in on.out + on.err
+        cluster.propagated()
+    assert steady.failed() == {}, steady.answers
+    assert steady.answers["v1"] > 0 and steady.answers["v2"] > 0, steady.answers
+    assert (
+        apps.read_namespaced_deployment("web", ns).metadata.uid,
+        core.read_namespaced_service("web", ns).metadata.uid,
+    ) == uids
+    assert versions(cluster.send("web.example.test", 20)) == {"v2": 20}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from sandboxes import Running
-from support import free_port
+from support import edit, free_port
 from test_release import TEMPLATES, deploy_yaml, image_of, secrets_status
 from test_release import deploy as release_deploy
 
@@ -48,6 +48,18 @@ class Exporter:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
+    yield from _prometheus(tmp_path_factory, scrape="500ms", warm="count_over_time(up[10s])", scrapes=3)
+
+
+@pytest.fixture(scope="module")
+def prometheus_15s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
+    """Scraping as production Prometheuses commonly do, every 15 s; ready once it scraped twice."""
+    yield from _prometheus(tmp_path_factory, scrape="15s", warm="count_over_time(up[1m])", scrapes=2)
+
+
+def _prometheus(
+    tmp_path_factory: pytest.TempPathFactory, *, scrape: str, warm: str, scrapes: int
+) -> Iterator[tuple[str, Exporter]]:
     exporter = Exporter()
     port, loop = free_port(), asyncio.new_event_loop()
     app = web.Application()
@@ -65,7 +77,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     (tmp / "prometheus.yml").write_text(
         json.dumps(
             {
-                "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
+                "global": {"scrape_interval": scrape, "evaluation_interval": scrape},
                 "scrape_configs": [{"job_name": "mesh", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
             }
         )
@@ -82,12 +94,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{web_port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # ready, and the exporter scraped a few times (the first scrape is late)
         try:
-            with urllib.request.urlopen(f"{url}/api/v1/query?query=count_over_time(up[10s])", timeout=1) as answer:
+            with urllib.request.urlopen(f"{url}/api/v1/query?query={warm}", timeout=1) as answer:
                 result = json.load(answer)["data"]["result"]
-            if result and float(result[0]["value"][1]) >= 3:
+            if result and float(result[0]["value"][1]) >= scrapes:
                 break
         except OSError:
             pass
@@ -188,3 +200,24 @@ def test_a_window_shorter_than_two_scrapes_is_refused_before_anything(
         "than twice the scrape interval the server states (15s), so rate() would see nothing; use at least 30s"
     )
     assert secrets_status(cluster.api(), namespace) == {}
+
+
+def test_a_one_minute_window_at_a_15s_scrape_promotes_a_good_canary_and_rolls_back_a_failing_one(
+    cluster: Running, namespace: str, tmp_path: Path, prometheus_15s: tuple[str, Exporter]
+) -> None:
+    """The defaults a production Prometheus has: a 1m window over 15 s scrapes. A canary interval of 20 s sees at
+    least one scrape of what the canary answered since it started."""
+    url, exporter = prometheus_15s
+    exporter.namespace, exporter.silent, exporter.errors = namespace, False, 0.0
+    app = app_with(tmp_path, namespace, SUCCESS_RATE.replace("window: 2s", "window: 1m"))
+    edit(app / "deploy.yaml", "steps: [20, 50], interval: 2s", "steps: [50], interval: 20s")
+    scrape = ("--prometheus", url, "--scrape-interval", "15s")
+    assert release_deploy(app, cluster, "v1", *scrape)[0] == 0
+    code, out, err = release_deploy(app, cluster, "v2", *scrape)
+    assert code == 0, err
+    assert "check success-rate: ok 1" in out
+    exporter.errors = 1.0  # every request of the canary fails from now on
+    code, out, err = release_deploy(app, cluster, "v3", *scrape)
+    assert code == 1
+    assert "success-rate: " in err and "is below the minimum 0.9" in err
+    assert image_of(cluster.api(), namespace, "shop-primary") == "127.0.0.1:5000/shop:v2"

@@ -393,8 +393,10 @@ def test_a_deployment_made_by_kubectl_is_adopted_without_deletion_and_canary_tog
     assert "revision 2 moves behind shop-primary" in out
     assert "weights stable 80% / canary 20%" in out, "back to a canary: the new version goes through one"
     assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v3"
-    assert "pruned Deployment/shop" in out, "the deployer's own `shop` (from canary: false) is not left behind"
-    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
+    # kubectl made `shop`: the deployer adopted it, never deletes it, and scales it to zero behind the primary
+    assert "kept Deployment/shop: made by OpenAPI-Generator" in out
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop", "shop-primary"]
+    assert apps.read_namespaced_deployment("shop", namespace).spec.replicas == 0
     assert secrets_status(api, namespace) == {"1": "deployed", "2": "deployed", "3": "deployed"}
 
 
@@ -483,17 +485,27 @@ def test_objects_a_release_no_longer_renders_are_pruned(
 ) -> None:
     extra = app / "templates" / "extra.yaml.j2"
     extra.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n")
-    assert deploy(app, cluster, "v1")[0] == 0
     core = client.CoreV1Api(api)
+    # made by kubectl before the deployer, then rendered by a release: adopted, never the deployer's to delete
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "adopted"}, "data": {"x": "y"}}, field_manager="kubectl-create"
+    )
+    adopted = app / "templates" / "adopted.yaml.j2"
+    adopted.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: adopted}\ndata: {a: b}\n")
+    assert deploy(app, cluster, "v1")[0] == 0
     assert core.read_namespaced_config_map("extra", namespace).data == {"a": "b"}
+    assert core.read_namespaced_config_map("adopted", namespace).metadata.labels["deployer.dev/app"] == "shop"
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "not-ours"}})
     extra.unlink()
+    adopted.unlink()
     code, out, err = deploy(app, cluster, "v2")
     assert code == 0, err
     assert "pruned ConfigMap/extra" in out
+    assert "kept ConfigMap/adopted: made by kubectl-create" in out
     names = {c.metadata.name for c in core.list_namespaced_config_map(namespace).items}
     assert "extra" not in names
     assert "not-ours" in names, "only objects carrying the deployer's labels are pruned"
+    assert "adopted" in names, "an object another tool made is never deleted by prune"
 
 
 def test_a_canary_without_sidecars_is_refused_before_any_traffic_moves(
