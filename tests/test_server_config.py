@@ -209,3 +209,15 @@ def test_authorized_keys_files_give_each_key_its_environment(server: ServerConfi
             server, {"prod": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIERERERERERERERERERERERERERERERERERERERERERE\n"}
         )
     assert str(caught.value) == "prod:1: each key needs a comment naming its user (ssh-ed25519 AAAA... alice)"
+
+
+def test_route_grants_name_gateways_with_their_namespace() -> None:
+    granted = SERVER.replace(
+        "hello: {environments:",
+        'hello: {routes: {gateways: [istio-system/public], hosts: ["*.hello.example.com"]}, environments:',
+    )
+    routes = parse_server_config(granted, source="server.yaml").apps["hello"].routes
+    assert (routes.gateways, routes.hosts) == (["istio-system/public"], ["*.hello.example.com"])
+    with pytest.raises(DeployError, match="name it as NAMESPACE/NAME"):
+        parse_server_config(granted.replace("istio-system/public", "public"), source="server.yaml")
+    assert parse_server_config(SERVER, source="server.yaml").apps["hello"].routes.hosts == []

@@ -175,3 +175,98 @@ def _weighted(virtual: dict[str, Any], target: CanaryTarget, weight: int | None,
     if pins:
         out["spec"]["http"] = [*pins, *http_routes]
     return out
+
+
+# --- reach: which hosts and gateways an app's routing objects may claim (server.yaml grants them) ---------------
+# An Istio routing object is not confined to its namespace: a VirtualService for another app's host, exported to
+# every namespace by default, routes every sidecar's requests for that host, and one bound to a shared gateway
+# serves that host to the world; a Gateway in any namespace configures the ingress pods it selects, and a
+# ServiceEntry or DestinationRule changes how every client reaches a host (istio/istio
+# pilot/pkg/model/push_context.go: VirtualServices, DestinationRules and ServiceEntries are merged across
+# namespaces by exportTo; Gateways by their workload selector).
+HOSTED = {"VirtualService": "hosts", "DestinationRule": "host", "ServiceEntry": "hosts", "Gateway": "servers"}
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What server.yaml lets an app's routes claim besides its namespace's own Services: Istio Gateways
+    (NAMESPACE/NAME) to bind, and hosts (`name.example.com`, or `*.example.com` for any name under it)."""
+
+    gateways: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    def allows_host(self, host: str, namespace: str) -> bool:
+        if host in ("", "*"):
+            return False  # every host
+        if "." not in host or host == f"*.{namespace}.svc.cluster.local":
+            return True  # a short name resolves in the object's namespace; `*.NS.svc.cluster.local` is NS's own
+        name, _, rest = host.partition(".")
+        if rest in (namespace, f"{namespace}.svc", f"{namespace}.svc.cluster.local") and name != "*":
+            return True
+        return any(
+            host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])) for allowed in self.hosts
+        )
+
+    def allows_gateway(self, gateway: str, namespace: str) -> bool:
+        return gateway == "mesh" or gateway_ref(gateway, namespace) in self.gateways
+
+
+def gateway_ref(gateway: str, namespace: str) -> str:
+    """NAMESPACE/NAME of a gateway as a VirtualService names it: NAME is in the VirtualService's namespace; the
+    legacy NAME.NAMESPACE.svc.cluster.local form too (istio/istio pilot/pkg/model/virtualservice.go)."""
+    if "/" in gateway:
+        return gateway
+    if gateway.endswith(".svc.cluster.local"):
+        name, ns, *_ = gateway.split(".")
+        return f"{ns}/{name}"
+    return f"{namespace}/{gateway}"
+
+
+def refuse_foreign(
+    objects: list[dict[str, Any]],
+    routing: Routing,
+    *,
+    namespace: str,
+    reach: Reach,
+    policy: str = "deploy.yaml: canary",
+) -> None:
+    """Refuse, in one line naming the object and the value, a routing object (or the environment's
+    canary.gateways/hosts, at `policy`) that claims a host or gateway server.yaml does not grant the app."""
+    claims: list[tuple[str, str, str]] = [("canary.hosts", "host", h) for h in routing.hosts]
+    claims += [("canary.gateways", "gateway", g) for g in routing.gateways]
+    for obj in objects:
+        if obj.get("kind") not in HOSTED or not str(obj.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            continue
+        subject = f"{obj['kind']}/{obj['metadata']['name']}"
+        spec = obj.get("spec") or {}
+        if obj["kind"] == "DestinationRule":
+            claims.append((subject, "host", str(spec.get("host", ""))))
+        elif obj["kind"] == "Gateway":
+            claims += [
+                (subject, "host", str(h).split("/", 1)[-1])
+                for server in spec.get("servers") or []
+                for h in server.get("hosts") or []
+            ]
+        else:
+            claims += [(subject, "host", str(h)) for h in spec.get("hosts") or []]
+        if obj["kind"] == "VirtualService":
+            gateways = [*(spec.get("gateways") or [])]
+            gateways += [
+                g for http in spec.get("http") or [] for m in http.get("match") or [] for g in m.get("gateways") or []
+            ]
+            claims += [(subject, "gateway", str(g)) for g in gateways]
+    for subject, what, value in claims:
+        allowed = reach.allows_host(value, namespace) if what == "host" else reach.allows_gateway(value, namespace)
+        if allowed:
+            continue
+        granted = (
+            f"gateways {', '.join(reach.gateways) or 'none'}"
+            if what == "gateway"
+            else f"the Services of namespace {namespace} and hosts {', '.join(reach.hosts) or 'none'}"
+        )
+        mine = subject.startswith("canary.")
+        raise DeployError(
+            f"{'' if mine else subject + ' claims '}{what} {value!r}, which server.yaml does not grant this app "
+            f"(it grants {granted}); an operator adds it under apps.<app>.routes",
+            where=f"{policy}.{subject.partition('.')[2]}" if mine else "rendered objects",
+        )

@@ -19,7 +19,17 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from deployer.config.load import parse_model
-from deployer.config.model import DNS1123_LABEL, CanaryPolicy, DeployConfig, Duration, Name, StrictModel, check_windows
+from deployer.config.model import (
+    DNS1123_LABEL,
+    CanaryPolicy,
+    DeployConfig,
+    Duration,
+    GatewayRef,
+    HostName,
+    Name,
+    StrictModel,
+    check_windows,
+)
 from deployer.errors import DeployError
 
 PUSH_OPTIONS = ("dry-run", "skip-canary", "async", "set")
@@ -81,7 +91,31 @@ class User(StrictModel):
     )
 
 
+class RouteGrant(StrictModel):
+    gateways: list[GatewayRef] = Field(
+        default_factory=list,
+        description="Istio Gateways (NAMESPACE/NAME) the app's routes may bind besides the mesh (none by default).",
+    )
+    hosts: list[HostName] = Field(
+        default_factory=list,
+        description="Hosts the app's routing objects may claim besides its namespaces' own Services: "
+        "`hello.example.com`, or `*.hello.example.com` for any name under it (none by default).",
+    )
+
+    @model_validator(mode="after")
+    def _qualified(self) -> Self:
+        for gateway in self.gateways:
+            if "/" not in gateway:
+                raise ValueError(f"gateway {gateway!r}: name it as NAMESPACE/NAME (server.yaml serves every namespace)")
+        return self
+
+
 class AppPolicy(StrictModel):
+    routes: RouteGrant = Field(
+        default_factory=RouteGrant,
+        description="What the app's routes may reach beyond its namespace: another app's host or a shared "
+        "gateway is refused at render unless granted here.",
+    )
     environments: Annotated[dict[Name, Name], Field(min_length=1)] = Field(
         description="ENVIRONMENT: NAMESPACE for each environment of the app; deploy.yaml must name the same."
     )
@@ -183,6 +217,15 @@ class BuilderConfig(StrictModel):
 class Limits(StrictModel):
     max_push_mb: Annotated[int, Field(ge=1)] = Field(default=100, description="git's receive.maxInputSize.")
     rollout_timeout: Duration = 300.0
+    auth_free_failures: Annotated[int, Field(ge=1)] = Field(
+        default=5,
+        description="Wrong tokens one client address may send before each further one doubles its wait (from 1s).",
+    )
+    auth_max_wait: Duration = Field(
+        default=60.0,
+        description="The longest a client address that sent wrong tokens waits (answered 429 meanwhile, whatever "
+        "its token): how long a real user behind the same address can be kept out.",
+    )
 
 
 class ServerConfig(StrictModel):

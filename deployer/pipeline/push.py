@@ -28,6 +28,7 @@ from kubernetes import client
 
 from deployer.build.scan import scan_push
 from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref_value
+from deployer.canary.istio import Reach
 from deployer.canary.objects import canary_targets, owned_by_release, stable_set
 from deployer.config import DEPLOY_FILE, RepoFiles, environments_for_branch, load_deploy_config, parse_deploy_config
 from deployer.config.model import CanaryPolicy, DeployConfig
@@ -251,6 +252,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             sets=options.sets,
             helm=services.helm,
             cluster_scoped=frozenset(services.server.apps[push.app].cluster_scoped),
+            reach=_reach(services.server, push.app),
         )
     _render_summary(rendered, config, target, options, sink)
     if options.dry_run:
@@ -285,6 +287,11 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
         sink=sink,
         jobs=tuple(config.environments[target.environment].jobs),
     )
+
+
+def _reach(server: ServerConfig, app: str) -> Reach:
+    granted = server.apps[app].routes
+    return Reach(gateways=tuple(granted.gateways), hosts=tuple(granted.hosts))
 
 
 async def _unmoved(push: Push, update: RefUpdate) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deployer.build import Builder, BuildRequest, RegistryClient, Repository, export_commit, resolve_commit, tree_size
-from deployer.canary.istio import IstioRouter
+from deployer.canary.istio import IstioRouter, Reach, refuse_foreign
 from deployer.canary.objects import require_targets
 from deployer.canary.router import Routing
 from deployer.config import DeployConfig, RepoFiles, load_deploy_config, load_values_file
@@ -92,8 +92,10 @@ async def render_environment(
     sets: tuple[str, ...] = (),
     helm: Helm | None = None,
     cluster_scoped: frozenset[str] = frozenset(),
+    reach: Reach | None = None,
 ) -> Rendered:
-    """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault."""
+    """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault.
+    With `reach` (the server's grant), routing objects may claim only the hosts and gateways it grants."""
     env = config.environment(environment)
     files = [
         (path, load_values_file(repo, path, where=f"{DEPLOY_FILE}: environments.{environment}.values[{i}]"))
@@ -139,6 +141,8 @@ async def render_environment(
         )
     ordered = sort_for_apply(place_in_namespace(objects, env.namespace, cluster_scoped=cluster_scoped))
     unvalidated = validate_objects(ordered)
+    if reach is not None:
+        check_reach(ordered, env.canary, environment=environment, namespace=env.namespace, reach=reach)
     check_routing([o.obj for o in ordered], env.canary)
     return Rendered(
         app=config.app,
@@ -149,6 +153,20 @@ async def render_environment(
         values=values.final,
         unvalidated=tuple(unvalidated),
     )
+
+
+def check_reach(
+    objects: list[RenderedObject], policy: CanaryPolicy, *, environment: str, namespace: str, reach: Reach
+) -> None:
+    """The environment's canary.gateways/hosts and every routing object claim only what the server grants."""
+    routing = Routing(tuple(policy.gateways), tuple(policy.hosts))
+    where = f"{DEPLOY_FILE}: environments.{environment}.canary"
+    refuse_foreign([], routing, namespace=namespace, reach=reach, policy=where)
+    for item in objects:
+        try:
+            refuse_foreign([item.obj], Routing(), namespace=namespace, reach=reach)
+        except DeployError as exc:
+            raise DeployError(exc.message, where=item.source) from None
 
 
 def check_routing(objects: list[dict[str, Any]], policy: CanaryPolicy) -> None:

@@ -1,9 +1,11 @@
 """Smart HTTP (aiohttp around `git http-backend`), /healthz and /metrics.
 
 Authentication is a token: HTTP basic (any user name, the token as password: http://alice:TOKEN@host/app.git)
-or `Authorization: Bearer TOKEN`. Refusals after authentication are answered the way git shows them best: an
-`ERR` packet in the ref advertisement, which git prints as "fatal: remote error: ...". The CGI runs to its end
-even when the client goes away, so a release in flight ends consistently and git moves the ref only then.
+or `Authorization: Bearer TOKEN`. Wrong tokens from one address earn it a growing wait (server/throttle.py);
+a request without credentials (git's first, before it asks for them) is not a failure. Refusals after
+authentication are answered the way git shows them best: an `ERR` packet in the ref advertisement, which git
+prints as "fatal: remote error: ...". The CGI runs to its end even when the client goes away, so a release in
+flight ends consistently and git moves the ref only then.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 from deployer.config.server import user_for_token
 from deployer.errors import DeployError
 from deployer.server.core import SERVICES, DeployServer
+from deployer.server.throttle import Throttle
 
 log = logging.getLogger("deployer.server.http")
 _CHUNK = 64 * 1024
@@ -30,16 +33,15 @@ def _pkt(text: str) -> bytes:
     return f"{len(data) + 4:04x}".encode() + data
 
 
-def _user(server: DeployServer, request: web.Request) -> str | None:
+def _token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    token = ""
     if scheme.lower() == "bearer":
-        token = value.strip()
-    elif scheme.lower() == "basic":
+        return value.strip()
+    if scheme.lower() == "basic":
         with contextlib.suppress(ValueError):
-            token = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-    return user_for_token(server.config, token) if token else None
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+    return ""
 
 
 def _refused(service: str, message: str) -> web.Response:
@@ -50,6 +52,8 @@ def _refused(service: str, message: str) -> web.Response:
 class GitHttp:
     def __init__(self, server: DeployServer) -> None:
         self.server = server
+        limits = server.config.limits
+        self.throttle = Throttle(free=limits.auth_free_failures, ceiling=limits.auth_max_wait)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -71,13 +75,9 @@ class GitHttp:
             return web.Response(status=403, text="only git-receive-pack and git-upload-pack are served here\n")
         if request.method == "POST" and request.content_type != f"application/x-{service}-request":
             return web.Response(status=415, text=f"expected Content-Type application/x-{service}-request\n")
-        user = _user(self.server, request)
-        if user is None:
-            return web.Response(
-                status=401,
-                text="authentication required: a token as password, or Authorization: Bearer TOKEN\n",
-                headers={"WWW-Authenticate": 'Basic realm="deployer"'},
-            )
+        user = self._authenticate(request)
+        if isinstance(user, web.Response):
+            return user
         try:
             repo, env = await self.server.git_environment(service=service, path=request.match_info["repo"], user=user)
         except DeployError as exc:
@@ -102,6 +102,31 @@ class GitHttp:
             cgi["CONTENT_LENGTH"] = str(request.content_length)
         # shielded: a client that goes away must not cancel a push whose release is running
         return await asyncio.shield(self._cgi(request, cgi))
+
+    def _authenticate(self, request: web.Request) -> str | web.Response:
+        """The user a request's token names, or the answer to a request that names none."""
+        address = request.remote or ""
+        if wait := self.throttle.wait(address):  # before any token is compared: guessing gets no answer
+            return web.Response(
+                status=429,
+                text=f"too many wrong tokens from {address}: try again in {wait}s\n",
+                headers={"Retry-After": str(wait)},
+            )
+        token = _token(request)
+        user = user_for_token(self.server.config, token) if token else None
+        if user is None:
+            if token and (penalty := self.throttle.failed(address)):
+                self.server.metrics.auth_failures.labels("throttled").inc()
+                log.warning("wrong token from %s: it waits %gs before its next try", address, penalty)
+            elif token:
+                self.server.metrics.auth_failures.labels("wrong").inc()
+            return web.Response(
+                status=401,
+                text="authentication required: a token as password, or Authorization: Bearer TOKEN\n",
+                headers={"WWW-Authenticate": 'Basic realm="deployer"'},
+            )
+        self.throttle.succeeded(address)
+        return user
 
     async def _cgi(self, request: web.Request, cgi: dict[str, str]) -> web.StreamResponse:
         proc = await asyncio.create_subprocess_exec(

@@ -37,6 +37,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.auth_failures = Counter(
+            "deployer_auth_failures",
+            "Wrong tokens sent over HTTP: `wrong` while an address's failures are free, `throttled` once each "
+            "earns a wait.",
+            ["result"],
+            registry=self.registry,
+        )
+
     def ended(self, *, app: str, environment: str, result: str, seconds: float) -> None:
         self.releases.labels(app, environment, result).inc()
         self.duration.labels(app, environment, result).observe(seconds)

@@ -555,6 +555,41 @@ def test_a_chart_rendering_cluster_scoped_objects_is_refused_and_nothing_is_appl
     assert deployments(api, app.staging) == []
 
 
+def test_routes_claiming_another_apps_host_or_a_shared_gateway_are_refused_and_nothing_is_applied(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    hijack = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: hijack}\n"
+        "spec:\n  hosts: [payments.prod.svc.cluster.local]\n  gateways: [mesh]\n"
+        "  http: [{route: [{destination: {host: hello}}]}]\n"
+    )
+    template = app.repo / "charts" / "hello" / "templates" / "hijack.yaml"
+    template.write_text(hijack)
+    commit(app.repo, "hijack")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert any(
+        "error: charts/hello/templates/hijack.yaml: VirtualService/hijack claims host "
+        "'payments.prod.svc.cluster.local', which server.yaml does not grant this app" in x
+        for x in pushed.remote
+    ), pushed
+    template.write_text(
+        hijack.replace("payments.prod.svc.cluster.local", "hello").replace(
+            "[mesh]", "[istio-system/istio-ingressgateway]"
+        )
+    )
+    commit(app.repo, "public")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert any(
+        "VirtualService/hijack claims gateway 'istio-system/istio-ingressgateway', which server.yaml does not grant"
+        in x
+        for x in pushed.remote
+    ), pushed
+    assert deployments(api, app.staging) == []
+    assert server.ref("refs/heads/main", app.name) is None
+
+
 def test_a_push_that_adds_a_secret_is_refused_naming_file_and_line(server: GitServer, app: App) -> None:
     path = app.repo / "environments" / "staging.yaml"
     path.write_text(path.read_text() + "database:\n  password: hunter2Xq9zLmP4vR8wTk\n")
@@ -609,6 +644,37 @@ def test_http_refuses_bad_credentials_garbage_and_other_services(server: GitServ
     assert status < 500
     assert server.get("/healthz")[0] == 200  # still serving
     assert server.ref("refs/heads/main", app.name) is None
+
+
+def _get_from(server: GitServer, path: str, *, source: str, token: str) -> tuple[int, dict[str, str]]:
+    import http.client  # noqa: PLC0415
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status, dict(answer.getheaders())
+    finally:
+        connection.close()
+
+
+def test_wrong_tokens_from_one_address_are_slowed_and_other_addresses_are_not(server: GitServer, app: App) -> None:
+    path = f"/{app.name}.git/info/refs?service=git-upload-pack"
+    guesser = "127.0.0.3"  # its own address: the module's other tests come from 127.0.0.1
+    answers = [_get_from(server, path, source=guesser, token=f"guess-{i}") for i in range(100)]
+    codes = [code for code, _ in answers]
+    assert codes[:5] == [401] * 5, "the first wrong tokens (a typo) are answered at once"
+    assert codes.count(429) >= 90, codes
+    retry = [int(headers["Retry-After"]) for code, headers in answers if code == 429]
+    assert min(retry) >= 1 and max(retry) <= 60
+    # the right token from the guessing address waits too (a guess gets no answer), and not for long
+    code, headers = _get_from(server, path, source=guesser, token=server.tokens["alice"])
+    assert code == 429 and int(headers["Retry-After"]) <= 60
+    # everyone else gets in
+    assert _get_from(server, path, source="127.0.0.1", token=server.tokens["alice"])[0] == 200
+    metrics = server.get("/metrics")[1]
+    assert 'deployer_auth_failures_total{result="throttled"}' in metrics
 
 
 def test_ssh_allows_only_git_commands(server: GitServer, app: App) -> None:
