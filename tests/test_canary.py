@@ -422,13 +422,25 @@ def test_prometheus_windows_fill_the_query_and_must_cover_two_scrapes() -> None:
     assert "[90s]" in promql(check, namespace="ns", workload="web-canary") and "{" + "window}" not in promql(
         check, namespace="ns", workload="web-canary"
     )
-    checks = [Check(name="rate", prometheus=check)]
-    check_windows(checks, scrape_interval=45, where="environments.prod.canary")
+    policy = CanaryPolicy(interval="2m", checks=[Check(name="rate", prometheus=check)])
+    check_windows(policy, scrape_interval=45, where="environments.prod.canary")
     with pytest.raises(DeployError) as info:
-        check_windows(checks, scrape_interval=60, where="environments.prod.canary")
+        check_windows(policy, scrape_interval=60, where="environments.prod.canary")
     assert str(info.value) == (
         "deploy.yaml: environments.prod.canary.checks[rate].prometheus.window: 90s is shorter than twice the "
         "scrape interval the server states (60s), so rate() would see nothing; use at least 120s"
+    )
+
+
+def test_a_round_shorter_than_two_scrapes_is_refused_when_prometheus_judges_it() -> None:
+    check = Check(name="rate", prometheus=PrometheusCheck(template="request-success-rate", min=0.99, window="1m"))
+    check_windows(CanaryPolicy(interval="30s", checks=[check]), scrape_interval=15, where="environments.prod.canary")
+    check_windows(CanaryPolicy(interval="5s"), scrape_interval=15, where="environments.prod.canary")  # no Prometheus
+    with pytest.raises(DeployError) as info:
+        check_windows(CanaryPolicy(interval="20s", checks=[check]), scrape_interval=15, where="environments.prod.canary")
+    assert str(info.value) == (
+        "deploy.yaml: environments.prod.canary.interval: 20s is shorter than twice the scrape interval the server "
+        "states (15s): a new canary's metrics would not exist yet when check rate runs; use at least 30s"
     )
 
 

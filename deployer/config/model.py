@@ -330,13 +330,24 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def check_windows(checks: list[Check], *, scrape_interval: float, where: str) -> None:
-    """Refuse a Prometheus window shorter than two scrapes: rate() needs two samples in it, or it is empty."""
-    for check in checks:
-        if check.prometheus is not None and check.prometheus.window < 2 * scrape_interval:
+def check_windows(policy: CanaryPolicy, *, scrape_interval: float, where: str) -> None:
+    """Refuse a Prometheus window shorter than two scrapes: rate() needs two samples in it, or it is empty. The
+    canary's interval too: its pods are new series, which have their second sample a scrape after the first, so
+    a shorter round would judge every canary on no data."""
+    prometheus = [c for c in policy.checks if c.prometheus is not None]
+    for check in prometheus:
+        assert check.prometheus is not None
+        if check.prometheus.window < 2 * scrape_interval:
             raise DeployError(
                 f"{where}.checks[{check.name}].prometheus.window: {check.prometheus.window:g}s is shorter than "
                 f"twice the scrape interval the server states ({scrape_interval:g}s), so rate() would see "
                 f"nothing; use at least {2 * scrape_interval:g}s",
                 where="deploy.yaml",
             )
+    if prometheus and policy.interval < 2 * scrape_interval:
+        raise DeployError(
+            f"{where}.interval: {policy.interval:g}s is shorter than twice the scrape interval the server states "
+            f"({scrape_interval:g}s): a new canary's metrics would not exist yet when check {prometheus[0].name} "
+            f"runs; use at least {2 * scrape_interval:g}s",
+            where="deploy.yaml",
+        )

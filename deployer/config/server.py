@@ -427,7 +427,7 @@ def effective_canary(server: ServerConfig, canary: CanaryPolicy, *, environment:
             f"({limits.max_interval:g}s)",
             where=where,
         )
-    check_windows(policy.checks, scrape_interval=server.prometheus_scrape_interval, where=field)
+    check_windows(policy, scrape_interval=server.prometheus_scrape_interval, where=field)
     if len(policy.steps) < limits.min_steps:
         raise DeployError(
             f"{field}.steps: {len(policy.steps)} step(s), the server requires at least {limits.min_steps} "

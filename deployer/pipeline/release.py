@@ -88,7 +88,7 @@ async def release(
         hooks += [job_from_config(job, image=image.ref, labels=labels) for job in jobs]
         cluster.cluster_scoped = allowed_cluster_kinds(objects)
         check_windows(
-            policy.checks, scrape_interval=options.scrape_interval, where=f"environments.{rendered.environment}.canary"
+            policy, scrape_interval=options.scrape_interval, where=f"environments.{rendered.environment}.canary"
         )
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []

@@ -205,13 +205,17 @@ def test_a_window_shorter_than_two_scrapes_is_refused_before_anything(
 def test_a_one_minute_window_at_a_15s_scrape_promotes_a_good_canary_and_rolls_back_a_failing_one(
     cluster: Running, namespace: str, tmp_path: Path, prometheus_15s: tuple[str, Exporter]
 ) -> None:
-    """The defaults a production Prometheus has: a 1m window over 15 s scrapes. A canary interval of 20 s sees at
-    least one scrape of what the canary answered since it started."""
+    """The defaults a production Prometheus has: a 1m window over 15 s scrapes, and a canary interval of two
+    scrapes, the least the deployer accepts (a new canary's series has its second sample a scrape later)."""
     url, exporter = prometheus_15s
     exporter.namespace, exporter.silent, exporter.errors = namespace, False, 0.0
     app = app_with(tmp_path, namespace, SUCCESS_RATE.replace("window: 2s", "window: 1m"))
     edit(app / "deploy.yaml", "steps: [20, 50], interval: 2s", "steps: [50], interval: 20s")
     scrape = ("--prometheus", url, "--scrape-interval", "15s")
+    code, _, err = release_deploy(app, cluster, "v1", *scrape)
+    assert code == 1
+    assert "environments.test.canary.interval: 20s is shorter than twice the scrape interval" in err
+    edit(app / "deploy.yaml", "interval: 20s", "interval: 30s")
     assert release_deploy(app, cluster, "v1", *scrape)[0] == 0
     code, out, err = release_deploy(app, cluster, "v2", *scrape)
     assert code == 0, err
