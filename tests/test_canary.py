@@ -434,10 +434,11 @@ def test_prometheus_windows_fill_the_query_and_must_cover_two_scrapes() -> None:
 
 def test_a_round_shorter_than_two_scrapes_is_refused_when_prometheus_judges_it() -> None:
     check = Check(name="rate", prometheus=PrometheusCheck(template="request-success-rate", min=0.99, window="1m"))
-    check_windows(CanaryPolicy(interval="30s", checks=[check]), scrape_interval=15, where="environments.prod.canary")
-    check_windows(CanaryPolicy(interval="5s"), scrape_interval=15, where="environments.prod.canary")  # no Prometheus
+    where = "environments.prod.canary"
+    check_windows(CanaryPolicy(interval="30s", checks=[check]), scrape_interval=15, where=where)
+    check_windows(CanaryPolicy(interval="5s"), scrape_interval=15, where=where)  # no Prometheus check
     with pytest.raises(DeployError) as info:
-        check_windows(CanaryPolicy(interval="20s", checks=[check]), scrape_interval=15, where="environments.prod.canary")
+        check_windows(CanaryPolicy(interval="20s", checks=[check]), scrape_interval=15, where=where)
     assert str(info.value) == (
         "deploy.yaml: environments.prod.canary.interval: 20s is shorter than twice the scrape interval the server "
         "states (15s): a new canary's metrics would not exist yet when check rate runs; use at least 30s"
