@@ -401,3 +401,13 @@ def test_switching_the_canary_off_and_on_prunes_only_what_the_deployer_made() ->
     assert any(e.message == "kept Deployment/web: made by helm" for e in events)
     kept = adopted.cluster.deployment("web")
     assert kept is not None and kept["spec"]["replicas"] == 0 and serving(adopted) == "registry/web:v3"
+
+
+def test_a_pod_proxy_check_reset_by_strict_mtls_says_how_to_check_through_the_mesh() -> None:
+    fakes = released(Fakes())
+    fakes.probes.http = lambda: (503, "error trying to reach service: read: connection reset by peer")
+    policy = CanaryPolicy.model_validate(
+        {"steps": [10], "threshold": 1, "interval": "0s", "grace": "0s", "checks": [HOME]}
+    )
+    with pytest.raises(RolledBack, match="STRICT mTLS resets: name a gateway in canary.gateways"):
+        push(fakes, "v2", policy=policy)

@@ -17,6 +17,11 @@ from deployer.config.model import CanaryPolicy, Check
 from deployer.events import CheckResult
 from deployer.pipeline.traffic import Run
 
+STRICT_HINT = (
+    "the API server's pod proxy speaks plaintext, which a sidecar under STRICT mTLS resets: name a gateway in "
+    "canary.gateways (with canary.hosts) and give the server its URL (meshGateway), so checks go through the mesh"
+)
+
 
 async def configured_checks(run: Run, policy: CanaryPolicy, canaries: list[dict[str, Any]]) -> tuple[CheckResult, ...]:
     """deploy.yaml's checks for every canary, each retried within the round."""
@@ -44,38 +49,45 @@ async def _retried(check: Check, attempt: Callable[[], Awaitable[CheckResult]]) 
 
 
 async def _one_check(run: Run, policy: CanaryPolicy, check: Check, canary: dict[str, Any]) -> CheckResult:
-    workload = canary["metadata"]["name"]
     try:
         if check.prometheus is not None:
-            if not run.options.prometheus_url:
-                return CheckResult(check.name, False, "no Prometheus to ask (give the deployer --prometheus URL)")
-            url, where = run.options.prometheus_url, {"namespace": run.namespace, "workload": workload}
-            value = await run.probes.prometheus(url, promql(check.prometheus, **where))
-            requests = None
-            if value is None and check.prometheus.no_data == "skip":
-                requests = await run.probes.prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
-            return judge(check.name, check.prometheus, value, requests=requests)
-        assert check.http is not None
-        host = run.router.check_host(run.objects, run.targets) if run.router is not None else None
-        if run.options.mesh_gateway and host:  # as users' requests arrive: through the mesh, mTLS to the sidecar
-            status, line = await run.probes.http_gateway(
-                run.options.mesh_gateway,
-                host=host,
-                path=check.http.path,
-                headers={PIN_HEADER: "true"},
-                timeout=check.http.timeout,
-            )
-            return judge_http(check.name, check.http, status, line)
-        pods = await run.cluster.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
-        if not pods:
-            return CheckResult(check.name, False, f"no ready pod of {workload} to ask")
-        status, line = await run.probes.http_pod(
-            namespace=run.namespace,
-            pod=pods[0],
-            port=check.http.port,
+            return await _prometheus(run, check, canary["metadata"]["name"])
+        return await _http(run, check, canary)
+    except Exception as exc:  # a check that cannot be made fails its round; it never crashes the release
+        return CheckResult(check.name, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+
+
+async def _prometheus(run: Run, check: Check, workload: str) -> CheckResult:
+    assert check.prometheus is not None
+    if not run.options.prometheus_url:
+        return CheckResult(check.name, False, "no Prometheus to ask (give the deployer --prometheus URL)")
+    url, where = run.options.prometheus_url, {"namespace": run.namespace, "workload": workload}
+    value = await run.probes.prometheus(url, promql(check.prometheus, **where))
+    requests = None
+    if value is None and check.prometheus.no_data == "skip":
+        requests = await run.probes.prometheus(url, promql(check.prometheus, template=TRAFFIC, **where))
+    return judge(check.name, check.prometheus, value, requests=requests)
+
+
+async def _http(run: Run, check: Check, canary: dict[str, Any]) -> CheckResult:
+    assert check.http is not None
+    host = run.router.check_host(run.objects, run.targets) if run.router is not None else None
+    if run.options.mesh_gateway and host:  # as users' requests arrive: through the mesh, mTLS to the sidecar
+        status, line = await run.probes.http_gateway(
+            run.options.mesh_gateway,
+            host=host,
             path=check.http.path,
+            headers={PIN_HEADER: "true"},
             timeout=check.http.timeout,
         )
         return judge_http(check.name, check.http, status, line)
-    except Exception as exc:  # a check that cannot be made fails its round; it never crashes the release
-        return CheckResult(check.name, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    pods = await run.cluster.pods(namespace=run.namespace, selector=canary["spec"]["selector"]["matchLabels"])
+    if not pods:
+        return CheckResult(check.name, False, f"no ready pod of {canary['metadata']['name']} to ask")
+    status, line = await run.probes.http_pod(
+        namespace=run.namespace, pod=pods[0], port=check.http.port, path=check.http.path, timeout=check.http.timeout
+    )
+    result = judge_http(check.name, check.http, status, line)
+    if status == 503 and "connection reset" in line:  # a sidecar under STRICT mTLS refuses plaintext
+        return CheckResult(result.name, False, f"{result.message}; {STRICT_HINT}")
+    return result

@@ -328,6 +328,7 @@ def test_under_strict_mtls_http_checks_reach_the_canary_through_the_gateway(
     without = run_deployer(*deploy_args(app, cluster, first))  # the same change again, through the pod proxy
     assert without.code == 1
     assert "homepage: " in without.err and "HTTP 200" not in without.err, "STRICT mTLS resets the pod proxy"
+    assert "name a gateway in canary.gateways (with canary.hosts) and give the server its URL" in without.err
     values = yaml.safe_load((app / "values.yaml").read_text())
     (app / "values.yaml").write_text(yaml.safe_dump({**values, "version": "v3", "command": BROKEN}))
     broken = run_deployer(*deploy_args(app, cluster, first), *gateway)
