@@ -6,6 +6,7 @@ import asyncio
 import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 from support import BUILDAH, ROOT, STATE, Registry, commit, edit, git, run_deployer, start_registry
 
-from deployer.build import BuildahBuilder, BuildRequest, RegistryClient, Repository
+from deployer.build import BuildahBuilder, BuildLimits, BuildRequest, RegistryClient, Repository
 from deployer.build.builders import run_streaming
+from deployer.errors import DeployError
 from deployer.events import Event
 from deployer.pipeline import BuildSettings, build_image
 
@@ -309,3 +311,79 @@ def test_setup_put_the_base_image_in_the_local_registry(tmp_path: Path) -> None:
     finally:
         local.process.terminate()
         local.process.wait(timeout=10)
+
+
+# --- a Dockerfile is pushed content: its RUN steps are contained --------------------------------------------------
+
+
+def contained(app: Path, run: str) -> None:
+    edit(app / "Dockerfile", "USER 65534", f"RUN {run}\nUSER 65534")
+    commit(app, "probe")
+
+
+def outputs(events: list[Event]) -> str:
+    return "\n".join(e.message for e in events if e.kind == "output")
+
+
+def test_run_steps_see_and_signal_no_host_process_and_reach_no_loopback_service(app: Path, registry: Registry) -> None:
+    victim = subprocess.Popen(["sleep", "301"])
+    try:
+        contained(
+            app,
+            "echo pids=$(ls /proc | grep -c '^[0-9]'); "
+            f"(kill -9 {victim.pid} 2>/dev/null && echo signalled) || echo no-such-process; "
+            f"(wget -q -T 3 -O /dev/null http://{registry.host}/v2/ && echo reached) || echo unreachable; "
+            "echo id=$(id -u) limits=$(grep 'Max processes' /proc/self/limits | tr -s ' ' | cut -d' ' -f3)",
+        )
+        _, events = build(app)
+        lines = outputs(events).splitlines()
+        assert victim.poll() is None, "a RUN step killed a process of the host"
+        assert "no-such-process" in lines and "signalled" not in lines
+        pids = int(next(line for line in lines if line.startswith("pids=")).removeprefix("pids="))
+        assert pids < 10, f"a RUN step sees {pids} processes: the host's"
+        assert "unreachable" in lines and "reached" not in lines
+        assert any(line.endswith("limits=1024") for line in lines), lines
+        assert any("no network, 2048 MiB, 2 CPUs, 1024 processes, 900s" in e.message for e in events)
+    finally:
+        victim.kill()
+
+
+def test_a_build_past_its_time_limit_is_killed_with_everything_it_started(app: Path, registry: Registry) -> None:
+    nap = f"sleep {1000 + os.getpid() % 9000}"  # this run's own: nothing else here sleeps that long
+    contained(app, f"echo sleeping && {nap}")
+    settings = BuildSettings(
+        builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient(), limits=BuildLimits(timeout=5.0)
+    )
+    started = time.monotonic()
+    with pytest.raises(DeployError) as failed:
+        build(app, settings=settings)
+    assert time.monotonic() - started < 60
+    assert str(failed.value).startswith(
+        "Dockerfile: the image build ran past its time limit (5s, server.yaml builder.timeout) at step "
+        f"'RUN echo sleeping && {nap}' and was killed"
+    )
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", nap], capture_output=True, text=True, check=False).stdout.split()
+    assert left == [], "the build's processes outlived its time limit"
+
+
+def test_a_run_step_over_its_memory_limit_fails_the_build(app: Path, registry: Registry) -> None:
+    contained(app, "head -c 400000000 /dev/zero | tail -c 300000000 > /dev/null && echo survived")
+    settings = BuildSettings(
+        builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient(), limits=BuildLimits(memory_mb=128)
+    )
+    with pytest.raises(DeployError, match="the image build failed at step"):
+        build(app, settings=settings)
+
+
+def test_network_for_run_steps_must_be_granted(app: Path, registry: Registry) -> None:
+    edit(app / "deploy.yaml", "  context: .\n", "  context: .\n  network: true\n")
+    commit(app, "wants network")
+    settings = BuildSettings(builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient(), network_allowed=False)
+    with pytest.raises(DeployError) as refused:
+        build(app, settings=settings)
+    assert str(refused.value) == (
+        "deploy.yaml: build.network: RUN steps may not have a network for app 'hello': an operator allows it "
+        "with server.yaml apps.hello.buildNetwork"
+    )
+    assert registry.requests("PUT", "/manifests/") == 0, "nothing was built or pushed"

@@ -2,13 +2,24 @@
 
 Each builds a Dockerfile into `image` (repo:tag) and pushes it. Output is streamed line by line as events,
 capped, with secret build-arg values masked; a failure names the failing step and keeps the last lines.
+
+A Dockerfile is pushed content: its RUN steps are contained (BuildLimits). buildah runs them with OCI isolation
+(runc): their own PID, IPC, mount and network namespaces (no network unless allowed, and then a private one:
+the host's loopback services stay out of reach), runc's default capabilities and seccomp profile, and memory,
+CPU and process limits; the whole build is killed (its process group) at the time limit. Rootless (the
+packaged deployer), RUN's root is the server's subordinate uid; run as root, it is root in those namespaces
+(buildah 1.28's ID-mapped builds on overlay fail: COPY cannot create directories). `isolation: chroot` (where
+no runtime can run) gives up the namespaces, and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
+import signal
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +35,17 @@ _STEP = re.compile(r"^(?:STEP \d+/\d+: |Step \d+/\d+ : )(.*)$")
 
 
 @dataclass(frozen=True)
+class BuildLimits:
+    """How far a build's RUN steps reach (server.yaml `builder`)."""
+
+    isolation: str = "oci"  # oci | chroot
+    memory_mb: int = 2048
+    cpus: float = 2.0
+    processes: int = 1024
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     """One image to build and push."""
 
@@ -34,6 +56,8 @@ class BuildRequest:
     secret_args: dict[str, str] = field(default_factory=dict)  # passed like args, masked in all output
     insecure: bool = False  # the registry speaks plain http
     auth_file: Path | None = None
+    network: bool = False  # RUN steps get a network (a private one); deploy.yaml asks, server.yaml allows
+    limits: BuildLimits = field(default_factory=BuildLimits)
 
     def masked(self, line: str) -> str:
         for value in self.secret_args.values():
@@ -60,6 +84,7 @@ class Run:
     code: int
     tail: list[str]
     step: str | None
+    timed_out: bool = False
 
 
 async def run_streaming(
@@ -69,29 +94,55 @@ async def run_streaming(
     sink: EventSink,
     env: dict[str, str] | None = None,
     cap: int = OUTPUT_CAP,
+    timeout: float | None = None,
 ) -> Run:
-    """Run `argv`, sending each output line (stdout and stderr merged) to `sink` as it comes."""
+    """Run `argv`, sending each output line (stdout and stderr merged) to `sink` as it comes; past `timeout`
+    seconds its whole process group is killed."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})}
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: a timeout kills every process the build started
     )
     assert proc.stdout is not None
     tail: deque[str] = deque(maxlen=TAIL)
-    step, count = None, 0
-    async for raw in proc.stdout:
-        line = request.masked(raw.decode(errors="replace").rstrip("\r\n"))
-        tail.append(line)
-        if match := _STEP.match(line):
-            step = match.group(1)
-        count += 1
-        if count <= cap:
-            sink(Event("build", line, kind="output"))
-        elif count == cap + 1:
-            sink(Event("build", f"(build output capped at {cap} lines; the rest is not shown)", kind="warning"))
+    step: str | None = None
+
+    async def follow() -> None:
+        nonlocal step
+        assert proc.stdout is not None
+        count = 0
+        async for raw in proc.stdout:
+            line = request.masked(raw.decode(errors="replace").rstrip("\r\n"))
+            tail.append(line)
+            if match := _STEP.match(line):
+                step = match.group(1)
+            count += 1
+            if count <= cap:
+                sink(Event("build", line, kind="output"))
+            elif count == cap + 1:
+                sink(Event("build", f"(build output capped at {cap} lines; the rest is not shown)", kind="warning"))
+
+    try:
+        await asyncio.wait_for(follow(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return Run(-signal.SIGKILL, list(tail), step, timed_out=True)
     return Run(await proc.wait(), list(tail), step)
 
 
-def failure(what: str, run: Run) -> DeployError:
+def failure(what: str, run: Run, *, limit: float | None = None) -> DeployError:
     step = f" at step {run.step!r}" if run.step else ""
+    if run.timed_out:
+        return DeployError(
+            f"{what} ran past its time limit ({limit:g}s, server.yaml builder.timeout){step} and was killed; "
+            f"last {len(run.tail)} lines of output below",
+            where="Dockerfile" if run.step else "build",
+            details=tuple(run.tail),
+        )
     return DeployError(
         f"{what} failed{step} (exit status {run.code}); last {len(run.tail)} lines of output below",
         where="Dockerfile" if run.step else "build",
@@ -99,8 +150,39 @@ def failure(what: str, run: Run) -> DeployError:
     )
 
 
+def contained(request: BuildRequest) -> list[str]:
+    """buildah's flags for RUN steps as BuildLimits say (buildah-build(1): --isolation, --network, --pid, --ipc,
+    --memory, --cpu-quota, --ulimit)."""
+    limits = request.limits
+    flags = ["--isolation", limits.isolation]
+    if limits.isolation == "oci":
+        flags += ["--network", "private" if request.network else "none", "--pid", "private", "--ipc", "private"]
+    memory = f"{limits.memory_mb}m"
+    flags += ["--memory", memory, "--memory-swap", memory]
+    flags += ["--cpu-period", "100000", "--cpu-quota", str(int(limits.cpus * 100_000))]
+    flags += ["--ulimit", f"nproc={limits.processes}:{limits.processes}"]
+    return flags
+
+
+def _reaper() -> list[str]:
+    """As root, buildah runs as the init of its own PID (and mount) namespace: when it is killed at the time
+    limit, the kernel kills every process in the namespace, the RUN step's container included (runc starts it in
+    a session of its own, out of reach of a process-group kill), and its mounts go with the namespace."""
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        return ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    return []
+
+
+def describe(request: BuildRequest) -> str:
+    limits = request.limits
+    where = "no network" if not request.network else "a private network"
+    if limits.isolation == "chroot":
+        where = "chroot isolation: the host's PID and network namespaces"
+    return f"{where}, {limits.memory_mb} MiB, {limits.cpus:g} CPUs, {limits.processes} processes, {limits.timeout:g}s"
+
+
 class BuildahBuilder:
-    """buildah with overlay storage under `storage`, chroot isolation and layer caching."""
+    """buildah with overlay storage under `storage`, RUN steps contained (contained()) and layer caching."""
 
     name = "buildah"
 
@@ -122,8 +204,7 @@ class BuildahBuilder:
         bud = [
             *self._base(),
             "bud",
-            "--isolation",
-            "chroot",
+            *contained(request),
             "--layers",
             "--force-rm",  # a failed build must not leave its working container (and mount) behind
             "-f",
@@ -133,10 +214,11 @@ class BuildahBuilder:
             *request.build_args(),
             str(request.context),
         ]
-        sink(Event("build", f"buildah bud -t {request.image}"))
-        run = await run_streaming(bud, request=request, sink=sink)
+        limits = request.limits
+        sink(Event("build", f"buildah bud -t {request.image} ({describe(request)})"))
+        run = await run_streaming([*_reaper(), *bud], request=request, sink=sink, timeout=limits.timeout)
         if run.code != 0:
-            raise failure("the image build", run)
+            raise failure("the image build", run, limit=limits.timeout)
         push = [
             *self._base(),
             "push",
@@ -160,11 +242,22 @@ class DockerBuilder:
 
     async def build_and_push(self, request: BuildRequest, sink: EventSink) -> None:
         config = {"DOCKER_CONFIG": str(request.auth_file.parent)} if request.auth_file else {}
+        limits = request.limits
         build = [
             "docker",
             "build",
             "--network",
-            "host",
+            "default" if request.network else "none",
+            "--memory",
+            f"{limits.memory_mb}m",
+            "--memory-swap",
+            f"{limits.memory_mb}m",
+            "--cpu-period",
+            "100000",
+            "--cpu-quota",
+            str(int(limits.cpus * 100_000)),
+            "--ulimit",
+            f"nproc={limits.processes}:{limits.processes}",
             "-f",
             str(request.dockerfile),
             "-t",
@@ -173,9 +266,11 @@ class DockerBuilder:
             str(request.context),
         ]
         sink(Event("build", f"docker build -t {request.image}"))
-        run = await run_streaming(build, request=request, sink=sink, env={"DOCKER_BUILDKIT": "0", **config})
+        run = await run_streaming(
+            build, request=request, sink=sink, env={"DOCKER_BUILDKIT": "0", **config}, timeout=limits.timeout
+        )
         if run.code != 0:
-            raise failure("the image build", run)
+            raise failure("the image build", run, limit=limits.timeout)
         sink(Event("build", f"pushing {request.image}"))
         await push_with_retries(["docker", "push", request.image], request=request, sink=sink, env=config)
 

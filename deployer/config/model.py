@@ -116,6 +116,10 @@ class BuildConfig(StrictModel):
     dockerfile: RelPath = "Dockerfile"
     context: RelPath = "."
     args: dict[Annotated[str, Field(pattern=_ENV_NAME.pattern)], str] = Field(default_factory=dict)
+    network: bool = Field(
+        default=False,
+        description="RUN steps need a network (e.g. to download packages); the server must allow it for the app.",
+    )
 
 
 class HelmRender(StrictModel):

@@ -111,6 +111,11 @@ class RouteGrant(StrictModel):
 
 
 class AppPolicy(StrictModel):
+    build_network: bool = Field(
+        default=False,
+        description="Whether this app's builds may have a network in their RUN steps (a private one; deploy.yaml "
+        "asks with build.network). Without it, RUN steps have no network at all.",
+    )
     routes: RouteGrant = Field(
         default_factory=RouteGrant,
         description="What the app's routes may reach beyond its namespace: another app's host or a shared "
@@ -212,6 +217,15 @@ class BuilderConfig(StrictModel):
     kind: Literal["auto", "buildah", "docker"] = "auto"
     storage: str | None = Field(default=None, description="buildah storage root (default: DATA_DIR/containers).")
     max_context_mb: Annotated[int, Field(ge=1)] = 200
+    isolation: Literal["oci", "chroot"] = Field(
+        default="oci",
+        description="How buildah runs RUN steps: `oci` (runc: their own PID, IPC, mount and network namespaces, "
+        "root mapped to an unprivileged host uid) or `chroot` (the host's namespaces: only where no runtime can run).",
+    )
+    timeout: Duration = Field(default=900.0, description="A build is killed (its process group) past this.")
+    memory_mb: Annotated[int, Field(ge=64)] = Field(default=2048, description="Memory (and swap) of RUN steps.")
+    cpus: Annotated[float, Field(gt=0)] = Field(default=2.0, description="CPUs RUN steps may use.")
+    processes: Annotated[int, Field(ge=16)] = Field(default=1024, description="Processes RUN steps may run.")
 
 
 class Limits(StrictModel):

@@ -16,6 +16,7 @@ The rules for refs, decided here and documented in README.md:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import functools
 import tempfile
@@ -242,7 +243,8 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
     with tempfile.TemporaryDirectory(prefix="deployer-push-") as tmp:
         files = RepoFiles(await export_commit(push.repo, commit, Path(tmp) / "tree", env=push.git_env))
         config = load_deploy_config(files)
-        image = await build_exported(files=files, config=config, commit=commit, settings=services.build, sink=sink)
+        granted = dataclasses.replace(services.build, network_allowed=services.server.apps[push.app].build_network)
+        image = await build_exported(files=files, config=config, commit=commit, settings=granted, sink=sink)
         rendered = await render_environment(
             repo=files,
             config=config,

@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deployer.build import Builder, BuildRequest, RegistryClient, Repository, export_commit, resolve_commit, tree_size
+from deployer.build import (
+    Builder,
+    BuildLimits,
+    BuildRequest,
+    RegistryClient,
+    Repository,
+    export_commit,
+    resolve_commit,
+    tree_size,
+)
 from deployer.canary.istio import IstioRouter, Reach, refuse_foreign
 from deployer.canary.objects import require_targets
 from deployer.canary.router import Routing
@@ -205,6 +214,8 @@ class BuildSettings:
     max_context_bytes: int = MAX_CONTEXT_BYTES
     secret_args: dict[str, str] = field(default_factory=dict)
     auth_file: Path | None = None
+    limits: BuildLimits = field(default_factory=BuildLimits)
+    network_allowed: bool = True  # the server's grant for the app; the CLI's operator may give any build one
 
 
 async def build_image(*, repo: Path, ref: str, settings: BuildSettings, sink: EventSink = discard) -> ImageRef:
@@ -221,6 +232,12 @@ async def build_exported(
     *, files: RepoFiles, config: DeployConfig, commit: str, settings: BuildSettings, sink: EventSink = discard
 ) -> ImageRef:
     """Step 3 over a commit's exported tree: build and push unless the registry has the commit's image."""
+    if config.build.network and not settings.network_allowed:
+        raise DeployError(
+            f"RUN steps may not have a network for app {config.app!r}: an operator allows it with server.yaml "
+            f"apps.{config.app}.buildNetwork",
+            where=f"{DEPLOY_FILE}: build.network",
+        )
     repository = Repository.parse(config.image.repository)
     found = await settings.registry.digest(repository, commit)
     if found is not None:
@@ -269,4 +286,6 @@ def _build_request(
         secret_args=settings.secret_args,
         insecure=insecure,
         auth_file=settings.auth_file,
+        network=config.build.network,
+        limits=settings.limits,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from deployer.build import RegistryClient, choose_builder
+from deployer.build import BuildLimits, RegistryClient, choose_builder
 from deployer.config.server import ServerConfig
 from deployer.errors import DeployError
 from deployer.kube import connect
@@ -36,6 +36,14 @@ def services(config: ServerConfig) -> Services:
         registry=RegistryClient(insecure=frozenset([registry.host] if registry.insecure else []), auth_file=auth),
         max_context_bytes=config.builder.max_context_mb * 2**20,
         auth_file=auth,
+        limits=BuildLimits(
+            isolation=config.builder.isolation,
+            memory_mb=config.builder.memory_mb,
+            cpus=config.builder.cpus,
+            processes=config.builder.processes,
+            timeout=config.builder.timeout,
+        ),
+        network_allowed=False,  # per app: the push pipeline asks server.yaml
     )
     return Services(server=config, api=api, build=build)
 
