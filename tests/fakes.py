@@ -274,6 +274,12 @@ class FakeProbes:
         self.asked.append(f"pod {pod}:{port}{path}")
         return self.http()
 
+    async def http_mesh(
+        self, url: str, *, headers: dict[str, str], proxy: str | None, timeout: float
+    ) -> tuple[int, str]:
+        self.asked.append(f"mesh {url} {headers} via {proxy}")
+        return self.http()
+
 
 @dataclass
 class Fakes:

@@ -30,11 +30,16 @@ POLICY = CanaryPolicy.model_validate({"steps": [10, 50], "threshold": 1, "interv
 def objects(version: str, *, config: str = "1") -> list[dict[str, Any]]:
     labels = {"app": "web"}
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"level": config}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "web-config", "namespace": NS},
+            "data": {"level": config},
+        },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": "web"},
+            "metadata": {"name": "web", "namespace": NS},
             "spec": {
                 "replicas": 2,
                 "selector": {"matchLabels": dict(labels)},
@@ -55,7 +60,7 @@ def objects(version: str, *, config: str = "1") -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "web"},
+            "metadata": {"name": "web", "namespace": NS},
             "spec": {"selector": dict(labels), "ports": [{"name": "http", "port": 80}]},
         },
     ]
@@ -410,5 +415,27 @@ def test_a_pod_proxy_check_reset_by_strict_mtls_says_how_to_check_through_the_me
     policy = CanaryPolicy.model_validate(
         {"steps": [10], "threshold": 1, "interval": "0s", "grace": "0s", "checks": [HOME]}
     )
-    with pytest.raises(RolledBack, match=re.escape("STRICT mTLS resets: name a gateway in canary.gateways")):
+    with pytest.raises(
+        RolledBack, match=re.escape("STRICT mTLS resets: give the server a way into the mesh (meshClient")
+    ):
         push(fakes, "v2", policy=policy)
+
+
+def test_a_mesh_client_server_checks_the_services_host_pinned_to_the_canary() -> None:
+    fakes = released(Fakes())
+    policy = CanaryPolicy.model_validate(
+        {"steps": [10], "threshold": 1, "interval": "0s", "grace": "0s", "checks": [HOME]}
+    )
+    asyncio.run(
+        release(
+            fakes.ports(),
+            rendered=rendered("v2"),
+            policy=policy,
+            image=ImageRef(repository="registry/web", tag="v2"),
+            options=ReleaseOptions(mesh_client="http://shop@127.0.0.1:1"),
+        )
+    )
+    # the check's container port 8080 has no Service port of its own: the Service's only port (80) reaches it
+    assert fakes.probes.asked == [
+        "mesh http://web.shop.svc.cluster.local:80/ {'x-deployer-canary': 'true'} via http://shop@127.0.0.1:1"
+    ]

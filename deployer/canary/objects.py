@@ -66,6 +66,18 @@ def fqdn(service: str, namespace: str) -> str:
     return f"{service}.{namespace}.svc.cluster.local"
 
 
+def service_port(objects: list[dict[str, Any]], target: CanaryTarget, container_port: int | str) -> int | None:
+    """The port of the target's Service that reaches `container_port` of its pods (by targetPort, then by the
+    Service port's own number or name); the Service's only port if it has one; else None."""
+    service = next((o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == target.service), None)
+    ports = ((service or {}).get("spec") or {}).get("ports") or []
+    for key in ("targetPort", "port", "name"):
+        for port in ports:
+            if str(port.get(key, "")) == str(container_port):
+                return int(port["port"])
+    return int(ports[0]["port"]) if len(ports) == 1 else None
+
+
 def primary_name(name: str) -> str:
     """The name of the stable copy of `name`."""
     return f"{name}-primary"

@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
         "a gateway (else through the API server's pod proxy, which STRICT mTLS refuses)",
     )
     deploy.add_argument(
+        "--mesh-client",
+        metavar="direct|URL",
+        help="how this process's requests enter the mesh, for HTTP checks of environments that name no gateway: "
+        "`direct` when it runs in a pod with a sidecar, or an HTTP proxy whose clients are mesh pods",
+    )
+    deploy.add_argument(
         "--scrape-interval",
         metavar="DURATION",
         type=_duration,
@@ -463,6 +469,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         prometheus_url=args.prometheus,
         scrape_interval=args.scrape_interval,
         mesh_gateway=args.mesh_gateway,
+        mesh_client=args.mesh_client,
         pusher=os.environ.get("USER", ""),
     )
     sink = _printer(args.output)

@@ -264,6 +264,13 @@ class ServerConfig(StrictModel):
         description="The Istio ingress gateway's URL as the server reaches it: HTTP checks of environments that "
         "name a gateway go through it to the canary, as users' requests do (mTLS inside the mesh).",
     )
+    mesh_client: Annotated[str, Field(pattern=r"^(direct|https?://\S+)$")] | None = Field(
+        default=None,
+        description="How the server's own requests enter the mesh, for HTTP checks of environments that name no "
+        "gateway: `direct` when the server's pod has an Istio sidecar, or an HTTP proxy URL whose clients the mesh "
+        "treats as its pods (the sandbox's client port: http://NAMESPACE@HOST:PORT). They are sent to the "
+        "Service's host with the header that pins the canary, so they pass under STRICT mTLS.",
+    )
     prometheus_scrape_interval: Duration = Field(
         default=15.0,
         description="How often that Prometheus scrapes the mesh; a check's window must be at least twice it.",

@@ -1,5 +1,6 @@
 """The configured checks of one canary round: Prometheus queries and HTTP (through the mesh's ingress gateway,
 pinned to the canary by a header, when the environment names a gateway and the server one to send to; else
+from inside the mesh to the Service's host, pinned the same way, when the server is a mesh client; else
 through the API server's pod proxy), each retried
 with tenacity within the round; a check that cannot be made fails its round, it never crashes the release."""
 
@@ -13,13 +14,14 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ex
 
 from deployer.canary.checks import TRAFFIC, judge, judge_http, promql
 from deployer.canary.istio import PIN_HEADER
+from deployer.canary.objects import service_port
 from deployer.config.model import CanaryPolicy, Check
 from deployer.events import CheckResult
 from deployer.pipeline.traffic import Run
 
 STRICT_HINT = (
-    "the API server's pod proxy speaks plaintext, which a sidecar under STRICT mTLS resets: name a gateway in "
-    "canary.gateways (with canary.hosts) and give the server its URL (meshGateway), so checks go through the mesh"
+    "the API server's pod proxy speaks plaintext, which a sidecar under STRICT mTLS resets: give the server a "
+    "way into the mesh (meshClient, or meshGateway with a gateway in canary.gateways), so checks go through it"
 )
 
 
@@ -78,6 +80,18 @@ async def _http(run: Run, check: Check, canary: dict[str, Any]) -> CheckResult:
             host=host,
             path=check.http.path,
             headers={PIN_HEADER: "true"},
+            timeout=check.http.timeout,
+        )
+        return judge_http(check.name, check.http, status, line)
+    target = next((t for t in run.targets if t.canary == canary["metadata"]["name"]), None)
+    if run.options.mesh_client and target is not None:  # a client in the mesh: the pinned route, mTLS
+        port = service_port(run.objects, target, check.http.port)
+        if port is None:
+            return CheckResult(check.name, False, f"Service {target.service} has no port for {check.http.port}")
+        status, line = await run.probes.http_mesh(
+            f"http://{target.host}:{port}{check.http.path}",
+            headers={PIN_HEADER: "true"},
+            proxy=None if run.options.mesh_client == "direct" else run.options.mesh_client,
             timeout=check.http.timeout,
         )
         return judge_http(check.name, check.http, status, line)

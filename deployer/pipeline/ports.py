@@ -77,7 +77,8 @@ class JobRunner(Protocol):
 
 
 class Probes(Protocol):
-    """How checks ask: Prometheus, HTTP through the ingress gateway, HTTP through the API server's pod proxy."""
+    """How checks ask: Prometheus, HTTP through the ingress gateway, from inside the mesh, or through the API
+    server's pod proxy."""
 
     async def prometheus(self, url: str, expression: str) -> float | None: ...
 
@@ -87,6 +88,10 @@ class Probes(Protocol):
 
     async def http_pod(
         self, *, namespace: str, pod: str, port: int | str, path: str, timeout: float
+    ) -> tuple[int, str]: ...
+
+    async def http_mesh(
+        self, url: str, *, headers: dict[str, str], proxy: str | None, timeout: float
     ) -> tuple[int, str]: ...
 
 
@@ -125,6 +130,13 @@ class HealthProbes:
         from deployer.health import http_through_proxy  # noqa: PLC0415
 
         return await http_through_proxy(self.api, namespace=namespace, pod=pod, port=port, path=path, timeout=timeout)
+
+    async def http_mesh(
+        self, url: str, *, headers: dict[str, str], proxy: str | None, timeout: float
+    ) -> tuple[int, str]:
+        from deployer.health import http_through_mesh  # noqa: PLC0415
+
+        return await http_through_mesh(url, headers=headers, proxy=proxy, timeout=timeout)
 
 
 async def cluster_ports(

@@ -284,6 +284,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             prometheus_url=services.server.prometheus,
             scrape_interval=services.server.prometheus_scrape_interval,
             mesh_gateway=services.server.mesh_gateway,
+            mesh_client=services.server.mesh_client,
             precondition=lambda: _unmoved(push, target.update),
         ),
         sink=sink,

@@ -55,6 +55,7 @@ class ReleaseOptions:
     prometheus_url: str | None = None
     scrape_interval: float = 15.0  # the Prometheus's, as its operator states it
     mesh_gateway: str | None = None  # the ingress gateway's URL, for HTTP checks through the mesh
+    mesh_client: str | None = None  # `direct` or an HTTP proxy into the mesh, for the checks of mesh-only routes
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None
 

@@ -3,7 +3,8 @@
 Three ways in, as on a real cluster (the routing rules are in `istio.py`):
 - the front door is the ingress gateway (`istio-system`, labels `istio: ingressgateway`): it applies only
   VirtualServices bound to a Gateway it serves, and Ingresses of class istio; any other host gets 404 (NR);
-- the client port sends "as a pod" of the namespace in `X-Sandbox-From: NAMESPACE[/k=v,...]`: with a sidecar
+- the client port sends "as a pod" of the namespace in `X-Sandbox-From: NAMESPACE[/k=v,...]` (or, used as an
+  HTTP proxy, the proxy URL's user: http://NAMESPACE@HOST:PORT, for clients that cannot add a header): with a sidecar
   (the namespace is injected, or the labels pick an injected pod) it applies the `mesh` VirtualServices that
   namespace sees; without one (`X-Sandbox-Sidecar: false`, or no injection) it reaches the Service's ready
   endpoints uniformly, as kube-proxy does, ignoring VirtualServices and subsets;
@@ -15,6 +16,7 @@ sidecar, `reporter="destination"` from the destination's sidecar); pods without 
 
 from __future__ import annotations
 
+import base64
 import itertools
 import socket
 import struct
@@ -223,7 +225,7 @@ class Mesh:
     async def _from_client(self, request: web.Request) -> web.StreamResponse:
         sidecar = request.headers.get(SIDECAR_HEADER, "true").lower() != "false"
         try:
-            source = self.source(request.headers.get(FROM_HEADER, "default"), sidecar=sidecar)
+            source = self.source(request.headers.get(FROM_HEADER) or _proxy_user(request) or "default", sidecar=sidecar)
         except SelectorError as exc:
             return web.Response(status=400, text=f"{FROM_HEADER}: {exc}")
         return await self._forward(request, source, lambda r: self.route_client(source, r))
@@ -380,6 +382,17 @@ def _telemetry(
         ("destination_service_namespace", service[1] if service else "unknown"),
         ("request_protocol", "http"),
     )
+
+
+def _proxy_user(request: web.Request) -> str | None:
+    """The user of `Proxy-Authorization: Basic` (what an HTTP client sends for http://USER@proxy)."""
+    scheme, _, value = request.headers.get("Proxy-Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(value.strip(), validate=True).decode().partition(":")[0] or None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _reset(request: web.Request) -> web.StreamResponse:

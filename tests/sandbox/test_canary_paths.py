@@ -328,7 +328,7 @@ def test_under_strict_mtls_http_checks_reach_the_canary_through_the_gateway(
     without = run_deployer(*deploy_args(app, cluster, first))  # the same change again, through the pod proxy
     assert without.code == 1
     assert "homepage: " in without.err and "HTTP 200" not in without.err, "STRICT mTLS resets the pod proxy"
-    assert "name a gateway in canary.gateways (with canary.hosts) and give the server its URL" in without.err
+    assert "give the server a way into the mesh (meshClient, or meshGateway" in without.err
     values = yaml.safe_load((app / "values.yaml").read_text())
     (app / "values.yaml").write_text(yaml.safe_dump({**values, "version": "v3", "command": BROKEN}))
     broken = run_deployer(*deploy_args(app, cluster, first), *gateway)
@@ -336,6 +336,34 @@ def test_under_strict_mtls_http_checks_reach_the_canary_through_the_gateway(
     assert "homepage: HTTP 500" in broken.err and "expected 200" in broken.err
     cluster.propagated()
     assert versions(cluster.send("web.example.test", 20)) == {"v2": 20}
+
+
+def test_under_strict_mtls_a_mesh_only_environment_is_checked_from_inside_the_mesh(
+    app: Path, cluster: Running, mesh_namespace: str, first: str
+) -> None:
+    """An environment that names no gateway: the deployer, a client of the mesh (here through the sandbox's
+    client port as an HTTP proxy, as a pod of the namespace; on a cluster, `direct` from a pod with a sidecar),
+    sends the checks to the Service's host with the header that pins the canary: mTLS all the way."""
+    apply(cluster, mesh_namespace, [PEER_AUTHENTICATION])
+    edit(app / "deploy.yaml", f"      gateways: [{GATEWAY}]\n      hosts: [web-direct.example.test]\n", "")
+    edit(app / "deploy.yaml", "interval: 2m", "interval: 1s")
+    edit(
+        app / "deploy.yaml",
+        "      grace: 2s\n",
+        "      grace: 2s\n      checks: [{name: homepage, retries: 0, http: {path: /, port: 8080}}]\n",
+    )
+    client = ["--mesh-client", cluster.info()["clients"].replace("http://", f"http://{mesh_namespace}@")]
+    edit(app / "values.yaml", "version: v1", "version: v2")
+    good = run_deployer(*deploy_args(app, cluster, first), *client)
+    assert good.code == 0, good.err
+    assert "check homepage: ok HTTP 200" in good.out
+    values = yaml.safe_load((app / "values.yaml").read_text())
+    (app / "values.yaml").write_text(yaml.safe_dump({**values, "version": "v3", "command": BROKEN}))
+    broken = run_deployer(*deploy_args(app, cluster, first), *client)
+    assert broken.code == 1
+    assert "homepage: HTTP 500" in broken.err and "expected 200" in broken.err
+    cluster.propagated()
+    assert versions(cluster.send("web", 20, source=mesh_namespace)) == {"v2": 20}
 
 
 PEER_AUTHENTICATION = {

@@ -590,6 +590,21 @@ def test_routes_claiming_another_apps_host_or_a_shared_gateway_are_refused_and_n
     assert server.ref("refs/heads/main", app.name) is None
 
 
+def test_a_build_asking_for_a_network_the_server_does_not_grant_is_refused_before_building(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    edit(app.repo / "deploy.yaml", "  context: .\n", "  context: .\n  network: true\n")
+    commit(app.repo, "wants the network")
+    pushed = push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"])
+    assert pushed.code == 1
+    assert (
+        f"error: deploy.yaml: build.network: RUN steps may not have a network for app '{app.name}': an operator "
+        f"allows it with server.yaml apps.{app.name}.buildNetwork" in pushed.remote
+    ), pushed
+    assert not any(line.startswith("STEP 1/") for line in pushed.remote), "nothing was built"
+    assert deployments(api, app.staging) == []
+
+
 def test_a_push_that_adds_a_secret_is_refused_naming_file_and_line(server: GitServer, app: App) -> None:
     path = app.repo / "environments" / "staging.yaml"
     path.write_text(path.read_text() + "database:\n  password: hunter2Xq9zLmP4vR8wTk\n")
