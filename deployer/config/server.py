@@ -231,6 +231,12 @@ class BuilderConfig(StrictModel):
 class Limits(StrictModel):
     max_push_mb: Annotated[int, Field(ge=1)] = Field(default=100, description="git's receive.maxInputSize.")
     rollout_timeout: Duration = 300.0
+    render_timeout: Duration = Field(
+        default=30.0, description="A Jinja or Helm render of a push is stopped (its process killed) past this."
+    )
+    render_memory_mb: Annotated[int, Field(ge=64)] = Field(
+        default=1024, description="The address space a Jinja render's worker process may use."
+    )
     auth_free_failures: Annotated[int, Field(ge=1)] = Field(
         default=5,
         description="Wrong tokens one client address may send before each further one doubles its wait (from 1s).",

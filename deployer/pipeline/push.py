@@ -41,6 +41,7 @@ from deployer.kube.cluster import Kube
 from deployer.pipeline.ports import cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, release
 from deployer.pipeline.steps import BuildSettings, Rendered, build_exported, render_environment
+from deployer.pipeline.worker import RenderPool
 
 OPTION_HELP = "known: dry-run, skip-canary, async, set.KEY=VALUE"
 
@@ -138,6 +139,7 @@ class Services:
     api: client.ApiClient
     build: BuildSettings
     helm: Helm | None = None
+    renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
 
 
 async def plan(push: Push, server: ServerConfig, sink: EventSink) -> tuple[Deploy | None, list[Outcome]]:
@@ -255,6 +257,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             helm=services.helm,
             cluster_scoped=frozenset(services.server.apps[push.app].cluster_scoped),
             reach=_reach(services.server, push.app),
+            worker=services.renders,
         )
     _render_summary(rendered, config, target, options, sink)
     if options.dry_run:

@@ -33,7 +33,7 @@ from deployer.config.model import CanaryPolicy
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.helm import Helm
-from deployer.render import jinja
+from deployer.pipeline.worker import RenderPool, render_templates
 from deployer.render.manifests import (
     RenderedObject,
     parse_objects,
@@ -102,9 +102,11 @@ async def render_environment(
     helm: Helm | None = None,
     cluster_scoped: frozenset[str] = frozenset(),
     reach: Reach | None = None,
+    worker: RenderPool | None = None,
 ) -> Rendered:
     """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault.
-    With `reach` (the server's grant), routing objects may claim only the hosts and gateways it grants."""
+    With `reach` (the server's grant), routing objects may claim only the hosts and gateways it grants; with
+    `worker`, Jinja templates render in its worker processes, under its limits, off the event loop."""
     env = config.environment(environment)
     files = [
         (path, load_values_file(repo, path, where=f"{DEPLOY_FILE}: environments.{environment}.values[{i}]"))
@@ -136,9 +138,10 @@ async def render_environment(
     else:
         assert config.render.templates is not None
         values = layer_values(defaults={}, files=files, sets=list(sets), injected=injected)
-        objects = _render_templates(
+        objects = await _render_templates(
             repo,
             config.render.templates.dir,
+            worker,
             {
                 "values": values.final,
                 "deployer": values.final["deployer"],
@@ -192,14 +195,18 @@ def _chart_source(chart: str, helm_source: str) -> str:
     return str(PurePosixPath(chart, *parts[1:])) if len(parts) > 1 else helm_source
 
 
-def _render_templates(repo: RepoFiles, templates_dir: str, context: dict[str, Any]) -> list[RenderedObject]:
-    env = jinja.make_environment(repo, templates_dir)
+async def _render_templates(
+    repo: RepoFiles, templates_dir: str, worker: RenderPool | None, context: dict[str, Any]
+) -> list[RenderedObject]:
+    if worker is not None:
+        texts = await worker.render(repo, templates_dir, context)
+    else:  # the CLI: the operator's own process and templates
+        rendered = render_templates(str(repo.root), templates_dir, context)
+        if isinstance(rendered, DeployError):
+            raise rendered
+        texts = rendered
     base = templates_dir.rstrip("/")
-    return [
-        obj
-        for name in jinja.template_names(repo, templates_dir)
-        for obj in parse_objects(jinja.render_template(env, name, context), source=f"{base}/{name}")
-    ]
+    return [obj for name, text in texts for obj in parse_objects(text, source=f"{base}/{name}")]
 
 
 MAX_CONTEXT_BYTES = 200 * 1024 * 1024

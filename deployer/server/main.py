@@ -14,9 +14,11 @@ from aiohttp import web
 from deployer.build import BuildLimits, RegistryClient, choose_builder
 from deployer.config.server import ServerConfig
 from deployer.errors import DeployError
+from deployer.helm import Helm
 from deployer.kube import connect
 from deployer.pipeline.push import Services
 from deployer.pipeline.steps import BuildSettings
+from deployer.pipeline.worker import RenderPool
 from deployer.server.core import DeployServer
 from deployer.server.http import GitHttp
 from deployer.server.ssh import GitSsh
@@ -45,7 +47,9 @@ def services(config: ServerConfig) -> Services:
         ),
         network_allowed=False,  # per app: the push pipeline asks server.yaml
     )
-    return Services(server=config, api=api, build=build)
+    renders = RenderPool(timeout=config.limits.render_timeout, memory_mb=config.limits.render_memory_mb)
+    helm = Helm(timeout=config.limits.render_timeout)
+    return Services(server=config, api=api, build=build, helm=helm, renders=renders)
 
 
 def _split(address: str) -> tuple[str, int]:
