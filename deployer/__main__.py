@@ -1,3 +1,4 @@
 from deployer.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker process (deployer/pipeline/worker.py) imports it
+    raise SystemExit(main())

@@ -1,8 +1,12 @@
-"""Secrets stay out of git: scan what a push adds to values and config files with detect-secrets.
+"""Secrets stay out of git: scan what a push adds to values, config files and templates with detect-secrets.
 
-Every new commit is scanned against its parent, so a secret added and removed again in the same push is still
-refused (it would stay in history). A line can be allowed with detect-secrets' `# pragma: allowlist secret`.
-The server's pre-receive and the client's pre-push hook (`deployer init`) run the same scan.
+Every new commit is scanned against its parent (a merge against each of its parents, so a secret added while
+resolving one is found), however many the push has: a secret added and removed again in the same push is still
+refused (it would stay in history). Files are diffed as text even with NUL bytes in them (git would call them
+binary and show nothing). Besides values and config files, the templates of both render modes and everything in
+the chart or templates directory (what `.Files.Get` or an include can read) are scanned. A line can be allowed
+with detect-secrets' `# pragma: allowlist secret`. The server's pre-receive and the client's pre-push hook
+(`deployer init`) run the same scan.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ PATHSPECS = (
     ".env.*",
     "*/.env",
     "*/.env.*",
+    "*.j2",  # Jinja templates (*.yaml.j2)
+    "*.tpl",  # Helm helpers
 )
-MAX_COMMITS = 200  # beyond this, the final tree is scanned as one diff instead of commit by commit
+MARK = "deployer-scan-commit "
 _settings_lock = threading.Lock()  # detect-secrets keeps its settings in a global
 
 
@@ -45,41 +51,49 @@ class Finding:
         return f"{self.path}:{self.line}: {self.kind} (commit {self.commit[:12]})"
 
 
-async def scan_push(repo: Path, *, new: str, exclude: tuple[str, ...], env: GitEnv | None = None) -> list[Finding]:
+async def scan_push(
+    repo: Path, *, new: str, exclude: tuple[str, ...], env: GitEnv | None = None, paths: tuple[str, ...] = ()
+) -> list[Finding]:
     """Likely secrets added by the commits reachable from `new` and not from `exclude` (rev-list arguments such
-    as `--all` or `--remotes=origin`)."""
+    as `--all` or `--remotes=origin`); `paths` adds directories to scan whole (a chart, a templates dir)."""
     if new == ZERO:
         return []
-    listed = await git(repo, "rev-list", "--no-merges", new, "--not", *exclude, env=env)
-    commits = listed.decode().split()
-    if len(commits) > MAX_COMMITS:
-        empty = (await git(repo, "hash-object", "-t", "tree", "--stdin", env=env)).decode().strip()
-        diffs = [(new, await git(repo, "diff", "--no-color", "-U0", empty, new, "--", *PATHSPECS, env=env))]
-    else:
-        diffs = [
-            (
-                commit,
-                await git(
-                    repo,
-                    "diff-tree",
-                    "-p",
-                    "--no-color",
-                    "-U0",
-                    "--root",
-                    "--no-commit-id",
-                    commit,
-                    "--",
-                    *PATHSPECS,
-                    env=env,
-                ),
-            )
-            for commit in commits
-        ]
+    pathspecs = [*PATHSPECS, *(f"{p.rstrip('/')}/" for p in paths if p and p not in (".", "./"))]
+    # one git process for the whole range, each commit's patch after a line naming it; -m: a merge against
+    # each parent; --text: a file with a NUL byte is still shown line by line
+    log = await git(
+        repo,
+        "log",
+        "-p",
+        "-m",
+        "--text",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-renames",
+        "-U0",
+        f"--format={MARK}%H",
+        new,
+        "--not",
+        *exclude,
+        "--",
+        *pathspecs,
+        env=env,
+    )
     found: list[Finding] = []
-    for commit, diff in diffs:
+    for commit, diff in _per_commit(log.decode(errors="replace")):
         if diff.strip():
-            found += await asyncio.to_thread(_scan_diff, diff.decode(errors="replace"), commit)
+            found += await asyncio.to_thread(_scan_diff, diff, commit)
     return sorted(set(found), key=lambda f: (f.path, f.line, f.kind))
+
+
+def _per_commit(log: str) -> list[tuple[str, str]]:
+    """(commit, its patch) from `git log -p --format=MARK%H` (a merge's patches against each parent come one
+    after another under the same commit)."""
+    out: list[tuple[str, str]] = []
+    for chunk in log.split(MARK)[1:]:
+        commit, _, patch = chunk.partition("\n")
+        out.append((commit.strip(), patch))
+    return out
 
 
 def _scan_diff(diff: str, commit: str) -> list[Finding]:

@@ -163,16 +163,30 @@ def init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_dirs(repo: Path) -> tuple[str, ...]:
+    """The chart or templates directory the working tree's deploy.yaml renders from (scanned whole); none if
+    it does not parse (the server refuses such a push for that reason anyway)."""
+    try:
+        render = load_deploy_config(RepoFiles(repo)).render
+    except DeployError:
+        return ()
+    return tuple(
+        d for d in (render.helm.chart if render.helm else "", render.templates.dir if render.templates else "") if d
+    )
+
+
 def scan(args: argparse.Namespace) -> int:
     repo = args.repo.resolve()
     found = []
+    paths = _render_dirs(repo)
     if args.pre_push is not None:
         for line in sys.stdin.read().splitlines():
             parts = line.split()
             if len(parts) == 4 and parts[1] != ZERO:
-                found += asyncio.run(scan_push(repo, new=parts[1], exclude=(f"--remotes={args.pre_push}",)))
+                remote = (f"--remotes={args.pre_push}",)
+                found += asyncio.run(scan_push(repo, new=parts[1], exclude=remote, paths=paths))
     else:
-        found = asyncio.run(scan_push(repo, new="HEAD", exclude=("--remotes",)))
+        found = asyncio.run(scan_push(repo, new="HEAD", exclude=("--remotes",), paths=paths))
     for finding in found:
         print(f"{finding}: looks like a secret", file=sys.stderr)
     if found:

@@ -211,6 +211,16 @@ async def _plan_update(
     return deploys
 
 
+def render_dirs(config: DeployConfig | None) -> tuple[str, ...]:
+    """The chart or templates directory a deploy.yaml renders from: scanned whole (any file in it can be read)."""
+    if config is None:
+        return ()
+    render = config.render
+    return tuple(
+        d for d in (render.helm.chart if render.helm else None, render.templates.dir if render.templates else None) if d
+    )
+
+
 async def _deploy_config(push: Push, commit: str, *, required: bool) -> DeployConfig | None:
     text = await read_at(push.repo, commit, DEPLOY_FILE, env=push.git_env)
     if text is None:
@@ -227,7 +237,10 @@ async def scan(push: Push, sink: EventSink) -> None:
     """Refuse likely secrets added to values and config files by the pushed commits, naming file and line."""
     found = []
     for update in push.updates:
-        found += await scan_push(push.repo, new=update.new, exclude=("--all",), env=push.git_env)
+        config = None if update.new == ZERO else await _deploy_config(push, update.new, required=False)
+        found += await scan_push(
+            push.repo, new=update.new, exclude=("--all",), env=push.git_env, paths=render_dirs(config)
+        )
     if found:
         raise DeployError(
             f"{found[0]}: looks like a secret; keep secrets out of git (deployer secret set), or mark a false "

@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import yaml
 from gitserver import (
     GitServer,
     Key,
+    Pushed,
     git_env,
     history_json,
     make_key,
@@ -87,7 +89,7 @@ def server(
             "bob": {"keys": [keys["bob"].public], "tokens": [token_entry(tokens["bob"])], "environments": ["staging"]},
         },
         environments={"prod": {"pushOptions": ["dry-run"]}, "*": {"lockWait": "2m"}},
-        limits={"maxPushMb": 2, "rolloutTimeout": "15s"},
+        limits={"maxPushMb": 2, "rolloutTimeout": "15s", "renderTimeout": "5s"},
     )
     config["apps"] = {app: {"environments": {env: f"{app}-{env}" for env in ("staging", "prod")}} for app in APPS}
     running = start_server(tmp, config)
@@ -602,6 +604,37 @@ def test_a_build_asking_for_a_network_the_server_does_not_grant_is_refused_befor
         f"allows it with server.yaml apps.{app.name}.buildNetwork" in pushed.remote
     ), pushed
     assert not any(line.startswith("STEP 1/") for line in pushed.remote), "nothing was built"
+    assert deployments(api, app.staging) == []
+
+
+def test_a_template_that_loops_is_stopped_at_the_render_limit_and_the_server_keeps_answering(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    edit(app.repo / "deploy.yaml", "  helm:\n    chart: charts/hello\n", "  templates: {dir: templates}\n")
+    (app.repo / "templates").mkdir()
+    (app.repo / "templates" / "loop.yaml.j2").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+    )
+    commit(app.repo, "a loop")
+    latencies: list[float] = []
+    pushed: list[Pushed] = []
+    pusher = threading.Thread(
+        target=lambda: pushed.append(push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]))
+    )
+    pusher.start()
+    while pusher.is_alive():
+        started = time.monotonic()
+        assert server.get("/healthz")[0] == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.05)
+    pusher.join()
+    assert pushed[0].code == 1
+    assert any(
+        "error: templates: rendering took longer than 5s (the server's limits.renderTimeout) and was stopped" in x
+        for x in pushed[0].remote
+    ), pushed[0]
+    latencies.sort()
+    assert len(latencies) > 20 and latencies[int(len(latencies) * 0.9)] < 0.1, latencies[-10:]
     assert deployments(api, app.staging) == []
 
 
