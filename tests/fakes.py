@@ -10,6 +10,7 @@ BaseException, as a SIGKILL is not an error the engine could catch. The end-to-e
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -158,6 +159,7 @@ class FakeCluster:
         return pods
 
     async def until_unready(self, names: list[str], *, namespace: str, seconds: float) -> Observed:
+        await asyncio.sleep(seconds)  # the interval passes (engine tests use intervals of 0s, or patch them short)
         if self.watch_lost:
             return Observed(lost="the watch ended and the API did not answer again")
         for name in names:
@@ -218,7 +220,7 @@ class FakeRecords:
     async def request(self, revision: int, what: str) -> None:
         self.requests[revision] = what
 
-    async def requested(self, revision: int) -> str | None:
+    async def requested(self, revision: int, *, fresh: bool = False) -> str | None:
         return self.requests.get(revision)
 
 

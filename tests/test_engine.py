@@ -439,3 +439,29 @@ def test_a_mesh_client_server_checks_the_services_host_pinned_to_the_canary() ->
     assert fakes.probes.asked == [
         "mesh http://web.shop.svc.cluster.local:80/ {'x-deployer-canary': 'true'} via http://shop@127.0.0.1:1"
     ]
+
+
+def test_a_promote_request_ends_a_long_interval_within_a_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("deployer.pipeline.release.REQUEST_POLL", 0.05)
+    fakes = released(Fakes())
+    long = CanaryPolicy.model_validate({"steps": [10, 50], "threshold": 1, "interval": "1h", "grace": "0s"})
+    events: list[Event] = []
+
+    async def ask_soon() -> Record:
+        release_task = asyncio.create_task(
+            release(
+                fakes.ports(),
+                rendered=rendered("v2"),
+                policy=long,
+                image=ImageRef(repository="registry/web", tag="v2"),
+                sink=events.append,
+            )
+        )
+        await asyncio.sleep(0.2)
+        fakes.records.requests[2] = "promote"
+        return await asyncio.wait_for(release_task, 5)
+
+    record = asyncio.run(ask_soon())
+    assert record.status is Status.DEPLOYED and [r.weight for r in record.rounds] == [10]
+    assert any(e.message == "a request ends the interval early" for e in events)
+    assert serving(fakes) == "registry/web:v2"

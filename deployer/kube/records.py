@@ -114,9 +114,10 @@ class Records:
 
         await asyncio.to_thread(write)
 
-    async def requested(self, revision: int) -> str | None:
-        """`promote` or `abort` if someone asked for it, else None (as of the last write, when there was one)."""
-        if revision in self._requests:  # every write reads the labels back: no extra request per round
+    async def requested(self, revision: int, *, fresh: bool = False) -> str | None:
+        """`promote` or `abort` if someone asked for it, else None (as of the last write, when there was one,
+        unless `fresh`)."""
+        if revision in self._requests and not fresh:  # every write reads the labels back: no request per round
             return self._requests[revision]
 
         def read() -> str | None:

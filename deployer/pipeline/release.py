@@ -46,6 +46,8 @@ from deployer.pipeline.traffic import (
 )
 from deployer.render.manifests import CLUSTER_SCOPED
 
+REQUEST_POLL = 5.0  # seconds between reads of a promote/abort request during an interval
+
 
 @dataclass(frozen=True)
 class ReleaseOptions:
@@ -213,17 +215,35 @@ async def _canary(run: Run, policy: CanaryPolicy, previous: Record) -> None:
 
 async def _watched(run: Run, canaries: list[dict[str, Any]], interval: float) -> tuple[CheckResult, ...]:
     """The round's interval, watched: a pod going unready fails the round at once; a watch that could not be
-    kept up to the interval's end fails it too (no signal is not a pass)."""
+    kept up to the interval's end fails it too (no signal is not a pass). The interval is watched in slices of
+    at most REQUEST_POLL seconds, between which a `deployer promote`/`abort` ends it early: acted on in seconds,
+    not at the end of a long interval."""
     names = [c["metadata"]["name"] for c in canaries]
-    observed = await run.cluster.until_unready(names, namespace=run.namespace, seconds=interval)
-    if observed.early:
-        run.sink(Event("canary", f"noticed before the interval ended: {observed.early}", kind="warning"))
-        return (CheckResult("readiness watch", False, observed.early),)
-    if observed.lost:
-        why = f"no signal from the cluster at the end of the interval ({observed.lost})"
-        run.sink(Event("canary", f"readiness watch: {why}", kind="warning"))
-        return (CheckResult("readiness watch", False, why),)
-    return ()
+    deadline = time.monotonic() + interval
+    while True:  # at least once, for the last slice too
+        left = max(0.0, deadline - time.monotonic())
+        observed = await run.cluster.until_unready(names, namespace=run.namespace, seconds=min(REQUEST_POLL, left))
+        if observed.early:
+            run.sink(Event("canary", f"noticed before the interval ended: {observed.early}", kind="warning"))
+            return (CheckResult("readiness watch", False, observed.early),)
+        if observed.lost:
+            why = f"no signal from the cluster at the end of the interval ({observed.lost})"
+            run.sink(Event("canary", f"readiness watch: {why}", kind="warning"))
+            return (CheckResult("readiness watch", False, why),)
+        if deadline - time.monotonic() <= 0:
+            return ()
+        if await _asked(run):
+            run.sink(Event("canary", "a request ends the interval early"))
+            return ()
+
+
+async def _asked(run: Run) -> bool:
+    """Whether promote or abort was asked for since the last write; a read that fails is no request (the
+    record is read again at the round's end)."""
+    try:
+        return bool(await run.records.requested(run.record.revision, fresh=True))
+    except Exception:  # any failure to read: no request seen; the watch, not this read, judges the canary
+        return False
 
 
 async def _canary_ready(run: Run, canaries: list[dict[str, Any]], previous: Record) -> None:

@@ -117,6 +117,15 @@ def app(tmp_path: Path, registry_host: str) -> App:
     edit(deploy, "        - name: homepage\n          http: {path: /, port: http, status: 200, timeout: 2s}\n", "")
     edit(deploy, "      threshold: 2\n      checks:\n", "      threshold: 1\n      checks: []\n")
     edit(deploy, "steps: [5, 10, 25, 50]\n      interval: 1m", "steps: [50]\n      interval: 1s")
+    # no Prometheus here, and a 1s round is shorter than two scrapes: prod's canary is judged on readiness
+    edit(
+        deploy,
+        "      checks:\n        - name: homepage\n          http: {path: /, port: http}\n"
+        "        - name: success-rate\n"
+        "          prometheus: {template: request-success-rate, min: 0.99, noData: skip}\n"
+        "        - name: latency-p99\n          prometheus: {template: request-duration, max: 500}\n",
+        "      checks: []\n",
+    )
     git(repo, "init", "-q", "-b", "main")
     commit(repo, "first")
     return App(name, repo, f"{name}-staging", f"{name}-prod")
