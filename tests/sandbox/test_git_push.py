@@ -42,7 +42,7 @@ from workloads import vs_split
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
-APPS = [f"app{i}" for i in range(34)]
+APPS = [f"app{i}" for i in range(40)]  # one per test that pushes an app: the server binds each app's namespaces
 MESH = {"istio-injection": "enabled"}  # a canary needs sidecars
 _next_app = itertools.count()
 
