@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -12,24 +11,28 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from deployer import __version__
-from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder
 from deployer.cli import git as git_commands
-from deployer.config import RepoFiles, json_schema, load_deploy_config
-from deployer.config.model import parse_duration
-from deployer.config.yamlio import dump_all
+from deployer.cli.git import run_async
 from deployer.errors import DeployError, TransientError
 from deployer.events import Event, Record
-from deployer.helm import Helm
-from deployer.pipeline import BuildSettings, ImageRef, Rendered, build_image, render_environment
+
+if TYPE_CHECKING:
+    from deployer.config import RepoFiles
+    from deployer.pipeline import ImageRef, Rendered
+
+# Each command imports what it uses (pydantic models, the clients, helm, the builders): `deployer --help` and the
+# parser load none of them.
 
 UNCOMMITTED = "uncommitted"
 
 
 def _duration(text: str) -> float:
     """A duration flag such as 15s or 1m, in seconds."""
+    from deployer.config.model import parse_duration  # noqa: PLC0415
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -240,12 +243,18 @@ def _head_commit(repo: Path) -> str:
 
 
 def _repo(path: Path) -> RepoFiles:
+    from deployer.config import RepoFiles  # noqa: PLC0415
+
     if not path.is_dir():
         raise DeployError("is not a directory", where=f"--repo {path}")
     return RepoFiles(path)
 
 
 async def _render(args: argparse.Namespace) -> int:
+    from deployer.config import load_deploy_config  # noqa: PLC0415
+    from deployer.config.yamlio import dump_all  # noqa: PLC0415
+    from deployer.pipeline import render_environment  # noqa: PLC0415
+
     repo = _repo(args.repo)
     config = load_deploy_config(repo)
     rendered = await render_environment(
@@ -270,6 +279,10 @@ def _print_notes(rendered: Rendered, *, stream: TextIO) -> None:
 
 
 async def _validate(args: argparse.Namespace) -> int:
+    from deployer.config import load_deploy_config  # noqa: PLC0415
+    from deployer.helm import Helm  # noqa: PLC0415
+    from deployer.pipeline import render_environment  # noqa: PLC0415
+
     repo = _repo(args.repo)
     config = load_deploy_config(repo)
     names = [args.env] if args.env else list(config.environments)
@@ -313,7 +326,7 @@ def _traffic(args: argparse.Namespace) -> int:
     if args.rps <= 0 or args.duration <= 0:
         raise DeployError("--rps and --duration must be positive", where="sandbox traffic")
     print(f"sending {args.rps:g} requests/s for {args.duration:g}s to {args.host}{args.path} via {mesh}", flush=True)
-    counts = asyncio.run(
+    counts = run_async(
         traffic.send(
             mesh,
             args.host,
@@ -338,7 +351,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     from deployer.sandbox.engine import EngineError  # noqa: PLC0415
 
     try:
-        asyncio.run(
+        run_async(
             serve(
                 port=args.port,
                 kubeconfig_path=args.kubeconfig.resolve(),
@@ -407,6 +420,10 @@ def _rich_printer(console: Any = None) -> Callable[[Event], None]:
 
 
 async def _build(args: argparse.Namespace) -> int:
+    from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder  # noqa: PLC0415
+    from deployer.config import load_deploy_config  # noqa: PLC0415
+    from deployer.pipeline import BuildSettings, build_image  # noqa: PLC0415
+
     secrets = {}
     for name in args.secret_build_arg:
         if name not in os.environ:
@@ -437,6 +454,8 @@ async def _build(args: argparse.Namespace) -> int:
 
 
 def _image(text: str, commit: str) -> ImageRef:
+    from deployer.pipeline import ImageRef  # noqa: PLC0415
+
     if "@" in text:
         repository, digest = text.split("@", 1)
         return ImageRef(repository=repository, tag=commit, digest=digest)
@@ -447,7 +466,9 @@ def _image(text: str, commit: str) -> ImageRef:
 
 
 async def _deploy(args: argparse.Namespace) -> int:
+    from deployer.config import load_deploy_config  # noqa: PLC0415
     from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
+    from deployer.pipeline import render_environment  # noqa: PLC0415
     from deployer.pipeline.ports import cluster_ports  # noqa: PLC0415
     from deployer.pipeline.release import ReleaseOptions, release  # noqa: PLC0415
 
@@ -496,6 +517,7 @@ async def _deploy(args: argparse.Namespace) -> int:
 
 
 def _environment(args: argparse.Namespace) -> Any:
+    from deployer.config import load_deploy_config  # noqa: PLC0415
     from deployer.pipeline.operations import Environment  # noqa: PLC0415 - loads the cluster client
 
     if args.app and args.namespace:
@@ -570,23 +592,25 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from deployer.config import json_schema  # noqa: PLC0415
+
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "render": lambda args: asyncio.run(_render(args)),
-    "validate": lambda args: asyncio.run(_validate(args)),
+    "render": lambda args: run_async(_render(args)),
+    "validate": lambda args: run_async(_validate(args)),
     "schema": _schema,
-    "build": lambda args: asyncio.run(_build(args)),
-    "deploy": lambda args: asyncio.run(_deploy(args)),
+    "build": lambda args: run_async(_build(args)),
+    "deploy": lambda args: run_async(_deploy(args)),
     "registry": _registry,
-    "status": lambda args: asyncio.run(_operation(args)),
-    "history": lambda args: asyncio.run(_operation(args)),
-    "rollback": lambda args: asyncio.run(_operation(args)),
-    "recover": lambda args: asyncio.run(_operation(args)),
-    "promote": lambda args: asyncio.run(_operation(args)),
-    "abort": lambda args: asyncio.run(_operation(args)),
+    "status": lambda args: run_async(_operation(args)),
+    "history": lambda args: run_async(_operation(args)),
+    "rollback": lambda args: run_async(_operation(args)),
+    "recover": lambda args: run_async(_operation(args)),
+    "promote": lambda args: run_async(_operation(args)),
+    "abort": lambda args: run_async(_operation(args)),
     "sandbox": _sandbox,
     "serve": git_commands.serve,
     "init": git_commands.init,

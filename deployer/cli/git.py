@@ -4,20 +4,27 @@ the pre-push hook runs) and `secret set` (a Secret straight into the cluster, ne
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from deployer.build.scan import scan_push
-from deployer.build.source import ZERO
-from deployer.config import load_deploy_config, parse_deploy_config
-from deployer.config.repo import RepoFiles
-from deployer.config.server import parse_server_config, with_authorized_keys
 from deployer.errors import DeployError
+
+T = TypeVar("T")
+
+# The modules these commands use are imported in them: building the parser (and `deployer --help`) loads none.
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with asyncio imported only by commands that run a loop."""
+    import asyncio  # noqa: PLC0415
+
+    return asyncio.run(coroutine)
+
 
 _VALUES_NOTE = "# secrets never go here: `deployer secret set`, then reference the Secret by name\n"
 _HOOK = """#!/bin/sh
@@ -56,6 +63,7 @@ def add_commands(commands: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from deployer.config.server import parse_server_config, with_authorized_keys  # noqa: PLC0415
     from deployer.server.main import serve as run  # noqa: PLC0415 - asyncssh and aiohttp load only for the server
 
     if not args.config.is_file():
@@ -73,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    asyncio.run(run(config, announce=lambda line: print(line, flush=True)))
+    run_async(run(config, announce=lambda line: print(line, flush=True)))
     return 0
 
 
@@ -121,6 +129,8 @@ render:
 
 
 def init(args: argparse.Namespace) -> int:
+    from deployer.config import parse_deploy_config  # noqa: PLC0415
+
     repo = args.repo.resolve()
     if _git(repo, "rev-parse", "--is-inside-work-tree", check=False) != "true":
         raise DeployError("not a git work tree; run `git init` first", where=str(repo))
@@ -166,6 +176,8 @@ def init(args: argparse.Namespace) -> int:
 def _render_dirs(repo: Path) -> tuple[str, ...]:
     """The chart or templates directory the working tree's deploy.yaml renders from (scanned whole); none if
     it does not parse (the server refuses such a push for that reason anyway)."""
+    from deployer.config import RepoFiles, load_deploy_config  # noqa: PLC0415
+
     try:
         render = load_deploy_config(RepoFiles(repo)).render
     except DeployError:
@@ -176,6 +188,9 @@ def _render_dirs(repo: Path) -> tuple[str, ...]:
 
 
 def scan(args: argparse.Namespace) -> int:
+    from deployer.build.scan import scan_push  # noqa: PLC0415
+    from deployer.build.source import ZERO  # noqa: PLC0415
+
     repo = args.repo.resolve()
     found = []
     paths = _render_dirs(repo)
@@ -184,9 +199,9 @@ def scan(args: argparse.Namespace) -> int:
             parts = line.split()
             if len(parts) == 4 and parts[1] != ZERO:
                 remote = (f"--remotes={args.pre_push}",)
-                found += asyncio.run(scan_push(repo, new=parts[1], exclude=remote, paths=paths))
+                found += run_async(scan_push(repo, new=parts[1], exclude=remote, paths=paths))
     else:
-        found = asyncio.run(scan_push(repo, new="HEAD", exclude=("--remotes",), paths=paths))
+        found = run_async(scan_push(repo, new="HEAD", exclude=("--remotes",), paths=paths))
     for finding in found:
         print(f"{finding}: looks like a secret", file=sys.stderr)
     if found:
@@ -200,6 +215,7 @@ def scan(args: argparse.Namespace) -> int:
 
 
 def secret(args: argparse.Namespace) -> int:
+    from deployer.config import RepoFiles, load_deploy_config  # noqa: PLC0415
     from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
     from deployer.kube.secrets import set_secret  # noqa: PLC0415
 
@@ -223,7 +239,7 @@ def secret(args: argparse.Namespace) -> int:
             data[key] = value.encode()
     namespace = args.namespace or load_deploy_config(RepoFiles(args.repo)).environment(args.env).namespace
     api = connect(args.kubeconfig, args.kube_context)
-    created = asyncio.run(set_secret(api, namespace=namespace, name=args.name, data=data))
+    created = run_async(set_secret(api, namespace=namespace, name=args.name, data=data))
     done = "created" if created else "updated"
     print(f"secret {args.name} in {namespace}: {done}, keys {', '.join(data)} (values not shown)")
     return 0
