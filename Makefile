@@ -23,6 +23,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/start.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/canary.py
