@@ -14,12 +14,14 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from deployer.errors import DeployError, TransientError
+
+if TYPE_CHECKING:
+    import aiohttp  # imported where a request is made: `deployer render` and `--help` never load it
 
 T = TypeVar("T")
 MANIFEST_TYPES = ", ".join(
@@ -160,6 +162,8 @@ class RegistryClient:
     ) -> T:
         """One request, answering a 401 challenge once; connection trouble is a TransientError."""
         headers = {"Accept": MANIFEST_TYPES, **self._auth_header(repository.registry)}
+        import aiohttp  # noqa: PLC0415
+
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             async with (

@@ -12,7 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer.build import (
     Builder,
@@ -32,7 +32,6 @@ from deployer.config.load import DEPLOY_FILE
 from deployer.config.model import CanaryPolicy
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
-from deployer.helm import Helm
 from deployer.pipeline.worker import RenderPool, render_templates
 from deployer.render.manifests import (
     RenderedObject,
@@ -43,6 +42,9 @@ from deployer.render.manifests import (
 )
 from deployer.render.validate import validate_objects
 from deployer.render.values import layer_values
+
+if TYPE_CHECKING:
+    from deployer.helm import Helm
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,11 @@ async def render_environment(
             else {}
         )
         values = layer_values(defaults=defaults, files=files, sets=list(sets), injected=injected)
-        text = await (helm or Helm()).template(
+        if helm is None:
+            from deployer.helm import Helm  # noqa: PLC0415 - pyhelm3 loads only to render a chart
+
+            helm = Helm()
+        text = await helm.template(
             chart_dir=chart_dir,
             chart_label=chart,
             release=config.release_name,
