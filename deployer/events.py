@@ -89,6 +89,7 @@ class Record:
     phase: Phase = Phase.STARTING
     job: str = ""  # the pre-deploy Job that runs, in phase PRE_DEPLOY
     pusher: str = ""
+    branch: str = ""  # the git branch whose push released it: that branch says what is live
     started: float = 0.0
     finished: float | None = None
     manifests: tuple[dict[str, Any], ...] = ()
@@ -116,6 +117,7 @@ class Record:
             "status": self.status.value,
             "phase": self.where,
             "pusher": self.pusher,
+            "branch": self.branch,
             "started": self.started,
             "canary": self.canary,
             "routing": {"gateways": list(self.gateways), "hosts": list(self.hosts)},
@@ -156,6 +158,7 @@ class Record:
             phase=Phase(phase) if phase in Phase._value2member_map_ else Phase.STARTING,
             job=job,
             pusher=str(data.get("pusher") or ""),
+            branch=str(data.get("branch") or ""),
             started=float(data.get("started") or 0.0),
             finished=float(data["finished"]) if data.get("finished") is not None else None,
             manifests=tuple(data.get("manifests") or ()),

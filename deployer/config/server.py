@@ -406,15 +406,18 @@ def check_environment(
     return effective_canary(server, env.canary, environment=environment, skip=("skip-canary" in options))
 
 
-def check_claims(server: ServerConfig, claimed: list[str], *, user: str, branch: str, commit: str) -> None:
-    """Changing a branch that environments deploy from now (by deploy.yaml at its current commit) needs the
-    rights to each of them, whatever the pushed commit's deploy.yaml says: a rewrite could otherwise unclaim
-    another environment's branch."""
+def check_claims(
+    server: ServerConfig, claimed: list[str], *, user: str, branch: str, commit: str, source: str = "deploy.yaml"
+) -> None:
+    """Changing a branch that environments deploy from now (by deploy.yaml at its current commit, or, `source`
+    "live", because their live release came from it) needs the rights to each of them, whatever the pushed
+    commit's deploy.yaml says: a rewrite could otherwise unclaim another environment's branch."""
     for environment in claimed:
         if not _allowed(server.users[user].environments, environment):
+            why = f"deploy.yaml at {commit[:12]}" if source == "deploy.yaml" else "its live release came from it"
             raise DeployError(
-                f"branch {branch!r} deploys {environment} now (deploy.yaml at {commit[:12]}); user {user!r} may not "
-                f"deploy to {environment}, so may not change it",
+                f"branch {branch!r} deploys {environment} now ({why}); user {user!r} may not deploy to "
+                f"{environment}, so may not change it",
                 where="server",
             )
 

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import functools
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,21 @@ class Services:
     renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
 
 
-async def plan(push: Push, server: ServerConfig, sink: EventSink) -> tuple[Deploy | None, list[Outcome]]:
-    """Steps 1: ref updates → at most one deploy, or a DeployError refusing the push before anything runs."""
+LiveBranches = Callable[[str], Awaitable[list[str]]]
+
+
+async def plan(
+    push: Push, server: ServerConfig, sink: EventSink, *, live: LiveBranches | None = None
+) -> tuple[Deploy | None, list[Outcome]]:
+    """Steps 1: ref updates → at most one deploy, or a DeployError refusing the push before anything runs.
+    `live` names the environments whose live release a branch pushed (the records): a second source, beside
+    deploy.yaml at the branch's tip, of which environments a change to that branch touches."""
     check_app(server, user=push.user, app=push.app)
     options = push.parsed
     deploys: list[Deploy] = []
     outcomes: list[Outcome] = []
     for update in push.updates:
-        found = await _plan_update(push, update, server, options)
+        found = await _plan_update(push, update, server, options, live)
         if isinstance(found, Outcome):
             outcomes.append(found)
             sink(Event("plan", f"{update.short}: {found.detail}"))
@@ -170,13 +178,17 @@ async def plan(push: Push, server: ServerConfig, sink: EventSink) -> tuple[Deplo
 
 
 async def _plan_update(
-    push: Push, update: RefUpdate, server: ServerConfig, options: PushOptions
+    push: Push, update: RefUpdate, server: ServerConfig, options: PushOptions, live: LiveBranches | None
 ) -> Outcome | list[Deploy]:
     if update.branch is None:
         return Outcome(update.ref, "-", update.new[:12], "accepted", "not a branch; nothing to deploy")
     current = await _deploy_config(push, update.old, required=False) if update.old != ZERO else None
     claimed = environments_for_branch(current, update.branch) if current else []
     check_claims(server, claimed, user=push.user, branch=update.branch, commit=update.old)
+    if live is not None and update.old != ZERO:
+        released = [e for e in await live(update.branch) if e not in claimed]
+        check_claims(server, released, user=push.user, branch=update.branch, commit=update.old, source="live")
+        claimed = [*claimed, *released]
     if update.new == ZERO:
         if claimed:
             raise DeployError(
@@ -297,6 +309,7 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             skip_canary=options.skip_canary,
             rollout_timeout=services.server.limits.rollout_timeout,
             pusher=push.user,
+            branch=target.update.branch or "",
             prometheus_url=services.server.prometheus,
             scrape_interval=services.server.prometheus_scrape_interval,
             mesh_gateway=services.server.mesh_gateway,

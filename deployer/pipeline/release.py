@@ -54,6 +54,7 @@ class ReleaseOptions:
     skip_canary: bool = False
     rollout_timeout: float = 300.0
     pusher: str = ""
+    branch: str = ""  # the pushed branch the release comes from (none from the CLI)
     prometheus_url: str | None = None
     scrape_interval: float = 15.0  # the Prometheus's, as its operator states it
     mesh_gateway: str | None = None  # the ingress gateway's URL, for HTTP checks through the mesh
@@ -104,6 +105,7 @@ async def release(
             commit=image.tag,
             image=image.ref,
             pusher=options.pusher,
+            branch=options.branch,
             started=time.time(),
             manifests=tuple(objects),
             canary=bool(targets),  # replays (rollback, recover) must split traffic only where this release did

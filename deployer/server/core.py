@@ -31,8 +31,8 @@ from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
 from deployer.errors import DeployError, RolledBack, TransientError
-from deployer.events import Event, Record
-from deployer.kube.records import pending_environments
+from deployer.events import Event, Record, Status
+from deployer.kube.records import Records, pending_environments
 from deployer.pipeline import operations
 from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
 from deployer.server.metrics import Metrics
@@ -224,6 +224,25 @@ class DeployServer:
         if preferred or candidates:
             await git(push.repo, "symbolic-ref", "HEAD", (preferred or candidates)[0])
 
+    async def _live_branches(self, app: str, branch: str) -> list[str]:
+        """The environments of `app` whose live release was pushed from `branch` (their records say so). A
+        record that cannot be read refuses the push: rights cannot be checked against what is not seen."""
+        found = []
+        for environment, namespace in self.config.apps[app].environments.items():
+            records = Records(self.services.api, namespace=namespace, app=app, environment=environment)
+            try:
+                history = await records.history()
+            except (client.ApiException, TransientError, OSError) as exc:
+                raise DeployError(
+                    f"cannot read {environment}'s live release to check who may change branch {branch!r} "
+                    f"({' '.join(str(exc).split())[:120]}); push again once the cluster answers",
+                    where="server",
+                ) from None
+            live = next((r for r in reversed(history) if r.status is Status.DEPLOYED), None)
+            if live is not None and live.branch == branch:
+                found.append(environment)
+        return found
+
     async def _handle(self, push: Push, say: Callable[[str], None]) -> int:
         started = time.monotonic()
         target: Deploy | None = None
@@ -236,7 +255,9 @@ class DeployServer:
             log.info("%s %s [%s] %s", push.app, push.user, event.step, event.message)
 
         try:
-            target, outcomes = await plan(push, self.config, emit)
+            target, outcomes = await plan(
+                push, self.config, emit, live=lambda branch: self._live_branches(push.app, branch)
+            )
             await scan(push, emit)
             if target is None:
                 _table(say, outcomes)

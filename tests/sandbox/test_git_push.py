@@ -540,6 +540,28 @@ def test_a_staging_only_user_cannot_rewrite_the_branch_prod_deploys_from(server:
     assert deleted.code == 1 and server.ref("refs/heads/prod", app.name) == live
 
 
+def test_a_branch_whose_push_is_live_in_prod_needs_prods_rights_even_once_deploy_yaml_unclaims_it(
+    server: GitServer, app: App
+) -> None:
+    """prod's live release came from branch prod; a later commit there maps prod to another branch (it deploys
+    nothing, so anyone with prod's rights could push it). The branch still says what is live in prod: the
+    records say so, and a staging-only user may not rewrite it."""
+    assert push(app.repo, server.ssh_url(app.name), "main:prod", key=server.keys["alice"]).code == 0
+    edit(app.repo / "deploy.yaml", "branches: [prod]", "branches: [release]")
+    unclaimed = commit(app.repo, "prod moves to the release branch")
+    assert push(app.repo, server.ssh_url(app.name), f"{unclaimed}:refs/heads/prod", key=server.keys["alice"]).code == 0
+    git(app.repo, "checkout", "-q", "--orphan", "unrelated")
+    rewrite = commit(app.repo, "rewrite")
+    pushed = push(app.repo, server.ssh_url(app.name), f"{rewrite}:refs/heads/prod", key=server.keys["bob"], force=True)
+    assert pushed.code == 1
+    assert any(
+        "branch 'prod' deploys prod now (its live release came from it); user 'bob' may not deploy to prod" in x
+        for x in pushed.remote
+    ), pushed
+    assert server.ref("refs/heads/prod", app.name) == unclaimed
+    assert history_json(server_kubeconfig(server), app.prod, "prod", app=app.name)[-1]["branch"] == "prod"
+
+
 def test_a_chart_rendering_cluster_scoped_objects_is_refused_and_nothing_is_applied(
     server: GitServer, app: App, api: client.ApiClient
 ) -> None:
