@@ -179,12 +179,9 @@ def _render_dirs(repo: Path) -> tuple[str, ...]:
     from deployer.config import RepoFiles, load_deploy_config  # noqa: PLC0415
 
     try:
-        render = load_deploy_config(RepoFiles(repo)).render
+        return (load_deploy_config(RepoFiles(repo)).render.directory,)
     except DeployError:
         return ()
-    return tuple(
-        d for d in (render.helm.chart if render.helm else "", render.templates.dir if render.templates else "") if d
-    )
 
 
 def scan(args: argparse.Namespace) -> int:

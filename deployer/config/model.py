@@ -143,6 +143,11 @@ class RenderConfig(StrictModel):
             raise ValueError("set exactly one of 'helm' or 'templates'")
         return self
 
+    @property
+    def directory(self) -> str:
+        """The chart or templates directory: everything in it may be read by a render."""
+        return self.helm.chart if self.helm is not None else self.templates.dir if self.templates is not None else ""
+
 
 class HttpCheck(StrictModel):
     path: Annotated[str, Field(pattern=r"^/")] = "/"

@@ -223,16 +223,6 @@ async def _plan_update(
     return deploys
 
 
-def render_dirs(config: DeployConfig | None) -> tuple[str, ...]:
-    """The chart or templates directory a deploy.yaml renders from: scanned whole (any file in it can be read)."""
-    if config is None:
-        return ()
-    render = config.render
-    return tuple(
-        d for d in (render.helm.chart if render.helm else None, render.templates.dir if render.templates else None) if d
-    )
-
-
 async def _deploy_config(push: Push, commit: str, *, required: bool) -> DeployConfig | None:
     text = await read_at(push.repo, commit, DEPLOY_FILE, env=push.git_env)
     if text is None:
@@ -251,7 +241,11 @@ async def scan(push: Push, sink: EventSink) -> None:
     for update in push.updates:
         config = None if update.new == ZERO else await _deploy_config(push, update.new, required=False)
         found += await scan_push(
-            push.repo, new=update.new, exclude=("--all",), env=push.git_env, paths=render_dirs(config)
+            push.repo,
+            new=update.new,
+            exclude=("--all",),
+            env=push.git_env,
+            paths=(config.render.directory,) if config else (),
         )
     if found:
         raise DeployError(
