@@ -174,10 +174,11 @@ def _reaper() -> list[str]:
 
 
 def describe(request: BuildRequest) -> str:
+    """What contains the RUN steps, as the build's first line says it."""
     limits = request.limits
+    if limits.isolation == "chroot":  # no runtime: no namespaces, and no cgroup to hold memory or CPU limits
+        return f"chroot isolation: the host's PID and network namespaces, no memory or CPU limit, {limits.timeout:g}s"
     where = "no network" if not request.network else "a private network"
-    if limits.isolation == "chroot":
-        where = "chroot isolation: the host's PID and network namespaces"
     return f"{where}, {limits.memory_mb} MiB, {limits.cpus:g} CPUs, {limits.processes} processes, {limits.timeout:g}s"
 
 
