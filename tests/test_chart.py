@@ -14,6 +14,7 @@ import yaml
 from support import ROOT
 
 from deployer.config.server import parse_server_config, with_authorized_keys
+from deployer.kube import client as kube_client
 from deployer.render.manifests import parse_objects
 from deployer.render.validate import validate_objects
 
@@ -93,26 +94,23 @@ def test_bad_values_are_refused_by_the_schema() -> None:
 # --- least privilege -------------------------------------------------------------------------------------------
 
 # The adapters the server runs; kube/secrets.py is `deployer secret set`, run by a developer with their own rights.
-SERVER_ADAPTERS = [*sorted((ROOT / "deployer" / "kube").glob("*.py")), ROOT / "deployer" / "health" / "__init__.py"]
-CLIENT_ONLY = {ROOT / "deployer" / "kube" / "secrets.py"}
-VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
-RESOURCES = {
-    "lease": ("coordination.k8s.io", "leases"),
-    "secret": ("", "secrets"),
-    "pod": ("", "pods"),
-    "pod_log": ("", "pods/log"),
-    "deployment": ("apps", "deployments"),
-    "job": ("batch", "jobs"),
-    "job_status": ("batch", "jobs/status"),
+# Every call goes through the verbs of kube/client.py, on a resource the code names by constant (LEASES, PODS, ...)
+# or on one found by discovery (whatever kinds a release renders: kube/cluster.py's `resource`).
+SERVER_ADAPTERS = [*sorted((ROOT / "deployer" / "kube").glob("*.py")), ROOT / "deployer" / "pipeline" / "ports.py"]
+CLIENT_ONLY = {ROOT / "deployer" / "kube" / "secrets.py", ROOT / "deployer" / "kube" / "client.py"}
+VERBS = {
+    "read": ("get",),
+    "list": ("list",),
+    "create": ("create",),
+    "replace": ("update",),
+    "patch": ("patch",),
+    "apply": ("create", "patch"),  # server-side apply creates or patches
+    "delete": ("delete",),
+    "watch": ("watch",),
+    "log": ("get",),
+    "proxy": ("get",),
 }
-# the dynamic client on whatever kinds a release renders (kube/cluster.py): apply creates or patches, get reads
-# one object or lists by label, delete prunes
-DYNAMIC = {
-    "server_side_apply": ("create", "patch"),
-    ".get,": ("get",),
-    "label_selector=selector": ("list",),
-    ".delete,": ("delete",),
-}
+CALL = re.compile(r"\bapi\.(" + "|".join(VERBS) + r")\(\s*([A-Za-z_]+)\b")
 
 
 def code_calls() -> set[tuple[str, str, str]]:
@@ -127,17 +125,16 @@ def code_calls() -> set[tuple[str, str, str]]:
         if path in CLIENT_ONLY:
             continue
         source = path.read_text()
-        for verb, resource in re.findall(r"\.(create|read|replace|patch|delete|list)_namespaced_([a-z_]+)\b", source):
-            assert resource in RESOURCES, f"{path.name}: a call on {resource!r} the test (and the Role) do not know"
-            group, plural = RESOURCES[resource]
-            calls.add((group, plural, VERBS[verb]))
-        for resource in re.findall(r"\.stream\(\s*(?:self\.\w+|[\w.()]+)\.list_namespaced_([a-z_]+)", source):
-            calls.add((*RESOURCES[resource], "watch"))
-        if "/proxy{path}" in source:
-            calls.add(("", "pods/proxy", "get"))
-        for pattern, verbs in DYNAMIC.items():
-            if pattern in source:
-                calls |= {(group, plural, verb) for group, plural in managed for verb in verbs}
+        for verb, target in CALL.findall(source):
+            if target == "resource":  # found by discovery: any kind the chart lets releases manage
+                calls |= {(group, plural, v) for group, plural in managed for v in VERBS[verb]}
+                continue
+            known = getattr(kube_client, target, None)
+            assert isinstance(known, kube_client.Resource), (
+                f"{path.name}: api.{verb}({target}) on a resource the test does not know"
+            )
+            calls |= {(*known.rbac, v) for v in VERBS[verb]}
+        assert ".request(" not in source, f"{path.name}: a raw request the test cannot read"
     return calls
 
 

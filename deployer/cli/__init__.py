@@ -429,12 +429,14 @@ async def _build(args: argparse.Namespace) -> int:
         if name not in os.environ:
             raise DeployError(f"environment variable {name} is not set", where=f"--secret-build-arg {name}")
         secrets[name] = os.environ[name]
+    cluster = None
     if args.builder == "kaniko":
         from deployer.kube import KubeJobRunner, connect  # noqa: PLC0415 - the cluster client loads only when needed
 
         app = load_deploy_config(_repo(args.repo)).app if (args.repo / "deploy.yaml").exists() else "app"
+        cluster = connect(args.kubeconfig, args.kube_context)
         builder: Builder = KanikoBuilder(
-            runner=KubeJobRunner(connect(args.kubeconfig, args.kube_context)),
+            runner=KubeJobRunner(cluster),
             namespace=args.namespace,
             context_uri=args.kaniko_source.replace("{app}", app),
         )
@@ -447,7 +449,11 @@ async def _build(args: argparse.Namespace) -> int:
         secret_args=secrets,
         auth_file=args.authfile,
     )
-    image = await build_image(repo=args.repo, ref=args.commit, settings=settings, sink=_printer(args.output))
+    try:
+        image = await build_image(repo=args.repo, ref=args.commit, settings=settings, sink=_printer(args.output))
+    finally:
+        if cluster is not None:
+            await cluster.close()
     if args.output == "text":
         print(f"image: {image.ref}")
     return 0
@@ -494,23 +500,24 @@ async def _deploy(args: argparse.Namespace) -> int:
         pusher=os.environ.get("USER", ""),
     )
     sink = _printer(args.output)
-    ports = await cluster_ports(
-        connect(args.kubeconfig, args.kube_context),
-        namespace=rendered.namespace,
-        app=rendered.app,
-        environment=rendered.environment,
-        wait=not args.no_wait,
-        sink=sink,
-    )
-    record = await release(
-        ports,
-        rendered=rendered,
-        policy=config.environments[args.env].canary,
-        image=image,
-        options=options,
-        sink=sink,
-        jobs=tuple(config.environments[args.env].jobs),
-    )
+    async with connect(args.kubeconfig, args.kube_context) as api:
+        ports = await cluster_ports(
+            api,
+            namespace=rendered.namespace,
+            app=rendered.app,
+            environment=rendered.environment,
+            wait=not args.no_wait,
+            sink=sink,
+        )
+        record = await release(
+            ports,
+            rendered=rendered,
+            policy=config.environments[args.env].canary,
+            image=image,
+            options=options,
+            sink=sink,
+            jobs=tuple(config.environments[args.env].jobs),
+        )
     if args.output == "text":
         print(f"released revision {record.revision} of {config.app} to {args.env}: {image.ref}")
     return 0
@@ -538,9 +545,15 @@ def _summary(record: Record) -> str:
 
 async def _operation(args: argparse.Namespace) -> int:
     from deployer.kube import connect  # noqa: PLC0415 - the cluster client loads only when needed
+
+    env = _environment(args)
+    async with connect(args.kubeconfig, args.kube_context) as api:
+        return await _operate(args, env, api)
+
+
+async def _operate(args: argparse.Namespace, env: Any, api: Any) -> int:
     from deployer.pipeline import operations as ops  # noqa: PLC0415
 
-    env, api = _environment(args), connect(args.kubeconfig, args.kube_context)
     show = _printer(args.output)
     if args.command in ("history", "status"):
         records = await ops.records_of(api, env).history()

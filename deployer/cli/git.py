@@ -235,8 +235,12 @@ def secret(args: argparse.Namespace) -> int:
         else:
             data[key] = value.encode()
     namespace = args.namespace or load_deploy_config(RepoFiles(args.repo)).environment(args.env).namespace
-    api = connect(args.kubeconfig, args.kube_context)
-    created = run_async(set_secret(api, namespace=namespace, name=args.name, data=data))
+
+    async def write() -> bool:
+        async with connect(args.kubeconfig, args.kube_context) as api:
+            return await set_secret(api, namespace=namespace, name=args.name, data=data)
+
+    created = run_async(write())
     done = "created" if created else "updated"
     print(f"secret {args.name} in {namespace}: {done}, keys {', '.join(data)} (values not shown)")
     return 0

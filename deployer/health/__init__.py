@@ -1,14 +1,13 @@
-"""Adapters for the canary's checks: Prometheus instant queries, and HTTP either through the mesh's ingress
-gateway (as users' requests arrive; it speaks mTLS to the sidecars, so it works under STRICT) or through the API
-server's pod proxy (plaintext from outside the mesh: a STRICT sidecar resets it, istio/istio#27169)."""
+"""Adapters for the canary's checks: Prometheus instant queries, and HTTP through the mesh's ingress gateway (as
+users' requests arrive; it speaks mTLS to the sidecars, so it works under STRICT) or from inside the mesh. The
+third way, the API server's pod proxy (plaintext from outside the mesh: a STRICT sidecar resets it,
+istio/istio#27169), is the kube client's `proxy`."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import aiohttp
-from kubernetes import client
 
 
 async def query_prometheus(url: str, expression: str, *, timeout: float = 10.0) -> float | None:
@@ -28,24 +27,6 @@ async def query_prometheus(url: str, expression: str, *, timeout: float = 10.0) 
         if not math.isnan(value):
             return value
     return None
-
-
-async def http_through_proxy(
-    api: client.ApiClient, *, namespace: str, pod: str, port: int | str, path: str, timeout: float
-) -> tuple[int, str]:
-    """GET a pod's port through the API server's pod proxy: (HTTP status, first line of the body)."""
-
-    def get() -> tuple[int, str]:
-        url_path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}"
-        method, url, headers, body, _ = api.param_serialize(
-            "GET", url_path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
-        )
-        response = api.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
-        response.read()
-        text = (response.data or b"").decode(errors="replace").strip().splitlines()
-        return int(response.status), text[0] if text else ""
-
-    return await asyncio.to_thread(get)
 
 
 async def http_through_mesh(url: str, *, headers: dict[str, str], proxy: str | None, timeout: float) -> tuple[int, str]:

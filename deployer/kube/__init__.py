@@ -1,9 +1,6 @@
-"""Adapters over the official `kubernetes` client: the only code that talks to the cluster.
+"""The kube adapter: the only code that talks to the cluster, through one asyncio client (kube/client.py)."""
 
-So far: running Jobs to completion (the kaniko builder uses it). The canary engine's issue grows this
-package (apply, prune, rollout waits, leases, release records).
-"""
+from deployer.kube.client import KubeClient, connect
+from deployer.kube.jobs import KubeJobRunner
 
-from deployer.kube.jobs import KubeJobRunner, connect
-
-__all__ = ["KubeJobRunner", "connect"]
+__all__ = ["KubeClient", "KubeJobRunner", "connect"]

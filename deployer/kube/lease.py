@@ -17,11 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kubernetes import client
-
-from deployer.errors import DeployError
+from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink
-from deployer.kube.jobs import call
+from deployer.kube.client import LEASES, ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class Lock:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeClient,
         *,
         namespace: str,
         name: str,
@@ -76,7 +74,7 @@ class Lock:
         sink: EventSink | None = None,
         explain: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
-        self.leases = client.CoordinationV1Api(api)
+        self.api = api
         self.namespace, self.name, self.holder = namespace, name, holder
         self.duration, self.wait, self.timeout = duration, wait, timeout
         self.sink = sink or (lambda event: None)
@@ -102,17 +100,15 @@ class Lock:
             },
         }
 
-    def _try(self) -> str | None:
+    async def _try(self) -> str | None:
         """Take the lease if free or expired; otherwise return its live holder."""
         try:
-            call(self.leases.create_namespaced_lease, self.namespace, self._body())
+            await self.api.create(LEASES, self.namespace, self._body())
             return None
-        except client.ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
-                raise DeployError(f"cannot create Lease {self.name}: HTTP {exc.status}", where=self.namespace) from None
-        lease = self.leases.api_client.sanitize_for_serialization(
-            call(self.leases.read_namespaced_lease, self.name, self.namespace)
-        )
+                raise DeployError(f"cannot create Lease {self.name}: {exc.message}", where=self.namespace) from None
+        lease = await self.api.read(LEASES, self.namespace, self.name)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
         renewed = spec.get("renewTime") or spec.get("acquireTime")
@@ -128,16 +124,11 @@ class Lock:
         if holder not in (None, "", self.holder) and not expired:
             return str(holder)
         try:
-            call(
-                self.leases.replace_namespaced_lease,
-                self.name,
-                self.namespace,
-                self._body(lease["metadata"]["resourceVersion"]),
-            )
-        except client.ApiException as exc:
+            await self.api.replace(LEASES, self.namespace, self.name, self._body(lease["metadata"]["resourceVersion"]))
+        except ApiError as exc:
             if exc.status == 409:
                 return "another deployer (it took the lease first)"
-            raise
+            raise DeployError(f"cannot take Lease {self.name}: {exc.message}", where=self.namespace) from None
         if expired and holder not in (None, "", self.holder):
             self.sink(Event("lock", f"took over the expired lease of {holder}"))
         return None
@@ -145,7 +136,7 @@ class Lock:
     async def __aenter__(self) -> Lock:
         deadline = asyncio.get_running_loop().time() + self.timeout
         told, what = False, None
-        while (holder := await asyncio.to_thread(self._try)) is not None:
+        while (holder := await self._try()) is not None:
             if not self.wait:
                 raise DeployError(
                     f"another release holds the lock: {holder}", where=f"Lease {self.namespace}/{self.name}"
@@ -176,7 +167,7 @@ class Lock:
         while True:
             await asyncio.sleep(self.duration / 3)
             try:
-                holder = await asyncio.to_thread(self._try)
+                holder = await self._try()
             except Exception as exc:  # a missed renewal is retried; ensure_held() judges how long the silence lasts
                 log.warning("renewing Lease %s/%s failed: %s", self.namespace, self.name, exc)
                 continue
@@ -203,5 +194,5 @@ class Lock:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        with contextlib.suppress(client.ApiException):
-            await asyncio.to_thread(call, self.leases.delete_namespaced_lease, self.name, self.namespace)
+        with contextlib.suppress(ApiError, TransientError):
+            await self.api.delete(LEASES, self.namespace, self.name)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from kubernetes import client
-
 from deployer.canary.objects import canary_targets
 from deployer.canary.router import Routing
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, Phase, Record, Status, discard
+from deployer.kube.client import KubeClient
 from deployer.kube.records import Records
 from deployer.pipeline.ports import History, Ports, cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds
@@ -27,12 +26,12 @@ class Environment:
     namespace: str
 
 
-async def ports_of(api: client.ApiClient, env: Environment, *, sink: EventSink = discard) -> Ports:
+async def ports_of(api: KubeClient, env: Environment, *, sink: EventSink = discard) -> Ports:
     """The ports of `env` on a real cluster."""
     return await cluster_ports(api, namespace=env.namespace, app=env.app, environment=env.environment, sink=sink)
 
 
-def records_of(api: client.ApiClient, env: Environment) -> History:
+def records_of(api: KubeClient, env: Environment) -> History:
     """The release records of `env` alone (reading them needs no lock and no discovery)."""
     return Records(api, namespace=env.namespace, app=env.app, environment=env.environment)
 

@@ -7,13 +7,11 @@ in milliseconds, beside the end-to-end tests on the sandbox.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes import client
-
 from deployer.events import EventSink, Record, Status, discard
+from deployer.kube.client import POD_PROXY, KubeClient
 from deployer.kube.cluster import Kube, Observed
 from deployer.kube.jobs import KubeJobRunner
 from deployer.kube.lease import Lock, holder_identity
@@ -109,7 +107,7 @@ class Ports:
 class HealthProbes:
     """Probes through the health adapter."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: KubeClient) -> None:
         self.api = api
 
     async def prometheus(self, url: str, expression: str) -> float | None:
@@ -127,9 +125,7 @@ class HealthProbes:
     async def http_pod(
         self, *, namespace: str, pod: str, port: int | str, path: str, timeout: float
     ) -> tuple[int, str]:
-        from deployer.health import http_through_proxy  # noqa: PLC0415
-
-        return await http_through_proxy(self.api, namespace=namespace, pod=pod, port=port, path=path, timeout=timeout)
+        return await self.api.proxy(POD_PROXY, namespace, f"{pod}:{port}", path, timeout=timeout)
 
     async def http_mesh(
         self, url: str, *, headers: dict[str, str], proxy: str | None, timeout: float
@@ -140,7 +136,7 @@ class HealthProbes:
 
 
 async def cluster_ports(
-    api: client.ApiClient,
+    api: KubeClient,
     *,
     namespace: str,
     app: str,
@@ -169,5 +165,4 @@ async def cluster_ports(
         sink=sink,
         explain=explain,
     )
-    kube = await asyncio.to_thread(Kube, api)
-    return Ports(cluster=kube, records=records, lock=lock, jobs=KubeJobRunner(api), probes=HealthProbes(api))
+    return Ports(cluster=Kube(api), records=records, lock=lock, jobs=KubeJobRunner(api), probes=HealthProbes(api))

@@ -15,7 +15,6 @@ The rules for refs, decided here and documented in README.md:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import difflib
 import functools
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
 
 from deployer.build.scan import scan_push
 from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref_value
@@ -38,6 +36,7 @@ from deployer.config.server import ServerConfig, check_app, check_claims, check_
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, Record
 from deployer.helm import Helm
+from deployer.kube.client import KubeClient
 from deployer.kube.cluster import Kube
 from deployer.pipeline.ports import cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, release
@@ -137,7 +136,7 @@ class Services:
     """What the server lends a push: the cluster, the builder and registry, helm."""
 
     server: ServerConfig
-    api: client.ApiClient
+    api: KubeClient
     build: BuildSettings
     helm: Helm | None = None
     renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
@@ -347,9 +346,9 @@ def _render_summary(
     sink(Event("render", f"{len(rendered.manifests)} objects ({counted}) from {sources}; all valid"))
 
 
-async def dry_run(api: client.ApiClient, rendered: Rendered, policy: CanaryPolicy, sink: EventSink) -> None:
+async def dry_run(api: KubeClient, rendered: Rendered, policy: CanaryPolicy, sink: EventSink) -> None:
     """What promotion would change, object by object, from a server-side dry-run apply (as `kubectl diff`)."""
-    kube = await asyncio.to_thread(Kube, api)
+    kube = Kube(api)
     objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
     kube.cluster_scoped = allowed_cluster_kinds(objects)
     targets = canary_targets(objects) if policy.enabled else []

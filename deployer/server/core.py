@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-
 from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app
 from deployer.errors import DeployError, RolledBack, TransientError
 from deployer.events import Event, Record, Status
+from deployer.kube.client import ApiError
 from deployer.kube.records import Records, pending_environments
 from deployer.pipeline import operations
 from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
@@ -122,7 +121,7 @@ class DeployServer:
                         ports = await operations.ports_of(self.services.api, env, sink=sink)
                         revisions = await operations.recover(ports, env=env, sink=sink)
                         done += [f"{app}/{environment} revision {r}" for r in revisions]
-                except (DeployError, client.ApiException, OSError) as exc:
+                except (DeployError, ApiError, TransientError, OSError) as exc:
                     log.warning("recover %s in %s: %s", app, namespace, exc)
         for item in done:
             log.info("recovered %s (rolled back)", item)
@@ -232,7 +231,7 @@ class DeployServer:
             records = Records(self.services.api, namespace=namespace, app=app, environment=environment)
             try:
                 history = await records.history()
-            except (client.ApiException, TransientError, OSError) as exc:
+            except (ApiError, TransientError, OSError) as exc:
                 raise DeployError(
                     f"cannot read {environment}'s live release to check who may change branch {branch!r} "
                     f"({' '.join(str(exc).split())[:120]}); push again once the cluster answers",

@@ -99,5 +99,6 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
         if runner is not None:
             await runner.cleanup()
         await server.stop()
+        await server.services.api.close()
         if server.services.renders is not None:
             server.services.renders.kill()  # no render outlives the server

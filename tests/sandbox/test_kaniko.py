@@ -16,7 +16,7 @@ from deployer.build import BuildRequest, KanikoBuilder
 from deployer.build.kaniko import KANIKO_IMAGE
 from deployer.errors import DeployError
 from deployer.events import Event
-from deployer.kube import KubeJobRunner
+from deployer.kube import KubeJobRunner, connect
 
 pytestmark = pytest.mark.cluster
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -33,18 +33,20 @@ def request() -> BuildRequest:
     )
 
 
-def builder(api: client.ApiClient, namespace: str) -> KanikoBuilder:
+def builder(cluster: Running, namespace: str) -> KanikoBuilder:
     return KanikoBuilder(
-        runner=KubeJobRunner(api),
+        runner=KubeJobRunner(connect(cluster.kubeconfig)),
         namespace=namespace,
         timeout=30,
         context_uri="git://deployer.deployer.svc:8080/hello.git#{commit}",
     )
 
 
-def test_kaniko_job_is_created_with_the_right_args_and_followed(api: client.ApiClient, namespace: str) -> None:
+def test_kaniko_job_is_created_with_the_right_args_and_followed(
+    cluster: Running, api: client.ApiClient, namespace: str
+) -> None:
     events: list[Event] = []
-    asyncio.run(builder(api, namespace).build_and_push(request(), events.append))
+    asyncio.run(builder(cluster, namespace).build_and_push(request(), events.append))
     (job,) = client.BatchV1Api(api).list_namespaced_job(namespace).items
     container = job.spec.template.spec.containers[0]
     assert container.image == KANIKO_IMAGE
@@ -76,7 +78,7 @@ def test_a_failed_kaniko_job_fails_the_build_with_its_logs(
     cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "fail"})
     try:
         with pytest.raises(DeployError) as info:
-            asyncio.run(builder(api, namespace).build_and_push(request(), lambda event: None))
+            asyncio.run(builder(cluster, namespace).build_and_push(request(), lambda event: None))
     finally:
         cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "ready"})
     assert str(info.value).startswith("build: the kaniko build Job build-")

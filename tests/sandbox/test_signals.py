@@ -22,6 +22,7 @@ from test_release import TEMPLATES, deploy_yaml, start_deploy
 from waiting import wait_for
 from workloads import vs_split
 
+from deployer.kube import connect
 from deployer.kube.lease import Lock, LockLost
 
 pytestmark = pytest.mark.sandbox_only
@@ -223,23 +224,24 @@ def test_a_cluster_that_stops_answering_gets_one_line_and_no_traceback(
 
 
 def test_a_lock_that_cannot_be_renewed_or_was_taken_over_refuses_to_act(sandbox: Running, namespace: str) -> None:
-    api = sandbox.api()
-
     async def scenario() -> tuple[str, str]:
-        lock = Lock(api, namespace=namespace, name="deployer-shop-test", holder="first", duration=2)
-        async with lock:
-            lock.ensure_held()  # just taken: ours
-            sandbox.control("/sandbox/faults", {"resource": "leases", "percent": 100, "status": 503})
-            await asyncio.sleep(2.5)
-            with pytest.raises(LockLost) as silent:
-                lock.ensure_held()
-            sandbox.control("/sandbox/faults", method="DELETE")
-            other = Lock(api, namespace=namespace, name="deployer-shop-test", holder="second", duration=2, timeout=10)
-            async with other:  # the expired lease is taken over; the first holder's next renewal finds out
-                await asyncio.sleep(1.0)
-                with pytest.raises(LockLost) as taken:
+        async with connect(sandbox.kubeconfig) as api:
+            lock = Lock(api, namespace=namespace, name="deployer-shop-test", holder="first", duration=2)
+            async with lock:
+                lock.ensure_held()  # just taken: ours
+                sandbox.control("/sandbox/faults", {"resource": "leases", "percent": 100, "status": 503})
+                await asyncio.sleep(2.5)
+                with pytest.raises(LockLost) as silent:
                     lock.ensure_held()
-        return silent.value.message, taken.value.message
+                sandbox.control("/sandbox/faults", method="DELETE")
+                other = Lock(
+                    api, namespace=namespace, name="deployer-shop-test", holder="second", duration=2, timeout=10
+                )
+                async with other:  # the expired lease is taken over; the first holder's next renewal finds out
+                    await asyncio.sleep(1.0)
+                    with pytest.raises(LockLost) as taken:
+                        lock.ensure_held()
+            return silent.value.message, taken.value.message
 
     silent, taken = asyncio.run(scenario())
     assert re.match(r"lost the environment's lock: not renewed for \ds \(the lease lasts 2s\); stopped", silent), silent
