@@ -22,7 +22,7 @@ from deployer.sandbox.errors import ApiError, bad_request, conflict, not_found
 from deployer.sandbox.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from deployer.sandbox.resources import PREINSTALLED_CRDS, Registry, ResourceType, from_crd
 from deployer.sandbox.selectors import SelectorError, field_matcher, label_matcher
-from deployer.sandbox.store import Key, Store
+from deployer.sandbox.store import Key, Store, clone
 from deployer.sandbox.validation import admit_decoding, check_name, validate
 
 CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
@@ -475,7 +475,7 @@ class Cluster:
                 f"the API version in the data ({api_version}) does not match the expected API "
                 f"version ({rt.api_version(version)})"
             )
-        return copy.deepcopy(body)
+        return clone(body)
 
     def _admit_new(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         """What the apiserver fills in on create: Service cluster IPs, a Job's selector and labels."""
@@ -528,7 +528,7 @@ class Cluster:
         meta = new.setdefault("metadata", {})
         for key in _META_KEEP:
             if key in old["metadata"] and not (key == "managedFields" and manager is None):
-                meta[key] = copy.deepcopy(old["metadata"][key])
+                meta[key] = clone(old["metadata"][key])
             elif key != "managedFields":
                 meta.pop(key, None)
         new = self._split_status(

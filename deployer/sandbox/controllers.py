@@ -19,7 +19,7 @@ from deployer.sandbox.pods import target_port
 from deployer.sandbox.resources import ResourceType
 from deployer.sandbox.runtime import PodRuntime
 from deployer.sandbox.selectors import match_labels_selector
-from deployer.sandbox.store import Event, Key
+from deployer.sandbox.store import Event, Key, clone
 
 MANAGER = "kube-controller-manager"
 log = logging.getLogger("deployer.sandbox.controllers")
@@ -119,7 +119,7 @@ class Controllers:
             if owner_plural:
                 self.enqueue(owner_plural, namespace, ref["name"])
         if plural == "pods":
-            for service in self.cluster.store.items("", "services", namespace):
+            for service in self.cluster.store.scan("", "services", namespace):
                 self.enqueue("services", namespace, service["metadata"]["name"])
         if event.type == "DELETED":
             self.enqueue("gc", obj["metadata"].get("uid", ""), "")
@@ -149,11 +149,13 @@ class Controllers:
 
     def _owned(self, plural: str, namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
         rt = self.rt(plural)
-        return [
+        found = [
             o
-            for o in self.cluster.store.items(rt.group, rt.plural, namespace)
+            for o in self.cluster.store.scan(rt.group, rt.plural, namespace)
             if _owned_by(o, owner["metadata"]["uid"]) and not o["metadata"].get("deletionTimestamp")
         ]
+        found.sort(key=lambda o: o["metadata"]["name"])
+        return clone(found)
 
     def _status(self, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
         if obj.get("status") != status:
@@ -457,7 +459,7 @@ class Controllers:
         match = match_labels_selector({"matchLabels": selector})
         pods = [
             p
-            for p in self.cluster.store.items("", "pods", namespace)
+            for p in sorted(self.cluster.store.scan("", "pods", namespace), key=lambda p: p["metadata"]["name"])
             if match(p["metadata"].get("labels") or {})
             and (p.get("status") or {}).get("podIP")
             and not p["metadata"].get("deletionTimestamp")

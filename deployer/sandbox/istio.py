@@ -70,8 +70,14 @@ class Config:
 
 def read_config(store: Store) -> Config:
     def kind(group: str, plural: str) -> tuple[dict[str, Any], ...]:
-        found = store.items(group, plural)
-        found.sort(key=lambda o: (o["metadata"].get("creationTimestamp", ""), o["metadata"]["name"]))
+        found = store.every(group, plural)  # the stored objects as they are now: a snapshot, never changed
+        found.sort(
+            key=lambda o: (
+                o["metadata"].get("creationTimestamp", ""),
+                o["metadata"]["name"],
+                o["metadata"]["namespace"],
+            )
+        )
         return tuple(found)
 
     return Config(
@@ -82,7 +88,7 @@ def read_config(store: Store) -> Config:
         ingresses=kind("networking.k8s.io", "ingresses"),
         ingress_classes={
             c["metadata"]["name"]: str((c.get("spec") or {}).get("controller", ""))
-            for c in store.items("networking.k8s.io", "ingressclasses")
+            for c in store.every("networking.k8s.io", "ingressclasses")
         },
     )
 

@@ -7,20 +7,32 @@ resourceVersion still in the history; an older one gets 410 Gone.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
+T = TypeVar("T")
 Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+
+
+def clone(value: T) -> T:
+    """A deep copy of JSON data (dicts, lists, scalars): what the store holds. Several times quicker than
+    copy.deepcopy, which memoizes for shared and cyclic references that JSON cannot have."""
+    if isinstance(value, dict) and type(value) is dict:
+        return cast(T, {k: clone(v) for k, v in value.items()})
+    if isinstance(value, list) and type(value) is list:
+        return cast(T, [clone(v) for v in value])
+    return value
 
 
 @dataclass(frozen=True)
 class Event:
+    """A change, for watches and controllers: `obj` and `old` are the stored objects themselves (never changed)."""
+
     rv: int
     type: str  # ADDED, MODIFIED, DELETED
     key: Key
@@ -29,10 +41,14 @@ class Event:
 
 
 class Store:
-    """Objects by key, with a monotonic resourceVersion and subscribers for every change."""
+    """Objects by key, with a monotonic resourceVersion and subscribers for every change.
+
+    A stored object is never changed in place: a write stores a new copy, so a reader may keep what `peek`,
+    `scan` and `every` return as a snapshot, as long as it never changes it. `get` and `items` hand out copies."""
 
     def __init__(self, *, history: int = 10000, state_dir: Path | None = None) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
+        self._kinds: dict[tuple[str, str], dict[Key, None]] = {}  # (group, plural) -> its keys, for listing
         self.rv = 0
         self.history: deque[Event] = deque(maxlen=history)
         self.subscribers: list[Callable[[Event], None]] = []
@@ -53,12 +69,12 @@ class Store:
 
     def get(self, key: Key) -> dict[str, Any] | None:
         obj = self.objects.get(key)
-        return copy.deepcopy(obj) if obj is not None else None
+        return clone(obj) if obj is not None else None
 
     def items(self, group: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Objects of one resource (in one namespace, or all), sorted by namespace and name."""
-        keys = sorted(k for k in self.objects if k[0] == group and k[1] == plural and namespace in (None, k[2]))
-        return [copy.deepcopy(self.objects[k]) for k in keys]
+        keys = sorted(k for k in self._kinds.get((group, plural), ()) if namespace in (None, k[2]))
+        return [clone(self.objects[k]) for k in keys]
 
     def peek(self, key: Key) -> dict[str, Any] | None:
         """The stored object itself, for readers on a hot path (the mesh): never to be changed."""
@@ -66,27 +82,33 @@ class Store:
 
     def scan(self, group: str, plural: str, namespace: str) -> list[dict[str, Any]]:
         """The stored objects of one resource in one namespace, unsorted and not copied: never to be changed."""
-        return [o for k, o in self.objects.items() if k[0] == group and k[1] == plural and k[2] == namespace]
+        return [self.objects[k] for k in self._kinds.get((group, plural), ()) if k[2] == namespace]
+
+    def every(self, group: str, plural: str) -> list[dict[str, Any]]:
+        """The stored objects of one resource in every namespace, unsorted and not copied: never to be changed."""
+        return [self.objects[k] for k in self._kinds.get((group, plural), ())]
 
     def put(self, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
         """Store a new or changed object, giving it the next resourceVersion."""
         old = self.objects.get(key)
         rv = self.next_rv()
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
         self.objects[key] = obj
-        self._emit(Event(rv, "MODIFIED" if old is not None else "ADDED", key, copy.deepcopy(obj), old))
-        return copy.deepcopy(obj)
+        self._kinds.setdefault(key[:2], {})[key] = None
+        self._emit(Event(rv, "MODIFIED" if old is not None else "ADDED", key, obj, old))  # read-only, as stored
+        return clone(obj)
 
     def delete(self, key: Key) -> dict[str, Any] | None:
         old = self.objects.pop(key, None)
         if old is None:
             return None
+        self._kinds.get(key[:2], {}).pop(key, None)
         rv = self.next_rv()
-        gone = copy.deepcopy(old)
+        gone = clone(old)
         gone["metadata"]["resourceVersion"] = str(rv)
         self._emit(Event(rv, "DELETED", key, gone, old))
-        return copy.deepcopy(gone)
+        return clone(gone)
 
     def _emit(self, event: Event) -> None:
         self.history.append(event)
@@ -121,3 +143,5 @@ class Store:
         data = json.loads(self.state_file.read_text(encoding="utf-8"))
         self.rv = int(data["rv"])
         self.objects = {(k[0], k[1], k[2], k[3]): v for k, v in data["objects"]}
+        for key in self.objects:
+            self._kinds.setdefault(key[:2], {})[key] = None
