@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from deployer.events import Event, EventSink
 from deployer.kube.client import DEPLOYMENTS, PODS, ApiError, KubeClient, Resource, describe, lost
 
 MANAGER = "deployer"
+APPLY_AT_ONCE = 8  # requests in flight while applying the objects of one kind
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,25 @@ class Kube:
     async def apply(
         self, objects: list[dict[str, Any]], *, namespace: str, dry_run: bool = False, manager: str | None = None
     ) -> list[dict[str, Any]]:
-        """Server-side apply each object in order (forcing: git is the source of truth for these fields).
+        """Server-side apply the objects in their order (forcing: git is the source of truth for these fields):
+        kind after kind as given (Helm's install order), the objects of one kind together, up to APPLY_AT_ONCE
+        requests at a time; the first refusal in order is raised once its kind's requests have ended.
         With `dry_run`, the cluster answers what it would store and stores nothing; `manager` applies as another
         field manager than the adapter's (fields that manager owns are left alone by the adapter's applies)."""
         owner = manager or self.manager
-        return [await self._apply(obj, namespace, dry_run, owner) for obj in objects]
+        applied: list[dict[str, Any]] = []
+        for _, run in itertools.groupby(objects, key=lambda obj: (obj["apiVersion"], obj["kind"])):
+            batch = list(run)
+            for start in range(0, len(batch), APPLY_AT_ONCE):
+                answers = await asyncio.gather(
+                    *(self._apply(obj, namespace, dry_run, owner) for obj in batch[start : start + APPLY_AT_ONCE]),
+                    return_exceptions=True,
+                )
+                for answer in answers:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    applied.append(answer)
+        return applied
 
     async def _apply(self, obj: dict[str, Any], namespace: str, dry_run: bool, manager: str) -> dict[str, Any]:
         resource = await self._resource(obj["apiVersion"], obj["kind"])

@@ -19,7 +19,6 @@ from typing import Any
 
 from deployer.config.repo import RepoFiles
 from deployer.errors import DeployError
-from deployer.render import jinja
 
 
 def _limit(memory_bytes: int) -> None:
@@ -31,6 +30,8 @@ def _limit(memory_bytes: int) -> None:
 def render_templates(root: str, templates_dir: str, context: dict[str, Any]) -> list[tuple[str, str]] | DeployError:
     """(template name, rendered text) of every template; a DeployError is returned, not raised, so that it
     crosses the process boundary as the value it is."""
+    from deployer.render import jinja  # noqa: PLC0415 - Jinja loads only where templates render
+
     try:
         repo = RepoFiles(Path(root))
         env = jinja.make_environment(repo, templates_dir)
