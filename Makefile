@@ -29,6 +29,8 @@ bench: setup
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/mesh.py
 	$(BIN)/python bench/push.py
+	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/concurrency.py
 
 image: setup
 	@scripts/image

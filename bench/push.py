@@ -50,7 +50,8 @@ class Stack:
         self.sandbox = start_sandbox(tmp / "sandbox", ready_delay=0.1)
         core = client.CoreV1Api(self.sandbox.api())
         for name in NAMESPACES:
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+            mesh = {"istio-injection": "enabled"}  # a canary needs sidecars
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=mesh)))
         self.key = make_key(tmp / "keys", "bench")
         config = server_config(
             data=tmp / "data",
