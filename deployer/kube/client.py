@@ -384,8 +384,14 @@ class KubeClient:
                 if raw:
                     return text
                 return json.loads(text) if text else {}
+        except aiohttp.ClientSSLError as exc:  # a certificate that does not verify will not verify on retry
+            raise self._tls(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(describe(exc)) from exc
+
+    def _tls(self, exc: aiohttp.ClientSSLError) -> DeployError:
+        why = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+        return DeployError(f"TLS to {self.server} failed: {why}", where="cluster")
 
     # discovery: one group-version at a time, kept for the connection's life (a release names few kinds)
     async def resource(self, api_version: str, kind: str) -> Resource | None:
@@ -538,6 +544,8 @@ class KubeClient:
                         if kind == "ERROR":
                             raise ApiError(int(obj.get("code") or 500), str(obj.get("reason") or ""), json.dumps(obj))
                         yield str(kind), obj
+        except aiohttp.ClientSSLError as exc:
+            raise self._tls(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise TransientError(describe(exc)) from exc
 
