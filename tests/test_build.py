@@ -7,6 +7,7 @@ import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -377,6 +378,25 @@ def test_a_run_step_over_its_memory_limit_fails_the_build(app: Path, registry: R
     assert "Killed" in failed.value.details, failed.value.details  # by the kernel, at the limit
     _, events = build(app)  # within the default 2 GiB the same step passes
     assert "survived" in outputs(events).splitlines()
+
+
+def test_an_image_over_its_size_limit_is_removed_and_not_pushed(app: Path, registry: Registry) -> None:
+    contained(app, "dd if=/dev/zero of=/ballast bs=1M count=24 2>/dev/null")  # 24 MiB of layer
+    settings = BuildSettings(
+        builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient(), limits=BuildLimits(image_mb=16)
+    )
+    with pytest.raises(DeployError) as refused:
+        build(app, settings=settings)
+    assert re.fullmatch(
+        r"Dockerfile: the built image is 2\d MiB, over the 16 MiB server.yaml builder.maxImageMb allows; "
+        r"it was removed and nothing was pushed",
+        str(refused.value),
+    ), str(refused.value)
+    assert registry.requests("PUT", "/manifests/") == 0, "nothing was pushed"
+    images = [*BUILDAH, "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"]
+    listed = subprocess.run(images, capture_output=True, text=True, check=True).stdout
+    assert f"hello:{git(app, 'rev-parse', 'HEAD')}" not in listed, "the oversized image stays in storage"
+    build(app)  # within the default 4 GiB the same image is pushed
 
 
 def test_network_for_run_steps_must_be_granted(app: Path, registry: Registry) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ class BuildLimits:
     cpus: float = 2.0
     processes: int = 1024
     timeout: float = 900.0
+    image_mb: int = 4096  # the built image, all its layers: over it, nothing is pushed
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,26 @@ def failure(what: str, run: Run, *, limit: float | None = None) -> DeployError:
     )
 
 
+def too_big(size: int, limits: BuildLimits) -> DeployError:
+    return DeployError(
+        f"the built image is {size / 2**20:.0f} MiB, over the {limits.image_mb} MiB server.yaml "
+        "builder.maxImageMb allows; it was removed and nothing was pushed",
+        where="Dockerfile",
+    )
+
+
+async def _output(argv: list[str], *, check: bool = True) -> str:
+    """A short command's standard output (image inspection and removal)."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    out, err = await process.communicate()
+    if check and process.returncode != 0:
+        last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise DeployError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''}: {last}", where="build")
+    return out.decode(errors="replace").strip()
+
+
 def contained(request: BuildRequest) -> list[str]:
     """buildah's flags for RUN steps as BuildLimits say (buildah-build(1): --isolation, --network, --pid, --ipc,
     --memory, --cpu-quota, --ulimit)."""
@@ -220,6 +242,12 @@ class BuildahBuilder:
         run = await run_streaming([*_reaper(), *bud], request=request, sink=sink, timeout=limits.timeout)
         if run.code != 0:
             raise failure("the image build", run, limit=limits.timeout)
+        inspect = [*self._base(), "inspect", "--type", "image", "--format", "{{.Manifest}}", request.image]
+        manifest = json.loads(await _output(inspect))
+        size = sum(int(d.get("size") or 0) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
+        if size > limits.image_mb * 2**20:
+            await _output([*self._base(), "rmi", request.image], check=False)
+            raise too_big(size, limits)
         push = [
             *self._base(),
             "push",
@@ -272,6 +300,10 @@ class DockerBuilder:
         )
         if run.code != 0:
             raise failure("the image build", run, limit=limits.timeout)
+        size = int(await _output(["docker", "image", "inspect", "--format", "{{.Size}}", request.image]))
+        if size > limits.image_mb * 2**20:
+            await _output(["docker", "image", "rm", request.image], check=False)
+            raise too_big(size, limits)
         sink(Event("build", f"pushing {request.image}"))
         await push_with_retries(["docker", "push", request.image], request=request, sink=sink, env=config)
 

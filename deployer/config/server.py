@@ -226,6 +226,9 @@ class BuilderConfig(StrictModel):
     memory_mb: Annotated[int, Field(ge=64)] = Field(default=2048, description="Memory (and swap) of RUN steps.")
     cpus: Annotated[float, Field(gt=0)] = Field(default=2.0, description="CPUs RUN steps may use.")
     processes: Annotated[int, Field(ge=16)] = Field(default=1024, description="Processes RUN steps may run.")
+    max_image_mb: Annotated[int, Field(ge=1)] = Field(
+        default=4096, description="The largest image a push may build (all its layers); over it, nothing is pushed."
+    )
 
 
 class Limits(StrictModel):

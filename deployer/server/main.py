@@ -44,6 +44,7 @@ def services(config: ServerConfig) -> Services:
             cpus=config.builder.cpus,
             processes=config.builder.processes,
             timeout=config.builder.timeout,
+            image_mb=config.builder.max_image_mb,
         ),
         network_allowed=False,  # per app: the push pipeline asks server.yaml
     )
