@@ -468,9 +468,12 @@ class KubeClient:
         )
         return dict(answer)
 
-    async def delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
-        """Delete with background propagation; False if it was not there."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    async def delete(self, resource: Resource, namespace: str | None, name: str, *, version: str | None = None) -> bool:
+        """Delete with background propagation; False if it was not there. With `version`, only while the object
+        is still at that resourceVersion (else ApiError 409: someone changed it since)."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if version:
+            body["preconditions"] = {"resourceVersion": version}
         try:
             await call(self.request, "DELETE", resource.path(namespace, name), body=body)
         except ApiError as exc:

@@ -82,6 +82,7 @@ class Lock:
         self.explain = explain  # says what the holder is doing, in the pusher's words
         self._renewed = 0.0  # monotonic time of the last renewal the cluster accepted
         self._lost: str | None = None  # why the lease is no longer ours
+        self._version: str | None = None  # the resourceVersion of our last write of the lease
 
     def _body(self, resource_version: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "deployer"}}
@@ -103,7 +104,8 @@ class Lock:
     async def _try(self) -> str | None:
         """Take the lease if free or expired; otherwise return its live holder."""
         try:
-            await self.api.create(LEASES, self.namespace, self._body())
+            created = await self.api.create(LEASES, self.namespace, self._body())
+            self._version = created["metadata"]["resourceVersion"]
             return None
         except ApiError as exc:
             if exc.status != 409:
@@ -124,7 +126,10 @@ class Lock:
         if holder not in (None, "", self.holder) and not expired:
             return str(holder)
         try:
-            await self.api.replace(LEASES, self.namespace, self.name, self._body(lease["metadata"]["resourceVersion"]))
+            taken = await self.api.replace(
+                LEASES, self.namespace, self.name, self._body(lease["metadata"]["resourceVersion"])
+            )
+            self._version = taken["metadata"]["resourceVersion"]
         except ApiError as exc:
             if exc.status == 409:
                 return "another deployer (it took the lease first)"
@@ -194,5 +199,5 @@ class Lock:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        with contextlib.suppress(ApiError, TransientError):
-            await self.api.delete(LEASES, self.namespace, self.name)
+        with contextlib.suppress(ApiError, TransientError):  # 409: it is someone else's now; theirs to release
+            await self.api.delete(LEASES, self.namespace, self.name, version=self._version)

@@ -23,6 +23,7 @@ from waiting import wait_for
 from workloads import vs_split
 
 from deployer.kube import connect
+from deployer.kube.client import LEASES
 from deployer.kube.lease import Lock, LockLost
 
 pytestmark = pytest.mark.sandbox_only
@@ -224,9 +225,10 @@ def test_a_cluster_that_stops_answering_gets_one_line_and_no_traceback(
 
 
 def test_a_lock_that_cannot_be_renewed_or_was_taken_over_refuses_to_act(sandbox: Running, namespace: str) -> None:
-    async def scenario() -> tuple[str, str]:
+    async def scenario() -> tuple[str, str, str]:
         async with connect(sandbox.kubeconfig) as api:
             lock = Lock(api, namespace=namespace, name="deployer-shop-test", holder="first", duration=2)
+            other = Lock(api, namespace=namespace, name="deployer-shop-test", holder="second", duration=2, timeout=10)
             async with lock:
                 lock.ensure_held()  # just taken: ours
                 sandbox.control("/sandbox/faults", {"resource": "leases", "percent": 100, "status": 503})
@@ -234,18 +236,19 @@ def test_a_lock_that_cannot_be_renewed_or_was_taken_over_refuses_to_act(sandbox:
                 with pytest.raises(LockLost) as silent:
                     lock.ensure_held()
                 sandbox.control("/sandbox/faults", method="DELETE")
-                other = Lock(
-                    api, namespace=namespace, name="deployer-shop-test", holder="second", duration=2, timeout=10
-                )
-                async with other:  # the expired lease is taken over; the first holder's next renewal finds out
-                    await asyncio.sleep(1.0)
-                    with pytest.raises(LockLost) as taken:
-                        lock.ensure_held()
-            return silent.value.message, taken.value.message
+                await other.__aenter__()  # the expired lease is taken over; the first holder's next renewal finds out
+                await asyncio.sleep(1.0)
+                with pytest.raises(LockLost) as taken:
+                    lock.ensure_held()
+            # the first holder's exit leaves the second's lease alone
+            holder = (await api.read(LEASES, namespace, "deployer-shop-test"))["spec"]["holderIdentity"]
+            await other.__aexit__(None, None, None)
+            return silent.value.message, taken.value.message, holder
 
-    silent, taken = asyncio.run(scenario())
+    silent, taken, holder = asyncio.run(scenario())
     assert re.match(r"lost the environment's lock: not renewed for \ds \(the lease lasts 2s\); stopped", silent), silent
     assert taken.startswith("lost the environment's lock: second holds it now; stopped without changing traffic")
+    assert holder == "second"
 
 
 def test_a_rollback_says_so_when_the_stable_version_is_not_serving_either(
