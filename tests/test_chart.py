@@ -110,6 +110,7 @@ VERBS = {
     "log": ("get",),
     "proxy": ("get",),
 }
+FOLLOW = re.compile(r"\bapi\.follow\(\s*([A-Z_]+)((?:[^()]|\([^()]*\))*)\)")
 CALL = re.compile(r"\bapi\.(" + "|".join(VERBS) + r")\(\s*([A-Za-z_]+)\b")
 
 
@@ -134,6 +135,11 @@ def code_calls() -> set[tuple[str, str, str]]:
                 f"{path.name}: api.{verb}({target}) on a resource the test does not know"
             )
             calls |= {(*known.rbac, v) for v in VERBS[verb]}
+        # follow(R, ..., read=S): reads S (or R itself), then watches R
+        for target, args in FOLLOW.findall(source):
+            known = getattr(kube_client, target)
+            read = getattr(kube_client, m.group(1)) if (m := re.search(r"\bread=([A-Z_]+)", args)) else known
+            calls |= {(*known.rbac, "watch"), (*read.rbac, "get")}
         assert ".request(" not in source, f"{path.name}: a raw request the test cannot read"
     return calls
 

@@ -275,3 +275,31 @@ def test_kube_get_is_none_for_a_missing_object_and_a_refusal_names_the_object(tm
     absent, refused = asyncio.run(scenario())
     assert absent is None
     assert refused == 'apps: ConfigMap/c: the cluster refused it: ConfigMap "c" is invalid'
+
+
+def test_a_kind_the_cluster_did_not_serve_is_looked_up_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CRD installed after the server started (Istio's, a chart's) is found by the same connection."""
+    served: list[dict[str, Any]] = []
+    asked: list[str] = []
+
+    async def group(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        if not served:
+            return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        return web.json_response({"kind": "APIResourceList", "groupVersion": "example.com/v1", "resources": served})
+
+    async def scenario() -> list[bool]:
+        async with (
+            apiserver({"/apis/example.com/v1": group}) as url,
+            connect(kubeconfig(tmp_path / "config", url, {"token": "t"})) as api,
+        ):
+            found = [await api.resource("example.com/v1", "Widget") is not None]
+            found.append(await api.resource("example.com/v1", "Widget") is not None)  # within the pause: cached
+            monkeypatch.setattr("deployer.kube.client.DISCOVERY_MISS", 0.0)
+            served.append({"name": "widgets", "kind": "Widget", "namespaced": True})
+            found.append(await api.resource("example.com/v1", "Widget") is not None)
+            found.append(await api.resource("example.com/v1", "Widget") is not None)  # a hit is not asked again
+            return found
+
+    assert asyncio.run(scenario()) == [False, False, True, True]
+    assert len(asked) == 2

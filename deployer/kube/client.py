@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -39,6 +40,7 @@ from deployer.errors import DeployError, TransientError
 T = TypeVar("T")
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DISCOVERY_MISS = 10.0  # seconds before a kind the cluster did not serve is looked up again
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ class KubeClient:
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._groups: dict[str, dict[str, Resource] | None] = {}  # group/version → kind → resource
+        self._groups: dict[str, tuple[float, dict[str, Resource]]] = {}  # group/version → (read at, kind → resource)
 
     @property
     def server(self) -> str:
@@ -383,7 +385,10 @@ class KubeClient:
                     raise ApiError(answer.status, answer.reason or "", text)
                 if raw:
                     return text
-                return json.loads(text) if text else {}
+                try:
+                    return json.loads(text) if text else {}
+                except ValueError:
+                    raise TransientError(f"HTTP {answer.status}: the answer is not JSON") from None
         except aiohttp.ClientSSLError as exc:  # a certificate that does not verify will not verify on retry
             raise self._tls(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -393,10 +398,12 @@ class KubeClient:
         why = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
         return DeployError(f"TLS to {self.server} failed: {why}", where="cluster")
 
-    # discovery: one group-version at a time, kept for the connection's life (a release names few kinds)
+    # discovery: one group-version at a time, kept while it answers (a release names few kinds); a kind it lacks
+    # is asked again after DISCOVERY_MISS seconds, as kubectl's cache is invalidated on a miss: CRDs arrive later
     async def resource(self, api_version: str, kind: str) -> Resource | None:
         """The resource serving `kind` in `api_version`, or None when the cluster does not serve it."""
-        if api_version not in self._groups:
+        read_at, kinds = self._groups.get(api_version, (float("-inf"), {}))
+        if kind not in kinds and time.monotonic() - read_at > DISCOVERY_MISS:
             group, _, version = api_version.rpartition("/")
             path = f"/apis/{api_version}" if group else f"/api/{version}"
             try:
@@ -404,17 +411,14 @@ class KubeClient:
             except ApiError as exc:
                 if exc.status != 404:
                     raise
-                listed = None
-            self._groups[api_version] = (
-                None
-                if listed is None
-                else {
-                    r["kind"]: Resource(group, version, r["name"], r["kind"], bool(r.get("namespaced")))
-                    for r in listed.get("resources") or []
-                    if "/" not in r["name"]
-                }
-            )
-        return (self._groups[api_version] or {}).get(kind)
+                listed = {}
+            kinds = {
+                r["kind"]: Resource(group, version, r["name"], r["kind"], bool(r.get("namespaced")))
+                for r in listed.get("resources") or []
+                if "/" not in r["name"]
+            }
+            self._groups[api_version] = (time.monotonic(), kinds)
+        return kinds.get(kind)
 
     # the verbs
     async def read(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any]:
@@ -551,6 +555,43 @@ class KubeClient:
             raise self._tls(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise TransientError(describe(exc)) from exc
+
+    async def follow(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        *,
+        deadline: float,
+        read: Resource | None = None,
+        window: float = 30.0,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """One object's states until `deadline` (time.monotonic()): read (through `read`, e.g. a status
+        subresource), then each change watched from that version. A watch that is lost (dropped, expired, refused
+        for a moment) is followed by a fresh read and watch, half a second later: never a busy loop on a failing
+        API. Any other refusal is raised as ApiError."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            current = await self.read(read or resource, namespace, name)
+            yield current
+            try:
+                async with contextlib.aclosing(
+                    self.watch(
+                        resource,
+                        namespace,
+                        fields=f"metadata.name={name}",
+                        version=(current.get("metadata") or {}).get("resourceVersion"),
+                        seconds=min(remaining, window),
+                    )
+                ) as events:
+                    async for kind, obj in events:
+                        if kind != "BOOKMARK":
+                            yield obj
+                        if time.monotonic() > deadline:
+                            return
+            except (ApiError, TransientError) as exc:
+                if not lost(exc):
+                    raise
+                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def connect(kubeconfig: Path | None = None, context: str | None = None) -> KubeClient:

@@ -16,7 +16,7 @@ from typing import Any
 
 from deployer.errors import DeployError, TransientError
 from deployer.events import Event, EventSink
-from deployer.kube.client import DEPLOYMENTS, PODS, ApiError, KubeClient, Resource, describe, lost
+from deployer.kube.client import DEPLOYMENTS, PODS, ApiError, KubeClient, Resource, describe
 
 MANAGER = "deployer"
 APPLY_AT_ONCE = 8  # requests in flight while applying the objects of one kind
@@ -211,30 +211,11 @@ class Kube:
                 said.append(state.message)
             return state
 
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                current = await self.api.read(DEPLOYMENTS, namespace, name)
-            except ApiError as exc:
-                raise DeployError(f"Deployment/{name}: {exc.message}", where=namespace) from None
-            if (state := judge(current)).state.value != "waiting":
-                return state
-            try:
-                async with contextlib.aclosing(
-                    self.api.watch(
-                        DEPLOYMENTS,
-                        namespace,
-                        fields=f"metadata.name={name}",
-                        version=(current.get("metadata") or {}).get("resourceVersion"),
-                        seconds=min(remaining, 30),
-                    )
-                ) as events:
-                    async for kind, obj in events:
-                        if kind != "BOOKMARK" and (state := judge(obj)).state.value != "waiting":
-                            return state
-                        if time.monotonic() > deadline:
-                            break
-            except (ApiError, TransientError) as exc:
-                if not lost(exc):  # a lost watch: read the object again and watch anew
-                    raise DeployError(f"Deployment/{name}: {describe(exc)}", where=namespace) from None
-                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # not a busy loop on a failing API
+        try:
+            async with contextlib.aclosing(self.api.follow(DEPLOYMENTS, namespace, name, deadline=deadline)) as states:
+                async for deployment in states:
+                    if (state := judge(deployment)).state.value != "waiting":
+                        return state
+        except ApiError as exc:
+            raise DeployError(f"Deployment/{name}: {exc.message}", where=namespace) from None
         raise DeployError(f'deployment "{name}" did not roll out within {timeout:g}s ({said[-1]})', where=namespace)

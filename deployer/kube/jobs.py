@@ -6,9 +6,9 @@ import contextlib
 import time
 from typing import Any
 
-from deployer.errors import DeployError, TransientError
+from deployer.errors import DeployError
 from deployer.events import Event, EventSink
-from deployer.kube.client import JOB_STATUS, JOBS, POD_LOGS, PODS, ApiError, KubeClient, describe, lost
+from deployer.kube.client import JOB_STATUS, JOBS, POD_LOGS, PODS, ApiError, KubeClient
 
 
 def _finished(job: dict[str, Any]) -> tuple[bool, str] | None:
@@ -36,29 +36,15 @@ class KubeJobRunner:
                 raise DeployError(f"cannot create Job {name}: {exc.message}", where=namespace) from None
             sink(Event("build", f"Job {namespace}/{name} exists already; following it"))
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                current = await self.api.read(JOB_STATUS, namespace, name)
-            except ApiError as exc:
-                raise DeployError(f"Job/{name}: {exc.message}", where=namespace) from None
-            if (done := _finished(current)) is not None:
-                return await self._outcome(name, namespace, *done, sink=sink)
-            try:
-                async with contextlib.aclosing(
-                    self.api.watch(
-                        JOBS,
-                        namespace,
-                        fields=f"metadata.name={name}",
-                        version=(current.get("metadata") or {}).get("resourceVersion"),
-                        seconds=min(remaining, 60),
-                    )
-                ) as events:
-                    async for kind, obj in events:
-                        if kind != "BOOKMARK" and (done := _finished(obj)) is not None:
-                            return await self._outcome(name, namespace, *done, sink=sink)
-            except (ApiError, TransientError) as exc:
-                if not lost(exc):
-                    raise DeployError(f"Job/{name}: {describe(exc)}", where=namespace) from None
+        try:
+            async with contextlib.aclosing(
+                self.api.follow(JOBS, namespace, name, read=JOB_STATUS, deadline=deadline, window=60)
+            ) as states:
+                async for state in states:
+                    if (done := _finished(state)) is not None:
+                        return await self._outcome(name, namespace, *done, sink=sink)
+        except ApiError as exc:
+            raise DeployError(f"Job/{name}: {exc.message}", where=namespace) from None
         return await self._outcome(name, namespace, False, f"not finished within {timeout:g}s", sink=sink)
 
     async def _outcome(

@@ -61,20 +61,27 @@ class Deploy:
         self.started = time.monotonic()
         self.process = start_deploy(app, sandbox, version)
         self.events: list[str] = []
+        self.arrived: list[float] = []  # when each event line was read: a poll's 50 ms would blur intervals
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            self.arrived.append(time.monotonic())
             try:
                 self.events.append(str(json.loads(line).get("message", "")))
             except ValueError:
                 self.events.append(line.strip())
 
     def wait_event(self, text: str, timeout: float = 30) -> float:
-        wait_for(lambda: any(text in e for e in self.events), timeout=timeout, what=f"event {text!r}")
-        return time.monotonic()
+        """When the first event containing `text` arrived."""
+        index = wait_for(
+            lambda: next((i + 1 for i, e in enumerate(self.events) if text in e), None),
+            timeout=timeout,
+            what=f"event {text!r}",
+        )
+        return self.arrived[index - 1]
 
     def finish(self) -> tuple[int, str]:
         code = self.process.wait(timeout=120)
