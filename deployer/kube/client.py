@@ -26,7 +26,7 @@ import ssl
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -363,11 +363,36 @@ class KubeClient:
     ) -> Any:
         """One request; the decoded JSON answer (or text with `raw`). 5xx/429/timeouts/connection errors are
         TransientError, any other failure an ApiError."""
+        data = json.dumps(body).encode() if body is not None else None
+        wait = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10))
+        media = {"content_type": content_type, "accept": accept}
+        async with self._open(method, path, params=params, data=data, timeout=wait, **media) as answer:
+            text = await answer.text(errors="replace")
+        if raw:
+            return text
+        try:
+            return json.loads(text) if text else {}
+        except ValueError:
+            raise TransientError(f"HTTP {answer.status}: the answer is not JSON") from None
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A request with our credentials, answered with success: a refusal is raised (5xx and 429 as
+        TransientError, other 4xx as ApiError with its Status), as are timeouts and connection errors
+        (TransientError) and a certificate that does not verify (one line, not retried)."""
         headers = {**await self.credentials.headers(), "Accept": accept}
-        data = None
-        if body is not None:
+        if data is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
         try:
             async with self._http().request(
                 method,
@@ -376,19 +401,13 @@ class KubeClient:
                 data=data,
                 headers=headers,
                 proxy=self.credentials.proxy,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10)),
+                timeout=timeout,
             ) as answer:
-                text = await answer.text(errors="replace")
                 if answer.status in TRANSIENT:
                     raise TransientError(f"HTTP {answer.status} {answer.reason or ''}".strip())
                 if answer.status >= 400:
-                    raise ApiError(answer.status, answer.reason or "", text)
-                if raw:
-                    return text
-                try:
-                    return json.loads(text) if text else {}
-                except ValueError:
-                    raise TransientError(f"HTTP {answer.status}: the answer is not JSON") from None
+                    raise ApiError(answer.status, answer.reason or "", await answer.text(errors="replace"))
+                yield answer
         except aiohttp.ClientSSLError as exc:  # a certificate that does not verify will not verify on retry
             raise self._tls(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -526,35 +545,23 @@ class KubeClient:
             params["fieldSelector"] = fields
         if labels:
             params["labelSelector"] = labels
-        headers = {**await self.credentials.headers(), "Accept": "application/json"}
-        try:
-            async with self._http().get(
-                self.server + resource.path(namespace),
-                params=params,
-                headers=headers,
-                proxy=self.credentials.proxy,
-                timeout=aiohttp.ClientTimeout(total=seconds + 10, sock_connect=10),
-            ) as answer:
-                if answer.status in TRANSIENT:
-                    raise TransientError(f"HTTP {answer.status} {answer.reason or ''}".strip())
-                if answer.status >= 400:
-                    raise ApiError(answer.status, answer.reason or "", await answer.text(errors="replace"))
-                pending = b""
-                async for chunk in answer.content.iter_any():  # lines of any length: objects can be large
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
+        wait = aiohttp.ClientTimeout(total=seconds + 10, sock_connect=10)
+        async with self._open("GET", resource.path(namespace), params=params, timeout=wait) as answer:
+            pending = b""
+            async for chunk in answer.content.iter_any():  # lines of any length: objects can be large
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    try:
                         event = json.loads(line)
-                        kind, obj = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":
-                            raise ApiError(int(obj.get("code") or 500), str(obj.get("reason") or ""), json.dumps(obj))
-                        yield str(kind), obj
-        except aiohttp.ClientSSLError as exc:
-            raise self._tls(exc) from None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise TransientError(describe(exc)) from exc
+                    except ValueError as exc:  # a stream cut inside a line
+                        raise TransientError(describe(exc)) from exc
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise ApiError(int(obj.get("code") or 500), str(obj.get("reason") or ""), json.dumps(obj))
+                    yield str(kind), obj
 
     async def follow(
         self,
