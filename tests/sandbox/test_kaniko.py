@@ -6,6 +6,7 @@ The real kaniko image cannot run on these machines; the sandbox's simulated pods
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,20 +34,22 @@ def request() -> BuildRequest:
     )
 
 
-def builder(cluster: Running, namespace: str) -> KanikoBuilder:
-    return KanikoBuilder(
-        runner=KubeJobRunner(connect(cluster.kubeconfig)),
-        namespace=namespace,
-        timeout=30,
-        context_uri="git://deployer.deployer.svc:8080/hello.git#{commit}",
-    )
+async def build(cluster: Running, namespace: str, sink: Callable[[Event], None]) -> None:
+    async with connect(cluster.kubeconfig) as api:
+        builder = KanikoBuilder(
+            runner=KubeJobRunner(api),
+            namespace=namespace,
+            timeout=30,
+            context_uri="git://deployer.deployer.svc:8080/hello.git#{commit}",
+        )
+        await builder.build_and_push(request(), sink)
 
 
 def test_kaniko_job_is_created_with_the_right_args_and_followed(
     cluster: Running, api: client.ApiClient, namespace: str
 ) -> None:
     events: list[Event] = []
-    asyncio.run(builder(cluster, namespace).build_and_push(request(), events.append))
+    asyncio.run(build(cluster, namespace, events.append))
     (job,) = client.BatchV1Api(api).list_namespaced_job(namespace).items
     container = job.spec.template.spec.containers[0]
     assert container.image == KANIKO_IMAGE
@@ -78,7 +81,7 @@ def test_a_failed_kaniko_job_fails_the_build_with_its_logs(
     cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "fail"})
     try:
         with pytest.raises(DeployError) as info:
-            asyncio.run(builder(cluster, namespace).build_and_push(request(), lambda event: None))
+            asyncio.run(build(cluster, namespace, lambda event: None))
     finally:
         cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "ready"})
     assert str(info.value).startswith("build: the kaniko build Job build-")
