@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import pydantic
 import pyhelm3
 import pyhelm3.errors
+import semver
 import yaml
 
 from deployer.errors import DeployError
@@ -61,6 +63,15 @@ class _CapturingCommand(pyhelm3.Command):  # type: ignore[misc]
             sink.append(stdout)
         return bytes(stdout)
 
+    def client_version(self) -> Any:
+        """What pyhelm3's Client asks in its constructor, synchronously (`helm version`, ~35 ms; blocking the event
+        loop in the server). pyhelm3 reads it only to choose flags of install, upgrade and list, which this adapter
+        never runs; the binary's own version is `Helm.version`, asked when someone wants it."""
+        return semver.VersionInfo.parse(PINNED_HELM_VERSION)
+
+    def binary_version(self) -> str:
+        return str(super().client_version())
+
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM to the process group, SIGKILL after KILL_GRACE; returns once it has exited."""
@@ -93,8 +104,13 @@ class Helm:
     def __init__(self, executable: str | None = None, *, timeout: float = 120.0) -> None:
         self.executable = executable or find_helm()
         self.timeout = timeout
-        self._client = pyhelm3.Client(command=_CapturingCommand(executable=self.executable), executable=self.executable)
-        self.version = str(self._client.version)
+        self._command = _CapturingCommand(executable=self.executable)
+        self._client = pyhelm3.Client(command=self._command, executable=self.executable)
+
+    @functools.cached_property
+    def version(self) -> str:
+        """The helm binary's version, e.g. 4.1.4 (runs `helm version` once)."""
+        return self._command.binary_version()
 
     async def template(
         self, *, chart_dir: Path, chart_label: str, release: str, namespace: str, values: dict[str, Any]
