@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -326,27 +330,100 @@ def outputs(events: list[Event]) -> str:
     return "\n".join(e.message for e in events if e.kind == "output")
 
 
-def test_run_steps_see_and_signal_no_host_process_and_reach_no_loopback_service(app: Path, registry: Registry) -> None:
+def host_address() -> str:
+    """This machine's first IPv4 address that is not loopback (what a RUN step on a bridge would reach it by)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x8915, request)[20:24])  # SIOCGIFADDR
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if not address.startswith("127."):
+                return address
+    pytest.skip("no non-loopback IPv4 address on this machine")
+
+
+@pytest.fixture
+def host_service() -> Iterator[str]:
+    """host:port of an HTTP server of this machine bound to every address, by the host's non-loopback address:
+    what a RUN step in a bridged network namespace could reach (the server's own HTTP port is such a service)."""
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "--bind", "0.0.0.0", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = re.search(r"port (\d+)", server.stdout.readline())
+        assert port, "http.server did not say its port"
+        yield f"{host_address()}:{port.group(1)}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def probe(address: str, *, name: str) -> str:
+    """A RUN command printing `NAME=reached` if an HTTP server answers at host:port, else `NAME=unreachable`
+    (busybox nc: the image's busybox wget dies of SIGSEGV before connecting, so it called everything unreachable)."""
+    host, port = address.rsplit(":", 1)
+    get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
+    return f"({get} | nc -w 3 {host} {port} | grep -q '^HTTP/' && echo {name}=reached) || echo {name}=unreachable; "
+
+
+INTERFACES = "echo interfaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ,); "
+NAMESPACES = "for n in pid ipc net uts mnt; do echo ns.$n=$(ls -l /proc/self/ns/$n | sed 's/.*-> //'); done; "
+
+
+def said(lines: list[str], key: str) -> str:
+    return next(line for line in lines if line.startswith(f"{key}=")).removeprefix(f"{key}=")
+
+
+def host_namespaces() -> dict[str, str]:
+    return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("pid", "ipc", "net", "uts", "mnt")}
+
+
+def test_run_steps_see_and_signal_no_host_process_and_reach_no_host_service(
+    app: Path, registry: Registry, host_service: str
+) -> None:
     victim = subprocess.Popen(["sleep", "301"])
     try:
         contained(
             app,
             "echo pids=$(ls /proc | grep -c '^[0-9]'); "
             f"(kill -9 {victim.pid} 2>/dev/null && echo signalled) || echo no-such-process; "
-            f"(wget -q -T 3 -O /dev/null http://{registry.host}/v2/ && echo reached) || echo unreachable; "
-            "echo id=$(id -u) limits=$(grep 'Max processes' /proc/self/limits | tr -s ' ' | cut -d' ' -f3)",
+            + probe(registry.host, name="loopback")
+            + probe(host_service, name="host")
+            + INTERFACES
+            + NAMESPACES
+            + "echo id=$(id -u) limits=$(grep 'Max processes' /proc/self/limits | tr -s ' ' | cut -d' ' -f3)",
         )
         _, events = build(app)
         lines = outputs(events).splitlines()
         assert victim.poll() is None, "a RUN step killed a process of the host"
         assert "no-such-process" in lines and "signalled" not in lines
-        pids = int(next(line for line in lines if line.startswith("pids=")).removeprefix("pids="))
-        assert pids < 10, f"a RUN step sees {pids} processes: the host's"
-        assert "unreachable" in lines and "reached" not in lines
+        assert int(said(lines, "pids")) < 10, f"a RUN step sees {said(lines, 'pids')} processes: the host's"
+        assert said(lines, "loopback") == "unreachable"
+        assert said(lines, "host") == "unreachable", "a RUN step with no network reached a service of the host"
+        assert said(lines, "interfaces") == "lo,"
+        shared = [kind for kind, ns in host_namespaces().items() if said(lines, f"ns.{kind}") == ns]
+        assert not shared, f"a RUN step shares the host's {shared} namespaces"
         assert any(line.endswith("limits=1024") for line in lines), lines
         assert any("no network, 2048 MiB, 2 CPUs, 1024 processes, 900s" in e.message for e in events)
     finally:
         victim.kill()
+
+
+def test_a_granted_network_is_a_private_one(app: Path, registry: Registry, host_service: str) -> None:
+    edit(app / "deploy.yaml", "  context: .\n", "  context: .\n  network: true\n")
+    contained(app, probe(registry.host, name="loopback") + probe(host_service, name="host") + INTERFACES + NAMESPACES)
+    settings = BuildSettings(builder=BuildahBuilder(storage=STORAGE), registry=RegistryClient(), network_allowed=True)
+    _, events = build(app, settings=settings)
+    lines = outputs(events).splitlines()
+    assert any("a private network, 2048 MiB" in e.message for e in events)
+    assert said(lines, "loopback") == "unreachable", "the host's loopback stays out of reach"
+    # the probe works: a network namespace on the bridge reaches the host's other addresses (README says so)
+    assert said(lines, "host") == "reached"
+    assert said(lines, "interfaces") != "lo,"
+    assert said(lines, "ns.net") != host_namespaces()["net"]
 
 
 def test_a_build_past_its_time_limit_is_killed_with_everything_it_started(app: Path, registry: Registry) -> None:

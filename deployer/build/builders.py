@@ -4,12 +4,12 @@ Each builds a Dockerfile into `image` (repo:tag) and pushes it. Output is stream
 capped, with secret build-arg values masked; a failure names the failing step and keeps the last lines.
 
 A Dockerfile is pushed content: its RUN steps are contained (BuildLimits). buildah runs them with OCI isolation
-(runc): their own PID, IPC, mount and network namespaces (no network unless allowed, and then a private one:
-the host's loopback services stay out of reach), runc's default capabilities and seccomp profile, and memory,
-CPU and process limits; the whole build is killed (its process group) at the time limit. Rootless (the
-packaged deployer), RUN's root is the server's subordinate uid; run as root, it is root in those namespaces
-(buildah 1.28's ID-mapped builds on overlay fail: COPY cannot create directories). `isolation: chroot` (where
-no runtime can run) gives up the namespaces, and says so.
+(runc): their own PID, IPC, mount and network namespaces (no network but a loopback of their own unless allowed,
+and then a private one on buildah's bridge: the host's loopback stays out of reach, its other addresses do not),
+runc's default capabilities and seccomp profile, and memory, CPU and process limits; the whole build is killed
+(its process group) at the time limit. Rootless (the packaged deployer), RUN's root is the server's subordinate
+uid; run as root, it is root in those namespaces (buildah 1.28's ID-mapped builds on overlay fail: COPY cannot
+create directories). `isolation: chroot` (where no runtime can run) gives up the namespaces, and says so.
 """
 
 from __future__ import annotations
@@ -178,7 +178,11 @@ def contained(request: BuildRequest) -> list[str]:
     limits = request.limits
     flags = ["--isolation", limits.isolation]
     if limits.isolation == "oci":
-        flags += ["--network", "private" if request.network else "none", "--pid", "private", "--ipc", "private"]
+        # OCI isolation gives RUN new PID, IPC, mount and UTS namespaces by default. They are not asked for by flag:
+        # buildah reads its namespace flags in the order cgroupns, ipc, network, pid, uts, and `--pid private` (or
+        # any "private" after --network) sets the network policy back to enabled (containers/buildah
+        # pkg/parse/parse.go NamespaceOptions): with `--network none --pid private` RUN steps got a bridged eth0.
+        flags += ["--network", "private" if request.network else "none"]
     memory = f"{limits.memory_mb}m"
     flags += ["--memory", memory, "--memory-swap", memory]
     flags += ["--cpu-period", "100000", "--cpu-quota", str(int(limits.cpus * 100_000))]
