@@ -6,23 +6,38 @@ import asyncio
 import base64
 import crypt  # deprecated in 3.13; the bcrypt hash docker-registry's htpasswd needs, from glibc
 import fcntl
+import io
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BUILDAH, ROOT, STATE, Registry, commit, edit, git, run_deployer, start_registry
+from support import (
+    BUILDAH,
+    ROOT,
+    STATE,
+    Registry,
+    commit,
+    edit,
+    git,
+    run_deployer,
+    run_deployer_process,
+    start_registry,
+)
 
-from deployer.build import BuildahBuilder, BuildLimits, BuildRequest, RegistryClient, Repository
+from deployer.build import BuildahBuilder, BuildLimits, BuildRequest, BuildUser, RegistryClient, Repository
 from deployer.build.builders import run_streaming
 from deployer.errors import DeployError
 from deployer.events import Event
@@ -487,3 +502,128 @@ def test_network_for_run_steps_must_be_granted(app: Path, registry: Registry) ->
         "with server.yaml apps.hello.buildNetwork"
     )
     assert registry.requests("PUT", "/manifests/") == 0, "nothing was built or pushed"
+
+
+BUILD_USER = "deployer-build"  # scripts/setup makes it (as root), with /etc/subuid and /etc/subgid ranges
+
+
+@pytest.fixture(scope="module")
+def rootless() -> Iterator[BuildahBuilder]:
+    """A root server's builder with builder.runAs: buildah rootless as BUILD_USER, its storage seeded with the
+    base image the example builds FROM (as an operator's would get it from a registry)."""
+    if os.geteuid() != 0:
+        pytest.skip("builds run as another user only from a server running as root")
+    top = Path(tempfile.mkdtemp(prefix="deployer-rootless-"))
+    top.chmod(0o711)
+    builder = BuildahBuilder(storage=top, user=BuildUser.lookup(BUILD_USER))
+    base = "localhost/deployer/busybox:1.35"
+    archive = builder.storage / "work" / "base.tar"
+    subprocess.run([*BUILDAH, "push", "-q", base, f"oci-archive:{archive}:{base}"], check=True, capture_output=True)
+    os.chown(archive, builder.user.uid, builder.user.gid)  # type: ignore[union-attr]
+    subprocess.run([*builder._base(), "pull", "-q", f"oci-archive:{archive}"], check=True, capture_output=True)
+    archive.unlink()
+    yield builder
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def layer_owners(registry: Registry, ref: str) -> dict[str, tuple[int, int]]:
+    """uid and gid of each path in the image's last layer, read from the registry."""
+    name, _, tag = ref.removeprefix(f"{registry.host}/").partition("@")  # repository@sha256:...
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    request = urllib.request.Request(f"http://{registry.host}/v2/{name}/manifests/{tag}", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        manifest = json.load(response)
+    digest = manifest["layers"][-1]["digest"]
+    with urllib.request.urlopen(f"http://{registry.host}/v2/{name}/blobs/{digest}", timeout=10) as response:
+        blob = response.read()
+    with tarfile.open(fileobj=io.BytesIO(blob)) as layer:
+        return {member.name: (member.uid, member.gid) for member in layer.getmembers()}
+
+
+def test_with_run_as_run_steps_are_an_unprivileged_user_on_the_host(
+    app: Path, registry: Registry, host_service: str, rootless: BuildahBuilder
+) -> None:
+    victim = subprocess.Popen(["sleep", "301"])
+    try:
+        contained(
+            app,
+            "echo map=$(head -1 /proc/self/uid_map | tr -s ' ' | sed 's/^ //'); echo id=$(id -u); "
+            f"(kill -9 {victim.pid} 2>/dev/null && echo signalled) || echo no-such-process; "
+            "mkdir -p /data && echo made > /data/made; "
+            + probe(registry.host, name="loopback")
+            + probe(host_service, name="host")
+            + INTERFACES,
+        )
+        settings = BuildSettings(builder=rootless, registry=RegistryClient())
+        ref, events = build(app, settings=settings)
+        lines = outputs(events).splitlines()
+        uid = pwd.getpwnam(BUILD_USER).pw_uid
+        assert said(lines, "id") == "0", "RUN's root is root inside the container"
+        assert said(lines, "map") == f"0 {uid} 1", f"RUN's root is {BUILD_USER} (uid {uid}) on the host"
+        assert victim.poll() is None and "no-such-process" in lines
+        assert said(lines, "loopback") == "unreachable" and said(lines, "host") == "unreachable"
+        assert said(lines, "interfaces") == "lo,"
+        assert any(f"RUN as {BUILD_USER})" in e.message for e in events)
+        # what the image holds is owned as the Dockerfile said (root), not by the host uid RUN ran as
+        owners = layer_owners(registry, ref)
+        assert owners["data/made"] == (0, 0), owners
+        assert image_file(ref, "/app/greeting").strip().startswith("hello from ")
+    finally:
+        victim.kill()
+
+
+def test_run_as_is_checked_at_start() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the server with runAs does")
+    for name, message in (
+        ("no-such-user-here", "server.yaml: builder.runAs: no such user 'no-such-user-here' on this machine"),
+        ("root", "server.yaml: builder.runAs: 'root' is root: RUN steps would be root on the host"),
+        ("nobody", "server.yaml: builder.runAs: 'nobody' has no subordinate ids in /etc/subuid"),
+    ):
+        with pytest.raises(DeployError) as refused:
+            BuildUser.lookup(name)
+        assert str(refused.value).startswith(message), str(refused.value)
+
+
+def build_cgroups() -> list[Path]:
+    return [path for path in Path("/sys/fs/cgroup").glob("**/deployer-build-*") if path.is_dir()]
+
+
+def test_with_run_as_the_limits_hold_the_whole_build(app: Path, registry: Registry, rootless: BuildahBuilder) -> None:
+    """Rootless runc cannot set cgroup limits; the server's cgroup for the build holds them (memory, time)."""
+    before = build_cgroups()
+    contained(app, "dd if=/dev/zero of=/dev/null bs=300M count=2 && echo survived")  # a 300 MB buffer
+    small = BuildSettings(builder=rootless, registry=RegistryClient(), limits=BuildLimits(memory_mb=128))
+    with pytest.raises(DeployError, match="the image build failed at step 'RUN dd ") as failed:
+        build(app, settings=small)
+    assert "Killed" in failed.value.details, failed.value.details  # by the kernel, at the limit
+    _, events = build(app, settings=BuildSettings(builder=rootless, registry=RegistryClient()))
+    assert "survived" in outputs(events).splitlines()
+
+    nap = f"sleep {1000 + os.getpid() % 9000}"
+    contained(app, f"echo sleeping && {nap}")
+    short = BuildSettings(builder=rootless, registry=RegistryClient(), limits=BuildLimits(timeout=5.0))
+    with pytest.raises(DeployError, match=r"ran past its time limit \(5s"):
+        build(app, settings=short)
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", nap], capture_output=True, text=True, check=False).stdout.split()
+    assert left == [], "the build's processes outlived its time limit"
+    assert build_cgroups() == before, "a build's cgroup was left behind"
+
+
+def test_serve_with_a_run_as_user_that_cannot_build_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\nusers: [{name: u, user: {}}]\n"
+    )
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"dataDir: {tmp_path / 'data'}\nlisten: {{http: '127.0.0.1:0'}}\ncluster: {{kubeconfig: {kubeconfig}}}\n"
+        "registry: {host: '127.0.0.1:5000'}\nbuilder: {kind: buildah, runAs: no-such-user-here}\n"
+        "apps: {hello: {environments: {staging: hello-staging}}}\nusers: {}\n"
+    )
+    result = run_deployer_process("serve", "--config", config)
+    assert result.code == 1
+    assert result.error_line == "error: server.yaml: builder.runAs: no such user 'no-such-user-here' on this machine"
+    assert not (tmp_path / "data" / "containers").exists(), "nothing was made"

@@ -5,6 +5,7 @@ from deployer.build.builders import (
     Builder,
     BuildLimits,
     BuildRequest,
+    BuildUser,
     DockerBuilder,
     choose_builder,
 )
@@ -15,6 +16,7 @@ from deployer.build.source import export_commit, resolve_commit, tree_size
 __all__ = [
     "BuildLimits",
     "BuildRequest",
+    "BuildUser",
     "BuildahBuilder",
     "Builder",
     "DockerBuilder",

@@ -219,8 +219,13 @@ class BuilderConfig(StrictModel):
     max_context_mb: Annotated[int, Field(ge=1)] = 200
     isolation: Literal["oci", "chroot"] = Field(
         default="oci",
-        description="How buildah runs RUN steps: `oci` (runc: their own PID, IPC, mount and network namespaces, "
-        "root mapped to an unprivileged host uid) or `chroot` (the host's namespaces: only where no runtime can run).",
+        description="How buildah runs RUN steps: `oci` (runc: their own PID, IPC, mount and network namespaces) or "
+        "`chroot` (the host's namespaces: only where no runtime can run).",
+    )
+    run_as: str | None = Field(
+        default=None,
+        description="A server running as root runs buildah as this unprivileged user (rootless; it needs "
+        "/etc/subuid and /etc/subgid ranges): RUN's root is that user on the host, not root.",
     )
     timeout: Duration = Field(default=900.0, description="A build is killed (its process group) past this.")
     memory_mb: Annotated[int, Field(ge=64)] = Field(default=2048, description="Memory (and swap) of RUN steps.")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from deployer.build import BuildLimits, RegistryClient, choose_builder
+from deployer.build import BuildahBuilder, BuildLimits, BuildUser, RegistryClient, choose_builder
 from deployer.config.server import ServerConfig
 from deployer.errors import DeployError
 from deployer.helm import Helm
@@ -34,7 +35,11 @@ def services(config: ServerConfig) -> Services:
     registry = config.registry
     auth = Path(registry.auth_file) if registry.auth_file else None
     build = BuildSettings(
-        builder=choose_builder(config.builder.kind, storage=Path(config.builder.storage or data / "containers")),
+        builder=choose_builder(
+            config.builder.kind,
+            storage=Path(config.builder.storage or data / "containers"),
+            user=BuildUser.lookup(config.builder.run_as) if config.builder.run_as else None,
+        ),
         registry=RegistryClient(insecure=frozenset([registry.host] if registry.insecure else []), auth_file=auth),
         max_context_bytes=config.builder.max_context_mb * 2**20,
         auth_file=auth,
@@ -60,7 +65,13 @@ def _split(address: str) -> tuple[str, int]:
 
 async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM; releases in flight get time to end before the process exits."""
-    server = DeployServer(config, services=services(config))
+    found = services(config)
+    if isinstance(found.build.builder, BuildahBuilder) and found.build.builder.user is None and os.geteuid() == 0:
+        log.warning(
+            "builds run as root: a RUN step's root is the host's root inside its namespaces; set builder.runAs to "
+            "an unprivileged user with /etc/subuid ranges (README: What the server enforces)"
+        )
+    server = DeployServer(config, services=found)
     await server.start()
     runner: web.AppRunner | None = None
     acceptor = None
