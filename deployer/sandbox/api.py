@@ -82,8 +82,25 @@ class Target:
     extra: str = ""
 
 
+_BODY_TYPES = ("application/json", "application/yaml", "application/vnd.kubernetes.protobuf")
+
+
+def encode(body: Any) -> bytes:
+    """JSON as kube-apiserver writes it: Go's json.Encoder (k8s.io/apimachinery runtime/serializer/json
+    json.go doEncode): compact, UTF-8 as is, <, > and & escaped as \\u003c, \\u003e and \\u0026 (SetEscapeHTML's
+    default), U+2028 and U+2029 escaped, and a newline at the end."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in _GO_ESCAPES:
+        text = text.replace(char, escaped)
+    return text.encode() + b"\n"
+
+
+_GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+    # body= bytes: aiohttp adds no charset, and kube answers exactly `application/json`
+    return web.Response(status=status, body=encode(body), content_type="application/json", headers=headers)
 
 
 def _error(exc: ApiError) -> web.Response:
@@ -252,10 +269,21 @@ class Api:
         raw = await request.read()
         content_type = request.content_type
         log.debug("body %s %s: %s", request.method, request.path, content_type)
+        if "Content-Type" not in request.headers:
+            content_type = "application/json"  # negotiation: no Content-Type is the first supported type
+        if request.method in ("POST", "PUT") and raw and content_type not in _BODY_TYPES:
+            # handlers/create.go and update.go: negotiation.NegotiateInputSerializer answers 415 (errors.go
+            # NewUnsupportedMediaTypeError); custom resources have no protobuf
+            accepted = ", ".join(t for t in _BODY_TYPES if target is None or target.rt.builtin or "protobuf" not in t)
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+            )
         try:
             if content_type == "application/vnd.kubernetes.protobuf":
                 return decode_request(raw)
-            if content_type == "application/apply-patch+yaml":
+            if content_type in ("application/apply-patch+yaml", "application/yaml"):
                 return yaml.safe_load(raw.decode() or "null")
             return json.loads(raw.decode() or "null")
         except (ValueError, yaml.YAMLError, ProtobufError) as exc:
@@ -522,7 +550,7 @@ class Api:
         await response.prepare(request)
         try:
             async for event in events:
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(encode(event))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deployer.sandbox.cluster import Cluster, now
+from deployer.sandbox.defaults import quantity
 from deployer.sandbox.errors import ApiError
 from deployer.sandbox.pods import ready
 from deployer.sandbox.selectors import match_labels_selector
@@ -45,16 +46,6 @@ class MetricError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason, self.message = reason, f"the HPA was unable to compute the replica count: {message}"
-
-
-def quantity(value: Any) -> float:
-    """A Kubernetes quantity as a number (cpu in cores: "250m" is 0.25)."""
-    text = str(value)
-    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3}
-    for suffix, factor in sorted(suffixes.items(), key=lambda s: -len(s[0])):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
 
 
 class Autoscaler:

@@ -17,7 +17,7 @@ from typing import Any
 
 from deployer.sandbox import fields
 from deployer.sandbox import schema as k8s
-from deployer.sandbox.defaults import apply_defaults
+from deployer.sandbox.defaults import apply_defaults, created_status
 from deployer.sandbox.errors import ApiError, bad_request, conflict, not_found
 from deployer.sandbox.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from deployer.sandbox.resources import PREINSTALLED_CRDS, Registry, ResourceType, from_crd
@@ -233,6 +233,8 @@ class Cluster:
         apply_defaults(rt.kind, obj)
         if rt.has_status and rt.kind != "Namespace":
             obj.pop("status", None)
+            if rt.builtin and (status := created_status(rt.kind, obj)) is not None:
+                obj["status"] = status
         for mutate in self.mutators:
             mutate(rt, obj)
         validate(rt, obj, None)

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 import docker.errors
 
+from deployer.sandbox.defaults import qos_class
 from deployer.sandbox.engine import LABEL, PAUSE_IMAGE, Engine
 from deployer.sandbox.injection import is_sidecar
 from deployer.sandbox.pods import named_port
@@ -690,6 +691,7 @@ class ContainerRuntime:
             pod_ip=run.ip,
             host_ip=self._host_ip(run),
             ready_since=run.ready_since,
+            qos=qos_class(run.spec),
         )
         if not ready and reason == "ContainersNotReady":
             waiting = [c.name for c in run.containers if not c.ready]

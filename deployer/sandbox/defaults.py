@@ -39,6 +39,86 @@ def pod_spec(spec: dict[str, Any], *, restart_policy: str = "Always") -> None:
     for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         if isinstance(container, dict):
             _container(container)
+    for volume in spec.get("volumes") or []:
+        # a volume naming no source is an emptyDir (SetDefaults_Volume, pkg/apis/core/v1/defaults.go)
+        if isinstance(volume, dict) and not set(volume) - {"name"}:
+            volume["emptyDir"] = {}
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity as a number (cpu in cores: "250m" is 0.25)."""
+    text = str(value)
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3}
+    suffixes["Ti"] = 1024.0**4
+    for suffix, factor in sorted(suffixes.items(), key=lambda s: -len(s[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def _requests_from_limits(spec: dict[str, Any]) -> None:
+    """A Pod's container with a limit and no request for a resource requests its limit (SetDefaults_Pod in
+    pkg/apis/core/v1/defaults.go; Pods only: templates keep what they say)."""
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        resources = container.get("resources") if isinstance(container, dict) else None
+        if isinstance(resources, dict) and isinstance(resources.get("limits"), dict) and resources["limits"]:
+            requests = resources.setdefault("requests", {})
+            for name, value in resources["limits"].items():
+                requests.setdefault(name, value)
+
+
+def qos_class(spec: dict[str, Any]) -> str:
+    """A pod's QoS class as kube computes it (pkg/apis/core/helper/qos/qos.go ComputePodQOS): cpu, memory and
+    hugepages count; Guaranteed when every container limits cpu and memory and the summed requests equal the
+    summed limits; BestEffort with no request and no limit; else Burstable."""
+    requests: dict[str, float] = {}
+    limits: dict[str, float] = {}
+    guaranteed = True
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        resources = (container.get("resources") if isinstance(container, dict) else None) or {}
+        found: set[str] = set()
+        for kind, total in (("requests", requests), ("limits", limits)):
+            for name, value in (resources.get(kind) or {}).items():
+                if name not in ("cpu", "memory") and not str(name).startswith("hugepages-"):
+                    continue
+                amount = quantity(value)
+                if amount > 0:
+                    total[name] = total.get(name, 0.0) + amount
+                    if kind == "limits":
+                        found.add(name)
+        if not {"cpu", "memory"} <= found:
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    equal = all(name in limits and limits[name] == amount for name, amount in requests.items())
+    return "Guaranteed" if guaranteed and equal and len(requests) == len(limits) else "Burstable"
+
+
+# What a created object's status is before any controller writes it: each strategy's PrepareForCreate sets an
+# empty status (pkg/registry/*/strategy.go), and the JSON of an empty Go struct keeps its fields without
+# `omitempty` (ReplicaSetStatus.replicas, ServiceStatus.loadBalancer, ...).
+_CREATED_STATUS: dict[str, dict[str, Any]] = {
+    "Deployment": {},
+    "ReplicaSet": {"replicas": 0},
+    "StatefulSet": {"replicas": 0, "availableReplicas": 0},
+    "DaemonSet": {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0},
+    "Job": {},
+    "CronJob": {},
+    "Service": {"loadBalancer": {}},
+    "Ingress": {"loadBalancer": {}},
+    "HorizontalPodAutoscaler": {"desiredReplicas": 0},
+    "PodDisruptionBudget": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
+    "PersistentVolumeClaim": {"phase": "Pending"},
+    "ReplicationController": {"replicas": 0},
+}
+
+
+def created_status(kind: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The status a new object of a built-in kind has when create answers (None: it has none)."""
+    if kind == "Pod":
+        return {"phase": "Pending", "qosClass": qos_class(obj.get("spec") or {})}
+    found = _CREATED_STATUS.get(kind)
+    return dict(found) if found is not None else None
 
 
 def _template(spec: dict[str, Any], *, restart_policy: str = "Always") -> None:
@@ -94,6 +174,7 @@ def apply_defaults(kind: str, obj: dict[str, Any]) -> None:
         spec.setdefault("failedJobsHistoryLimit", 1)
     elif kind == "Pod" and isinstance(spec, dict):
         pod_spec(spec)
+        _requests_from_limits(spec)
     elif kind == "Service" and isinstance(spec, dict):
         spec.setdefault("type", "ClusterIP")
         spec.setdefault("sessionAffinity", "None")

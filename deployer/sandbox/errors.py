@@ -16,6 +16,9 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
+        """The Status in metav1.Status's field order (kind, apiVersion, metadata, status, message, reason,
+        details, code), details in StatusDetails' (name, group, kind, uid, causes, retryAfterSeconds), empty
+        fields left out as their `omitempty` tags say (k8s.io/apimachinery pkg/apis/meta/v1/types.go)."""
         body: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -23,10 +26,11 @@ class ApiError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
         if self.details is not None:
-            body["details"] = self.details
+            order = ("name", "group", "kind", "uid", "causes", "retryAfterSeconds")
+            body["details"] = {key: self.details[key] for key in order if self.details.get(key)}
+        body["code"] = self.code
         return body
 
 

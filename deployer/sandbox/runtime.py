@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from deployer.sandbox.defaults import qos_class
+
 BEHAVIOURS = ("ready", "crash", "never-ready", "unready-after", "fail")
 
 
@@ -116,7 +118,9 @@ class SimulatedRuntime:
     def _base(
         self, pod: dict[str, Any], run: _Run, phase: str, ready: bool, reason: str | None = None
     ) -> dict[str, Any]:
-        return base_status(run.started, phase, ready=ready, reason=reason, pod_ip=_pod_ip(pod))
+        return base_status(
+            run.started, phase, ready=ready, reason=reason, pod_ip=_pod_ip(pod), qos=qos_class(pod.get("spec") or {})
+        )
 
     def _containers(
         self,
@@ -203,6 +207,7 @@ def base_status(
     pod_ip: str | None,
     host_ip: str = "10.0.0.1",
     ready_since: float | None = None,
+    qos: str = "BestEffort",
 ) -> dict[str, Any]:
     """A pod's status as a kubelet writes it, without containerStatuses."""
     started_at = stamp(started)
@@ -220,7 +225,7 @@ def base_status(
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]
     status["startTime"] = started_at
-    status["qosClass"] = "BestEffort"
+    status["qosClass"] = qos
     status["conditions"] = [
         {
             "type": "PodReadyToStartContainers",

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from deployer.sandbox import istio, istio_validation
 from deployer.sandbox.api import Api, Controls
-from deployer.sandbox.autoscaler import Autoscaler, quantity
+from deployer.sandbox.autoscaler import Autoscaler
 from deployer.sandbox.cluster import Cluster
 from deployer.sandbox.containers import ContainerRuntime
 from deployer.sandbox.controllers import Controllers
+from deployer.sandbox.defaults import quantity
 from deployer.sandbox.engine import EngineError
 from deployer.sandbox.injection import inject
 from deployer.sandbox.mesh import Mesh

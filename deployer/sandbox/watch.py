@@ -24,9 +24,9 @@ def _expired(rv: int, oldest: int) -> Item:
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
-        "code": 410,
         "message": f"too old resource version: {rv} ({oldest})",
         "reason": "Expired",
+        "code": 410,
     }
     return {"type": "ERROR", "object": status}
 

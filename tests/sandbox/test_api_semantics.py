@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError
-from waiting import raw
+from waiting import raw, raw_bytes
 
 pytestmark = pytest.mark.cluster
 
@@ -316,3 +316,72 @@ def test_secret_string_data_is_folded_into_data_and_never_stored(api: client.Api
     assert created.data == {"kept": "YQ==", "token": "czNjcmV0"}
     assert created.type == "Opaque"
     assert core.read_namespaced_secret("token", namespace).data == created.data
+
+
+def test_json_is_written_as_kube_apiserver_writes_it(api: client.ApiClient, namespace: str) -> None:
+    """Go's json.Encoder: compact, <>& escaped, a newline at the end; Status in its struct's field order with
+    empty fields left out; Content-Type exactly application/json (clients compare it)."""
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    code, headers, body = raw_bytes(api, "GET", f"{path}/no-such-map")
+    assert code == 404 and headers["Content-Type"] == "application/json"
+    assert body == (
+        b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+        b'"message":"configmaps \\"no-such-map\\" not found","reason":"NotFound",'
+        b'"details":{"name":"no-such-map","kind":"configmaps"},"code":404}\n'
+    )
+    code, headers, body = raw_bytes(api, "POST", path, body={"metadata": {"name": "esc"}, "data": {"a": "<b>&"}})
+    assert code == 201 and headers["Content-Type"] == "application/json"
+    assert b'"data":{"a":"\\u003cb\\u003e\\u0026"}' in body and body.endswith(b"}\n")
+
+
+def pod(name: str, resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": resources}]},
+    }
+
+
+def test_create_answers_with_the_status_a_new_object_has(api: client.ApiClient, namespace: str) -> None:
+    """Each kind's PrepareForCreate sets its empty status (a Pod Pending with its QoS class), which the create
+    response carries; a Pod's container that limits a resource and requests none requests its limit."""
+    base = f"/api/v1/namespaces/{namespace}"
+    cases = [
+        ("guaranteed", {"limits": {"cpu": "100m", "memory": "64Mi"}}, "Guaranteed"),
+        ("burstable", {"requests": {"cpu": "100m"}}, "Burstable"),
+        ("besteffort", {}, "BestEffort"),
+    ]
+    for name, resources, qos in cases:
+        code, _, created = raw(api, "POST", f"{base}/pods", body=pod(name, resources))
+        assert code == 201
+        assert created["status"] == {"phase": "Pending", "qosClass": qos}, name
+    code, _, created = raw(api, "GET", f"{base}/pods/guaranteed")
+    assert created["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "100m", "memory": "64Mi"}
+    service = {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}
+    assert raw(api, "POST", f"{base}/services", body=service)[2]["status"] == {"loadBalancer": {}}
+    apps = f"/apis/apps/v1/namespaces/{namespace}"
+    assert raw(api, "POST", f"{apps}/deployments", body=deployment("fresh"))[2]["status"] == {}
+    replicaset = deployment("fresh-rs")
+    replicaset["kind"] = "ReplicaSet"
+    assert raw(api, "POST", f"{apps}/replicasets", body=replicaset)[2]["status"] == {"replicas": 0}
+
+
+def test_yaml_bodies_are_read_unknown_ones_refused_and_a_sourceless_volume_is_an_empty_dir(
+    api: client.ApiClient, plain_namespace: str
+) -> None:
+    base = f"/api/v1/namespaces/{plain_namespace}"
+    text = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: from-yaml}\n"
+        "spec:\n  containers: [{name: c, image: 'busybox:1.36', volumeMounts: [{name: scratch, mountPath: /s}]}]\n"
+        "  volumes: [{name: scratch}]\n"
+    )
+    code, _, created = raw(api, "POST", f"{base}/pods", body=text, content_type="application/yaml")
+    assert code == 201, created
+    assert created["spec"]["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    code, _, refused = raw(api, "POST", f"{base}/configmaps", body="x", content_type="text/plain")
+    assert (code, refused["reason"]) == (415, "UnsupportedMediaType")
+    assert refused["message"].startswith(
+        "the body of the request was in an unknown format - accepted media types include: application/json, "
+        "application/yaml"
+    )

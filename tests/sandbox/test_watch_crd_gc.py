@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +83,7 @@ def test_watch_query_accepts_watch_1_and_streams_json_lines(cluster: Running, na
     lines = [line for line in response.text.splitlines() if line]
     assert response.status_code == 200
     assert len(lines) == 1
-    assert '"type": "ADDED"' in lines[0]
+    assert json.loads(lines[0])["type"] == "ADDED"
 
 
 CRD = {

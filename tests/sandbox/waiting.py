@@ -34,6 +34,20 @@ def raw(
     query: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """A request as sent, without the typed client's own checks: (status, headers, decoded body)."""
+    status, headers, data = raw_bytes(api, method, path, body=body, content_type=content_type, query=query)
+    return status, headers, json.loads(data) if data else None
+
+
+def raw_bytes(
+    api: Any,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+    query: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """As raw(), the body as the bytes the server wrote."""
     method_, url, headers, payload, _ = api.param_serialize(
         method,
         path,
@@ -44,8 +58,7 @@ def raw(
     )
     response = api.call_api(method_, url, header_params=headers, body=payload)
     response.read()
-    data = response.data.decode() if response.data else ""
-    return response.status, dict(response.getheaders()), json.loads(data) if data else None
+    return response.status, dict(response.getheaders()), response.data or b""
 
 
 def unless_missing(call: Callable[[], T]) -> T | None:
