@@ -398,8 +398,7 @@ class Cluster:
         merged = fields.apply_merge(base, applied, schema)
         previously = fields.from_fields_v1(mine["fieldsV1"]) if mine else set()
         owned_by_others = set().union(*others.values()) if others else set()
-        for path in sorted(previously - applied_set - owned_by_others, key=len, reverse=True):
-            fields.remove_path(merged, path)
+        fields.prune(merged, previously - applied_set - owned_by_others, kept=applied_set | owned_by_others)
         forced = {c.path for c in found}
         for entry in entries:
             if entry is not mine and _shares_fields(entry.get("subresource", ""), subresource):

@@ -104,6 +104,18 @@ class _Missing:
 _MISSING = _Missing()
 
 
+def prune(obj: Any, removed: set[Path], *, kept: set[Path]) -> None:
+    """Remove the fields an applier stopped applying, as structured-merge-diff's Updater.prune does (remove
+    what the applier owned last time, then add back what any manager owns now): a field that is still the
+    parent of an owned field stays (`data: {}` applied, then `data: {k: v}`: `data` stays with k). Deepest
+    first, and a list item before its key fields (its key finds it)."""
+    parents = {path[:i] for path in kept for i in range(1, len(path))}
+    for path in sorted(removed, key=lambda p: (-len(p), p[-1] != ".")):
+        if path in parents or (path[-1] == "." and path[:-1] in parents):
+            continue
+        remove_path(obj, path)
+
+
 def remove_path(obj: Any, path: Path) -> None:
     """Delete the field at `path` (and empty maps left behind are kept, as the apiserver keeps them)."""
     if not path:

@@ -275,6 +275,27 @@ def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: clie
     assert applied["metadata"]["labels"] == {"a": "1"}
 
 
+def test_server_side_apply_keeps_a_map_it_first_applied_empty(api: client.ApiClient, namespace: str) -> None:
+    """`data: {}` then `data: {k: v}` by the same manager: the map stays, with k (structured-merge-diff's prune
+    adds back what is owned); a container the manager stopped applying goes whole."""
+    maps = DynamicClient(api).resources.get(api_version="v1", kind="ConfigMap")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "grows", "labels": {}}, "data": {}}
+    maps.server_side_apply(body=body, name="grows", namespace=namespace, field_manager="deployer")
+    body["data"] = {"k": "v"}
+    body["metadata"]["labels"] = {"k": "v"}
+    applied = maps.server_side_apply(body=body, name="grows", namespace=namespace, field_manager="deployer").to_dict()
+    assert applied["data"] == {"k": "v"}
+    assert applied["metadata"]["labels"] == {"k": "v"}
+    deployments = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+    two = deployment("pair")
+    two["spec"]["template"]["spec"]["containers"].append({"name": "side", "image": "busybox:1.36"})
+    deployments.server_side_apply(body=two, name="pair", namespace=namespace, field_manager="deployer")
+    one = deployments.server_side_apply(
+        body=deployment("pair"), name="pair", namespace=namespace, field_manager="deployer"
+    ).to_dict()
+    assert [c["name"] for c in one["spec"]["template"]["spec"]["containers"]] == ["web"]
+
+
 def test_server_side_apply_reads_a_left_out_defaulted_list_key_as_its_default(
     api: client.ApiClient, namespace: str
 ) -> None:
