@@ -112,6 +112,7 @@ class Controllers:
             ("", "pods"),
             ("", "services"),
             ("", "namespaces"),
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
         ):
             self.enqueue(plural, namespace, name)
         for ref in obj["metadata"].get("ownerReferences") or []:
@@ -138,6 +139,7 @@ class Controllers:
             "services": self.endpoints,
             "jobs": self.job,
             "namespaces": self.namespace,
+            "customresourcedefinitions": self.crd,
             "gc": self._collect_garbage,
             "finalize-uid": self._finalize_uid,
         }[plural]
@@ -578,6 +580,48 @@ class Controllers:
             self.cluster.store.delete(("", "namespaces", "", name))
         else:
             self.later(0.05, "namespaces", "", name)
+
+    def crd(self, _: str, name: str) -> None:
+        """What apiextensions-apiserver's NamingConditionController and EstablishingController write
+        (staging/src/k8s.io/apiextensions-apiserver/pkg/controller/status/naming_controller.go,
+        establish/establishing_controller.go): the names accepted, NamesAccepted and Established true, and the
+        storage version among storedVersions."""
+        rt = self.cluster.rt("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        crd = self.cluster.store.get(self.cluster.key(rt, "", name))
+        if crd is None or crd["metadata"].get("deletionTimestamp"):
+            return
+        status = dict(crd.get("status") or {})
+        names = crd["spec"]["names"]
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        stamp = now()
+        for kind, reason, message in (
+            ("NamesAccepted", "NoConflicts", "no conflicts found"),
+            ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ):
+            if conditions.get(kind, {}).get("status") != "True":
+                conditions[kind] = {
+                    "type": kind,
+                    "status": "True",
+                    "lastTransitionTime": stamp,
+                    "reason": reason,
+                    "message": message,
+                }
+        storage = next((v["name"] for v in crd["spec"].get("versions") or [] if v.get("storage")), None)
+        stored = list(status.get("storedVersions") or [])
+        if storage and storage not in stored:
+            stored.append(storage)
+        wanted = {
+            **status,
+            "conditions": [conditions[k] for k in ("NamesAccepted", "Established")]
+            + [c for k, c in conditions.items() if k not in ("NamesAccepted", "Established")],
+            "acceptedNames": names,
+            "storedVersions": stored,
+        }
+        if crd.get("status") != wanted:
+            # these controllers run inside kube-apiserver, whose writes name it as their manager
+            self.cluster.update(
+                rt, "v1", "", name, {**crd, "status": wanted}, manager="kube-apiserver", subresource="status"
+            )
 
     # --- garbage collection and finalizers -------------------------------------------------------------------
 

@@ -182,6 +182,12 @@ def apply_defaults(kind: str, obj: dict[str, Any]) -> None:
         for port in spec.get("ports") or []:
             port.setdefault("protocol", "TCP")
             port.setdefault("targetPort", port.get("port"))
+    elif kind == "CustomResourceDefinition" and isinstance(spec, dict) and isinstance(spec.get("names"), dict):
+        # SetDefaults_CustomResourceDefinitionSpec (apiextensions-apiserver pkg/apis/apiextensions/v1/defaults.go)
+        names = spec["names"]
+        if names.get("kind"):
+            names.setdefault("singular", str(names["kind"]).lower())
+            names.setdefault("listKind", f"{names['kind']}List")
     elif kind == "Secret":
         _secret(obj)
     elif kind == "Namespace":

@@ -127,6 +127,16 @@ def test_crd_lifecycle(api: client.ApiClient, namespace: str) -> None:
         what="the CRD to be served",
     )
     assert created["metadata"]["generation"] == 1
+
+    def established() -> dict[str, Any] | None:
+        crd = ext.read_custom_resource_definition(CRD["metadata"]["name"])
+        found = {c.type: c.status for c in (crd.status.conditions or [])}
+        return crd if found.get("Established") == "True" and found.get("NamesAccepted") == "True" else None
+
+    crd = wait_for(established, what="Established and NamesAccepted (kubectl wait --for=condition=Established)")
+    assert crd.status.accepted_names.kind == "Widget" and crd.status.accepted_names.plural == "widgets"
+    assert crd.status.accepted_names.list_kind == "WidgetList" and crd.status.accepted_names.short_names == ["wd"]
+    assert crd.status.stored_versions == ["v1"]
     code, _, status = raw(
         api,
         "POST",
