@@ -235,6 +235,8 @@ class Cluster:
             obj.pop("status", None)
             if rt.builtin and (status := created_status(rt.kind, obj)) is not None:
                 obj["status"] = status
+        if rt.kind == "Pod" and rt.builtin:
+            self._admit_service_account(namespace, obj)
         for mutate in self.mutators:
             mutate(rt, obj)
         validate(rt, obj, None)
@@ -251,9 +253,14 @@ class Cluster:
         if dry_run:
             return self.present(rt, version, obj)
         stored = self.store.put(key, obj)
+        self._after_create(rt, stored)
+        return self.present(rt, version, stored)
+
+    def _after_create(self, rt: ResourceType, stored: dict[str, Any]) -> None:
         if (rt.group, rt.plural) == CRD:
             self.registry.add(from_crd(stored))
-        return self.present(rt, version, stored)
+        if rt.kind == "Namespace" and rt.builtin:
+            self._default_service_account(stored["metadata"]["name"])
 
     def update(
         self,
@@ -477,6 +484,36 @@ class Cluster:
                 f"version ({rt.api_version(version)})"
             )
         return clone(body)
+
+    def _admit_service_account(self, namespace: str, pod: dict[str, Any]) -> None:
+        """The ServiceAccount admission plugin (plugin/pkg/admission/serviceaccount/admission.go): a pod runs as
+        `default` unless it names another, and is forbidden when that account does not exist. (The token
+        volume it also mounts is not modelled: the sandbox issues no tokens.)"""
+        spec = pod.get("spec")
+        if not isinstance(spec, dict):
+            return
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = account
+        spec["serviceAccount"] = account  # the deprecated field, kept equal by conversion
+        if self.store.get(("", "serviceaccounts", namespace, account)) is None:
+            meta = pod.get("metadata") or {}
+            name = meta.get("name") or meta.get("generateName") or ""
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'pods "{name}" is forbidden: error looking up service account {namespace}/{account}: '
+                f'serviceaccount "{account}" not found',
+                details={"name": name, "kind": "pods"},
+            )
+
+    def _default_service_account(self, namespace: str) -> None:
+        """The serviceaccounts controller's `default` account in every namespace (created here at once, where
+        kube-controller-manager does it within moments: pods created right after their namespace find it)."""
+        if self.store.get(("", "serviceaccounts", namespace, "default")) is None:
+            account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}
+            self.create(
+                self.rt("", "v1", "serviceaccounts"), "v1", namespace, account, manager="kube-controller-manager"
+            )
 
     def _admit_new(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         """What the apiserver fills in on create: Service cluster IPs, a Job's selector and labels."""

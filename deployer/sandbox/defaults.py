@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 
@@ -139,55 +140,83 @@ def _secret(obj: dict[str, Any]) -> None:
     obj.setdefault("type", "Opaque")
 
 
+def _deployment(spec: dict[str, Any]) -> None:
+    spec.setdefault("replicas", 1)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    strategy = spec.setdefault("strategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.setdefault("rollingUpdate", {})
+        rolling.setdefault("maxSurge", "25%")
+        rolling.setdefault("maxUnavailable", "25%")
+    _template(spec)
+
+
+def _replicated(spec: dict[str, Any]) -> None:
+    spec.setdefault("replicas", 1)
+    _template(spec)
+
+
+def _job(spec: dict[str, Any]) -> None:
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("manualSelector", False)
+    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    if "completions" not in spec and "parallelism" not in spec:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    _template(spec, restart_policy="Never")
+
+
+def _cronjob(spec: dict[str, Any]) -> None:
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+
+
+def _pod(spec: dict[str, Any]) -> None:
+    pod_spec(spec)
+    _requests_from_limits(spec)
+
+
+def _service(spec: dict[str, Any]) -> None:
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    for port in spec.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+        port.setdefault("targetPort", port.get("port"))
+
+
+def _crd(spec: dict[str, Any]) -> None:
+    """SetDefaults_CustomResourceDefinitionSpec (apiextensions-apiserver pkg/apis/apiextensions/v1/defaults.go)."""
+    names = spec.get("names")
+    if isinstance(names, dict) and names.get("kind"):
+        names.setdefault("singular", str(names["kind"]).lower())
+        names.setdefault("listKind", f"{names['kind']}List")
+
+
+_SPEC_DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "Deployment": _deployment,
+    "ReplicaSet": _replicated,
+    "StatefulSet": _replicated,
+    "DaemonSet": _template,
+    "Job": _job,
+    "CronJob": _cronjob,
+    "Pod": _pod,
+    "Service": _service,
+    "CustomResourceDefinition": _crd,
+}
+
+
 def apply_defaults(kind: str, obj: dict[str, Any]) -> None:
     """Fill the fields the apiserver defaults, in place."""
     spec = obj.get("spec")
-    if kind == "Deployment" and isinstance(spec, dict):
-        spec.setdefault("replicas", 1)
-        spec.setdefault("revisionHistoryLimit", 10)
-        spec.setdefault("progressDeadlineSeconds", 600)
-        strategy = spec.setdefault("strategy", {})
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            rolling = strategy.setdefault("rollingUpdate", {})
-            rolling.setdefault("maxSurge", "25%")
-            rolling.setdefault("maxUnavailable", "25%")
-        _template(spec)
-    elif kind in ("ReplicaSet", "StatefulSet", "DaemonSet") and isinstance(spec, dict):
-        if kind != "DaemonSet":
-            spec.setdefault("replicas", 1)
-        _template(spec)
-    elif kind == "Job" and isinstance(spec, dict):
-        spec.setdefault("backoffLimit", 6)
-        spec.setdefault("completionMode", "NonIndexed")
-        spec.setdefault("suspend", False)
-        spec.setdefault("manualSelector", False)
-        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
-        if "completions" not in spec and "parallelism" not in spec:
-            spec["completions"] = 1
-        spec.setdefault("parallelism", 1)
-        _template(spec, restart_policy="Never")
-    elif kind == "CronJob" and isinstance(spec, dict):
-        spec.setdefault("concurrencyPolicy", "Allow")
-        spec.setdefault("suspend", False)
-        spec.setdefault("successfulJobsHistoryLimit", 3)
-        spec.setdefault("failedJobsHistoryLimit", 1)
-    elif kind == "Pod" and isinstance(spec, dict):
-        pod_spec(spec)
-        _requests_from_limits(spec)
-    elif kind == "Service" and isinstance(spec, dict):
-        spec.setdefault("type", "ClusterIP")
-        spec.setdefault("sessionAffinity", "None")
-        spec.setdefault("internalTrafficPolicy", "Cluster")
-        for port in spec.get("ports") or []:
-            port.setdefault("protocol", "TCP")
-            port.setdefault("targetPort", port.get("port"))
-    elif kind == "CustomResourceDefinition" and isinstance(spec, dict) and isinstance(spec.get("names"), dict):
-        # SetDefaults_CustomResourceDefinitionSpec (apiextensions-apiserver pkg/apis/apiextensions/v1/defaults.go)
-        names = spec["names"]
-        if names.get("kind"):
-            names.setdefault("singular", str(names["kind"]).lower())
-            names.setdefault("listKind", f"{names['kind']}List")
+    if kind in _SPEC_DEFAULTS and isinstance(spec, dict):
+        _SPEC_DEFAULTS[kind](spec)
     elif kind == "Secret":
         _secret(obj)
     elif kind == "Namespace":

@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError
-from waiting import raw, raw_bytes
+from waiting import raw, raw_bytes, unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -405,4 +405,26 @@ def test_yaml_bodies_are_read_unknown_ones_refused_and_a_sourceless_volume_is_an
     assert refused["message"].startswith(
         "the body of the request was in an unknown format - accepted media types include: application/json, "
         "application/yaml"
+    )
+
+
+def test_pods_run_as_a_service_account_that_exists(api: client.ApiClient, plain_namespace: str) -> None:
+    """Every namespace gets `default` (the serviceaccounts controller); the ServiceAccount admission plugin
+    gives a pod `default` unless it names one, and forbids a pod whose account does not exist."""
+    core = client.CoreV1Api(api)
+    wait_for(
+        lambda: unless_missing(lambda: core.read_namespaced_service_account("default", plain_namespace)),
+        what="the namespace's default ServiceAccount",
+    )
+    base = f"/api/v1/namespaces/{plain_namespace}/pods"
+    code, _, created = raw(api, "POST", base, body=pod("plain", {}))
+    assert code == 201
+    assert (created["spec"]["serviceAccountName"], created["spec"]["serviceAccount"]) == ("default", "default")
+    named = pod("named", {})
+    named["spec"]["serviceAccountName"] = "robot"
+    code, _, refused = raw(api, "POST", base, body=named)
+    assert (code, refused["reason"]) == (403, "Forbidden")
+    assert refused["message"] == (
+        f'pods "named" is forbidden: error looking up service account {plain_namespace}/robot: '
+        'serviceaccount "robot" not found'
     )
