@@ -26,6 +26,56 @@ from deployer.sandbox.store import Key, Store, clone
 from deployer.sandbox.validation import admit_decoding, check_name, validate
 
 CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
+NODE = "sandbox-node"  # the one node every pod is scheduled to
+
+
+def node() -> dict[str, Any]:
+    """The sandbox's Node, as a kubelet registers one: addresses, capacity, Ready, and its system info."""
+    resources = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE,
+            "labels": {
+                "kubernetes.io/hostname": NODE,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux",
+                "beta.kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": {},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": NODE}],
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "lastHeartbeatTime": now(),
+                    "lastTransitionTime": now(),
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                }
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.35.0",
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "sandbox://1",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "osImage": "deployer sandbox",
+                "kernelVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        },
+    }
+
+
 # Admission webhooks, as kube-apiserver calls them: mutating ones on create after defaulting, validating ones
 # after the built-in validation, on every write but status (`old` is None on create).
 Mutator = Callable[[ResourceType, dict[str, Any]], None]
@@ -86,6 +136,28 @@ class Cluster:
         for name in ("default", "kube-system", "kube-public"):
             if self.store.get(("", "namespaces", "", name)) is None:
                 self.create(self.rt("", "v1", "namespaces"), "v1", "", {"metadata": {"name": name}}, manager="sandbox")
+        if self.store.get(("", "nodes", "", NODE)) is None:  # a kubelet registers, then reports its status
+            nodes, registered = self.rt("", "v1", "nodes"), node()
+            created = self.create(nodes, "v1", "", registered, manager="kubelet")
+            self.update(
+                nodes,
+                "v1",
+                "",
+                NODE,
+                {**created, "status": registered["status"]},
+                manager="kubelet",
+                subresource="status",
+            )
+
+    def bind(self, namespace: str, name: str, node_name: str) -> dict[str, Any] | None:
+        """What the scheduler's POST pods/NAME/binding does (pkg/registry/core/pod/storage BindingREST
+        setPodNodeName): spec.nodeName set once, outside the update path that keeps a pod's spec immutable."""
+        key = ("", "pods", namespace, name)
+        pod = self.store.get(key)
+        if pod is None or pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+            return pod
+        bound = {**pod, "spec": {**pod["spec"], "nodeName": node_name}}
+        return self.store.put(key, bound)
 
     # --- helpers --------------------------------------------------------------------------------------------
 

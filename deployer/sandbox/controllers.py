@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deployer.sandbox.cluster import Cluster, now, random_suffix
+from deployer.sandbox.cluster import NODE, Cluster, now, random_suffix
 from deployer.sandbox.errors import ApiError
 from deployer.sandbox.pods import ready as pod_ready
 from deployer.sandbox.pods import target_port
@@ -439,6 +439,10 @@ class Controllers:
         if pod is None:
             self.runtime.forget(namespace, name)
             return
+        if not pod["spec"].get("nodeName"):  # the scheduler binds it to the one node first
+            pod = self.cluster.bind(namespace, name, NODE)
+            if pod is None:
+                return
         status = self.runtime.status(pod)
         if status is not None and status != pod.get("status"):
             self.cluster.update(
@@ -469,7 +473,7 @@ class Controllers:
 
         def address(p: dict[str, Any]) -> dict[str, Any]:
             ref = {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
-            return {"ip": p["status"]["podIP"], "nodeName": "sandbox-node", "targetRef": ref}
+            return {"ip": p["status"]["podIP"], "nodeName": NODE, "targetRef": ref}
 
         ready = [address(p) for p in pods if pod_ready(p)]
         not_ready = [address(p) for p in pods if not pod_ready(p)]

@@ -428,3 +428,20 @@ def test_pods_run_as_a_service_account_that_exists(api: client.ApiClient, plain_
         f'pods "named" is forbidden: error looking up service account {plain_namespace}/robot: '
         'serviceaccount "robot" not found'
     )
+
+
+def test_pods_are_scheduled_to_a_node_that_is_there(api: client.ApiClient, plain_namespace: str) -> None:
+    """kubectl get nodes lists a Ready node; a pod is bound to one (spec.nodeName) and runs on its address."""
+    core = client.CoreV1Api(api)
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    assert nodes and all(
+        any(c.type == "Ready" and c.status == "True" for c in n.status.conditions) for n in nodes.values()
+    )
+    core.create_namespaced_pod(plain_namespace, pod("placed", {}))
+    placed = wait_for(
+        lambda: (p := core.read_namespaced_pod("placed", plain_namespace)).spec.node_name and p.status.host_ip and p,
+        what="the pod to be scheduled and started",
+    )
+    assert placed.spec.node_name in nodes
+    addresses = {a.address for a in nodes[placed.spec.node_name].status.addresses if a.type == "InternalIP"}
+    assert placed.status.host_ip in addresses
