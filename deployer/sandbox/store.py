@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import os
 from collections import deque
 from collections.abc import Callable
@@ -20,12 +21,21 @@ Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scope
 
 
 def clone(value: T) -> T:
-    """A deep copy of JSON data (dicts, lists, scalars): what the store holds. Several times quicker than
-    copy.deepcopy, which memoizes for shared and cyclic references that JSON cannot have."""
-    if isinstance(value, dict) and type(value) is dict:
-        return cast(T, {k: clone(v) for k, v in value.items()})
-    if isinstance(value, list) and type(value) is list:
-        return cast(T, [clone(v) for v in value])
+    """A deep copy of JSON data (dicts, lists, scalars): what the store holds. marshal's version 2 format, done
+    in C, copies it about twice as fast as a Python walk and, unlike pickle or later marshal versions, writes
+    no back-references: a dict the value holds twice comes back as two dicts, as JSON would. Anything marshal
+    cannot write is walked instead."""
+    try:
+        return cast(T, marshal.loads(marshal.dumps(cast(Any, value), 2)))  # noqa: S302 - bytes just written
+    except ValueError:
+        return _walk(value)
+
+
+def _walk(value: T) -> T:
+    if isinstance(value, dict):
+        return cast(T, {k: _walk(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return cast(T, [_walk(v) for v in value])
     return value
 
 
