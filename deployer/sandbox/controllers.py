@@ -61,6 +61,8 @@ class Controllers:
         self.runtime = runtime
         self.queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self.pending: set[tuple[str, str, str]] = set()
+        self.dependents: dict[str, set[Key]] = {}  # owner uid -> keys of objects that name it (kept by _index)
+        self.by_uid: dict[str, Key] = {}
         self.task: asyncio.Task[None] | None = None
         cluster.store.subscribers.append(self.on_event)
         runtime.bind(lambda namespace, name: self.enqueue("pods", namespace, name))
@@ -102,9 +104,25 @@ class Controllers:
 
     # --- event routing ---------------------------------------------------------------------------------------
 
+    def _index(self, event: Event) -> None:
+        """Owner uid -> dependents' keys, and uid -> key: garbage collection and finalizers look objects up by
+        uid (a scan of every object per deletion was the sandbox's hot spot under many releases)."""
+        gone = [event.old] if event.old is not None else []
+        if event.type == "DELETED":
+            gone.append(event.obj)
+        for old in gone:
+            for ref in old["metadata"].get("ownerReferences") or []:
+                self.dependents.get(ref.get("uid", ""), set()).discard(event.key)
+            self.by_uid.pop(old["metadata"].get("uid", ""), None)
+        if event.type != "DELETED":
+            for ref in event.obj["metadata"].get("ownerReferences") or []:
+                self.dependents.setdefault(ref.get("uid", ""), set()).add(event.key)
+            self.by_uid[event.obj["metadata"].get("uid", "")] = event.key
+
     def on_event(self, event: Event) -> None:
         group, plural, namespace, name = event.key
         obj = event.obj
+        self._index(event)
         if (group, plural) in (
             ("apps", "deployments"),
             ("apps", "replicasets"),
@@ -630,12 +648,15 @@ class Controllers:
     # --- garbage collection and finalizers -------------------------------------------------------------------
 
     def _dependents(self, uid: str) -> list[Key]:
-        return [k for k, o in self.cluster.store.objects.items() if _owned_by(o, uid)]
+        objects = self.cluster.store.objects
+        return [k for k in sorted(self.dependents.get(uid, ())) if k in objects and _owned_by(objects[k], uid)]
 
     def _finalize_uid(self, uid: str, _: str) -> None:
-        found = next(((k, o) for k, o in self.cluster.store.objects.items() if o["metadata"].get("uid") == uid), None)
-        if found is not None and found[1]["metadata"].get("deletionTimestamp"):
-            self._finalize(found[0], found[1])
+        key = self.by_uid.get(uid)
+        if key is None or (obj := self.cluster.store.objects.get(key)) is None:
+            return
+        if obj["metadata"].get("uid") == uid and obj["metadata"].get("deletionTimestamp"):
+            self._finalize(key, obj)
 
     def _collect_garbage(self, uid: str, _: str) -> None:
         """Delete the dependents of a deleted owner that have no owner left (background propagation)."""
