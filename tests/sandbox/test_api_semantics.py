@@ -267,12 +267,21 @@ def test_server_side_apply_removes_fields_the_manager_stopped_applying(api: clie
         "metadata": {"name": "cfg", "namespace": namespace, "labels": {"a": "1", "b": "2"}},
         "data": {"x": "1", "y": "2"},
     }
-    dyn.server_side_apply(body=body, name="cfg", namespace=namespace, field_manager="deployer")
-    body["data"] = {"x": "1"}
-    body["metadata"]["labels"] = {"a": "1"}
-    applied = dyn.server_side_apply(body=body, name="cfg", namespace=namespace, field_manager="deployer").to_dict()
+    applied = applied_twice(dyn, body, namespace, data={"x": "1"}, labels={"a": "1"})
     assert applied["data"] == {"x": "1"}
     assert applied["metadata"]["labels"] == {"a": "1"}
+
+
+def applied_twice(
+    resource: Any, body: dict[str, Any], namespace: str, *, data: dict[str, str], labels: dict[str, str]
+) -> dict[str, Any]:
+    """`body` applied by one manager, then again with other data and labels: what the second apply answers."""
+    name = body["metadata"]["name"]
+    resource.server_side_apply(body=body, name=name, namespace=namespace, field_manager="deployer")
+    again = {**body, "data": data, "metadata": {**body["metadata"], "labels": labels}}
+    return dict(
+        resource.server_side_apply(body=again, name=name, namespace=namespace, field_manager="deployer").to_dict()
+    )
 
 
 def test_server_side_apply_keeps_a_map_it_first_applied_empty(api: client.ApiClient, namespace: str) -> None:
@@ -280,10 +289,7 @@ def test_server_side_apply_keeps_a_map_it_first_applied_empty(api: client.ApiCli
     adds back what is owned); a container the manager stopped applying goes whole."""
     maps = DynamicClient(api).resources.get(api_version="v1", kind="ConfigMap")
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "grows", "labels": {}}, "data": {}}
-    maps.server_side_apply(body=body, name="grows", namespace=namespace, field_manager="deployer")
-    body["data"] = {"k": "v"}
-    body["metadata"]["labels"] = {"k": "v"}
-    applied = maps.server_side_apply(body=body, name="grows", namespace=namespace, field_manager="deployer").to_dict()
+    applied = applied_twice(maps, body, namespace, data={"k": "v"}, labels={"k": "v"})
     assert applied["data"] == {"k": "v"}
     assert applied["metadata"]["labels"] == {"k": "v"}
     deployments = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
