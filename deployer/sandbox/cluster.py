@@ -462,6 +462,15 @@ class Cluster:
                 owner = (entry["manager"], entry.get("apiVersion", ""))
                 others[owner] = others.get(owner, set()) | fields.from_fields_v1(entry.get("fieldsV1", {}))
         found = fields.conflicts(self._view(rt, base, subresource), applied_view, applied_set, others)
+        if found and not force and manager == "kubectl" and old is not None:
+            # kubectl moving from client-side to server-side apply takes over, without a conflict, the fields
+            # the last-applied-configuration annotation lists with the values they still have (apiserver
+            # pkg/endpoints/handlers/fieldmanager lastappliedmanager.go: only for the manager "kubectl")
+            allowed = self._last_applied_fields(old, schema)
+            if all(c.path in allowed for c in found):
+                force = True
+            else:
+                found = [c for c in found if c.path not in allowed]
         if found and not force:
             text = "; ".join(c.describe() for c in found)
             raise ApiError(
@@ -556,6 +565,22 @@ class Cluster:
                 f"version ({rt.api_version(version)})"
             )
         return clone(body)
+
+    @staticmethod
+    def _last_applied_fields(live: dict[str, Any], schema: dict[str, Any] | None) -> set[fields.Path]:
+        """The fields of kubectl's last-applied-configuration whose values the live object still has."""
+        text = (live["metadata"].get("annotations") or {}).get("kubectl.kubernetes.io/last-applied-configuration")
+        try:
+            last = json.loads(text) if text else None
+        except ValueError:
+            return set()
+        if not isinstance(last, dict):
+            return set()
+        return {
+            path
+            for path in fields.field_set(last, schema)
+            if fields.value_at(last, path) == fields.value_at(live, path)
+        }
 
     def _admit_service_account(self, namespace: str, pod: dict[str, Any]) -> None:
         """The ServiceAccount admission plugin (plugin/pkg/admission/serviceaccount/admission.go): a pod runs as

@@ -140,3 +140,23 @@ def test_helm_install_wait_status_history_rollback_uninstall(cluster: Running, n
     uninstall = run(cluster, HELM, "uninstall", "hello", "-n", namespace, "--wait")
     assert uninstall.returncode == 0, uninstall.stderr
     assert run(cluster, HELM, "status", "hello", "-n", namespace).returncode == 1
+
+
+@pytest.mark.parametrize("kubectl", AVAILABLE)
+def test_kubectl_moves_from_client_side_to_server_side_apply(
+    cluster: Running, namespace: str, tmp_path: Path, kubectl: str
+) -> None:
+    """`kubectl apply` then `kubectl apply --server-side` of a changed file: no conflict (kubectl takes over the
+    fields its last-applied annotation lists); another field manager still conflicts."""
+    manifest = tmp_path / "config.yaml"
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: moving}\ndata: {a: '1'}\n")
+    assert run(cluster, kubectl, "apply", "-n", namespace, "-f", str(manifest)).returncode == 0
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: moving}\ndata: {a: '2'}\n")
+    other = run(
+        cluster, kubectl, "apply", "--server-side", "--field-manager", "other", "-n", namespace, "-f", str(manifest)
+    )
+    assert other.returncode != 0 and "conflict" in other.stderr.lower(), other.stderr
+    moved = run(cluster, kubectl, "apply", "--server-side", "-n", namespace, "-f", str(manifest))
+    assert moved.returncode == 0, moved.stderr
+    got = run(cluster, kubectl, "get", "configmap", "moving", "-n", namespace, "-o", "jsonpath={.data.a}")
+    assert got.stdout == "2"
