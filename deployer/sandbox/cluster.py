@@ -136,6 +136,7 @@ class Cluster:
         for name in ("default", "kube-system", "kube-public"):
             if self.store.get(("", "namespaces", "", name)) is None:
                 self.create(self.rt("", "v1", "namespaces"), "v1", "", {"metadata": {"name": name}}, manager="sandbox")
+        self._local_api_services()
         if self.store.get(("", "nodes", "", NODE)) is None:  # a kubelet registers, then reports its status
             nodes, registered = self.rt("", "v1", "nodes"), node()
             created = self.create(nodes, "v1", "", registered, manager="kubelet")
@@ -148,6 +149,29 @@ class Cluster:
                 manager="kubelet",
                 subresource="status",
             )
+
+    def _local_api_services(self) -> None:
+        """An APIService for each served group version, as kube-apiserver's autoregister controller makes them
+        (`v1.`, `v1.apps`, and those of CRDs): served locally, always Available."""
+        for group, version in sorted({(rt.group, v) for rt in self.registry.all() for v in rt.versions}):
+            self.local_api_service(group, version)
+
+    def local_api_service(self, group: str, version: str) -> None:
+        name = f"{version}.{group}"
+        if self.store.get(("apiregistration.k8s.io", "apiservices", "", name)) is not None:
+            return
+        services = self.rt("apiregistration.k8s.io", "v1", "apiservices")
+        service = {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": name, "labels": {"kube-aggregator.kubernetes.io/automanaged": "onstart"}},
+            "spec": {"group": group, "version": version, "groupPriorityMinimum": 18000, "versionPriority": 15},
+        }
+        created = self.create(services, "v1", "", service, manager="kube-apiserver")
+        available = {"type": "Available", "status": "True", "lastTransitionTime": now(), "reason": "Local"}
+        available["message"] = "Local APIServices are always available"
+        created["status"] = {"conditions": [available]}
+        self.update(services, "v1", "", name, created, manager="kube-apiserver", subresource="status")
 
     def bind(self, namespace: str, name: str, node_name: str) -> dict[str, Any] | None:
         """What the scheduler's POST pods/NAME/binding does (pkg/registry/core/pod/storage BindingREST

@@ -639,6 +639,9 @@ class Controllers:
             "acceptedNames": names,
             "storedVersions": stored,
         }
+        for served in crd["spec"].get("versions") or []:
+            if served.get("served"):
+                self.cluster.local_api_service(crd["spec"]["group"], served["name"])
         if crd.get("status") != wanted:
             # these controllers run inside kube-apiserver, whose writes name it as their manager
             self.cluster.update(

@@ -80,8 +80,11 @@ BUILTINS: list[ResourceType] = [
     _r("v1", "Event", "events", short=("ev",), sub=()),
     _r("v1", "Endpoints", "endpoints", short=("ep",), sub=()),
     _r("v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",)),
+    _r("v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",)),
     _r("v1", "LimitRange", "limitranges", short=("limits",), sub=()),
     _r("v1", "ResourceQuota", "resourcequotas", short=("quota",)),
+    # served (kubectl apply --prune lists it by default); no controller runs them: the sandbox creates no pods
+    _r("v1", "ReplicationController", "replicationcontrollers", short=("rc",), cats=ALL),
     _r("apps/v1", "Deployment", "deployments", short=("deploy",), sub=("status", "scale"), cats=ALL),
     _r("apps/v1", "ReplicaSet", "replicasets", short=("rs",), sub=("status", "scale"), cats=ALL),
     _r("apps/v1", "StatefulSet", "statefulsets", short=("sts",), sub=("status", "scale"), cats=ALL),
@@ -101,6 +104,7 @@ BUILTINS: list[ResourceType] = [
     _r("coordination.k8s.io/v1", "Lease", "leases", sub=()),
     _r("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",), sub=()),
     _r("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",), sub=()),
+    _r("apiregistration.k8s.io/v1", "APIService", "apiservices", namespaced=False),
     _r(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",

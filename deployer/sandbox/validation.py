@@ -147,6 +147,12 @@ def admit_decoding(
 
 def check_name(rt: ResourceType, name: str) -> None:
     """metadata.name rules per kind (DNS-1123 subdomain; namespaces a label; services a DNS-1035 label)."""
+    if rt.kind == "APIService" and rt.group == "apiregistration.k8s.io":
+        # a path segment name (kube-aggregator apis/apiregistration/validation ValidateAPIServiceName): `v1.`
+        if name in (".", "..") or "/" in name or "%" in name:
+            cause = ("FieldValueInvalid", "metadata.name", f"Invalid value: \"{name}\": may not contain '/' or '%'")
+            raise invalid(rt.kind, name, rt.group, [cause])
+        return
     if rt.kind in ("Namespace",):
         pattern, limit, rule = DNS1123_LABEL, 63, "a lowercase RFC 1123 label"
     elif rt.kind == "Service":

@@ -160,3 +160,21 @@ def test_kubectl_moves_from_client_side_to_server_side_apply(
     assert moved.returncode == 0, moved.stderr
     got = run(cluster, kubectl, "get", "configmap", "moving", "-n", namespace, "-o", "jsonpath={.data.a}")
     assert got.stdout == "2"
+
+
+@pytest.mark.parametrize("kubectl", AVAILABLE)
+def test_kubectl_apply_prune_and_api_services(cluster: Running, namespace: str, tmp_path: Path, kubectl: str) -> None:
+    """`kubectl apply --prune` lists every kind of its default allow-list (ReplicationController among them);
+    `kubectl get apiservices` lists the local APIServices, Available."""
+    config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, labels: {{set: pruned}}}}\ndata: {{a: '1'}}\n"
+    both, one = tmp_path / "both.yaml", tmp_path / "one.yaml"
+    both.write_text(config.format(name="kept") + "---\n" + config.format(name="dropped"))
+    one.write_text(config.format(name="kept"))
+    assert run(cluster, kubectl, "apply", "-n", namespace, "-f", str(both)).returncode == 0
+    pruned = run(cluster, kubectl, "apply", "-n", namespace, "--prune", "-l", "set=pruned", "-f", str(one))
+    assert pruned.returncode == 0, pruned.stderr
+    assert "configmap/dropped pruned" in pruned.stdout
+    left = run(cluster, kubectl, "get", "configmaps", "-n", namespace, "-l", "set=pruned", "-o", "name")
+    assert left.stdout.split() == ["configmap/kept"]
+    apps = run(cluster, kubectl, "get", "apiservice", "v1.apps", "-o", "jsonpath={.status.conditions[0].status}")
+    assert apps.stdout == "True", apps.stderr
