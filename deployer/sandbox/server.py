@@ -54,6 +54,11 @@ ISTIO_OBJECTS: list[tuple[tuple[str, str, str], dict[str, Any]]] = [
 ]
 
 
+# At stop, requests still in flight (watches a client reopened after the drop, proxied streams) are cut after
+# this, where aiohttp waits up to 60 s for each runner's, one runner after another (the tests' stop allows 90 s).
+SHUTDOWN_GRACE = 2.0
+
+
 def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -211,7 +216,9 @@ class Sandbox:
         access = logging.getLogger("deployer.sandbox.access") if os.environ.get("DEPLOYER_SANDBOX_ACCESS_LOG") else None
         if access is not None:
             logging.basicConfig(level=logging.INFO)
-        self._runner = web.AppRunner(self.api.app(), access_log=access, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.api.app(), access_log=access, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -238,7 +245,7 @@ class Sandbox:
         return self
 
     async def _serve(self, app: web.Application) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         self._runners.append(runner)
