@@ -299,7 +299,8 @@ def test_a_push_whose_branch_moved_while_it_waited_is_refused(
     git(app.repo, "checkout", "-q", "-b", "other", base)
     second = change(app, "two")
     alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
-    time.sleep(1.0)
+    seen = read_until(alice, "canary 50%")  # alice's release holds the lock (a fixed sleep raced a slow start)
+    assert any("canary 50%" in line for line in seen), "".join(seen)
     late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
     assert alice.wait(timeout=180) == 0
     assert late.code == 1
