@@ -3,7 +3,7 @@
 No call and no watch holds a thread: a server running fifty releases waits on fifty watch streams in one event
 loop. The rest of the kube adapter (cluster, jobs, lease, records, secrets) and the health adapter's pod proxy
 call the verbs here; the resources they name by constant (LEASES, SECRETS, PODS, ...) and the verbs they call are
-what the chart's Role grants (tests/test_chart.py reads both from the source).
+what the chart's Role grants (tests/integration/test_chart.py reads both from the source).
 
 Credentials come from a kubeconfig as kubectl reads it (client-go tools/clientcmd: $KUBECONFIG's files merged,
 first file wins per name; relative paths against the file that names them; token, tokenFile, client certificate,
@@ -86,20 +86,22 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 JOB_STATUS = replace(JOBS, subresource="status")
 
 
-class ApiError(Exception):
-    """An answer of the apiserver that is not a success and not transient (4xx but 429)."""
+class ApiError(DeployError):
+    """An answer of the apiserver that is not a success and not transient (4xx but 429). A DeployError: one the
+    code does not expect (a 403 from a Role that lacks a right, a 422) stops the release with the Status
+    message as kubectl prints it, never as an internal error."""
 
     def __init__(self, status: int, reason: str, body: str = "") -> None:
         self.status, self.reason, self.body = status, reason, body
-        super().__init__(f"HTTP {status} {reason}")
+        super().__init__(_status_message(status, reason, body), where="cluster")
 
-    @property
-    def message(self) -> str:
-        """The Status object's message, as kubectl prints it."""
-        try:
-            return str(json.loads(self.body).get("message") or f"HTTP {self.status} {self.reason}")
-        except (ValueError, AttributeError):
-            return f"HTTP {self.status} {self.reason}"
+
+def _status_message(status: int, reason: str, body: str) -> str:
+    """The Status object's message, as kubectl prints it."""
+    try:
+        return str(json.loads(body).get("message") or f"HTTP {status} {reason}")
+    except (ValueError, AttributeError):
+        return f"HTTP {status} {reason}"
 
 
 def describe(exc: BaseException) -> str:

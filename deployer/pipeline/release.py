@@ -188,6 +188,17 @@ async def _pre_deploy(run: Run, runner: JobRunner, hooks: list[dict[str, Any]]) 
 async def _canary(run: Run, policy: CanaryPolicy, previous: Record) -> None:
     await run.save(phase=Phase.CANARY)
     canaries = await start_canary(run)
+    try:
+        await _canary_rounds(run, policy, previous, canaries)
+    except (RolledBack, LockLost):
+        raise  # recorded already, or the lease's next holder recovers it
+    except DeployError as exc:  # the cluster refused a call (a Role without a right, a 422): undo the canary
+        if run.record.phase is not Phase.CANARY:
+            raise  # promotion puts back what it changed itself (_promote)
+        await _rollback(run, f"the canary could not go on: {exc}", previous)
+
+
+async def _canary_rounds(run: Run, policy: CanaryPolicy, previous: Record, canaries: list[dict[str, Any]]) -> None:
     await _canary_ready(run, canaries, previous)
     await _in_mesh(run, canaries, previous)
     rounds: list[Round] = []
