@@ -4,19 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test lint demo bench image registry sandbox clean
+.PHONY: setup test unit conformance lint demo bench image registry sandbox clean
 
 setup:
 	@scripts/setup
 
 lint: setup
-	$(BIN)/ruff check deployer tests bench
-	$(BIN)/ruff format --check deployer tests bench
-	$(BIN)/mypy deployer
+	$(BIN)/ruff check deployer sandbox tests bench
+	$(BIN)/ruff format --check deployer sandbox tests bench
+	$(BIN)/mypy deployer sandbox/kube_sandbox
 	$(BIN)/lint-imports
 
+# everything: the deployer's tests (unit, integration, e2e on kube-sandbox), then kube-sandbox's own conformance tests
 test: lint
 	$(BIN)/pytest
+	cd sandbox && ../$(BIN)/pytest
+
+# the deployer's unit tests alone: no cluster, no subprocess, seconds
+unit: setup
+	$(BIN)/pytest tests/unit
+
+# kube-sandbox's conformance tests (sandbox/tests): the API, controllers, data plane and mesh, through real clients
+conformance: setup
+	cd sandbox && ../$(BIN)/pytest
 
 demo: setup
 	@scripts/demo
@@ -39,7 +49,7 @@ registry: setup
 	$(BIN)/deployer registry --port 5000 --storage .state/registry
 
 sandbox: setup
-	$(BIN)/deployer sandbox --kubeconfig .state/sandbox/kubeconfig --state .state/sandbox/objects
+	$(BIN)/kube-sandbox serve --kubeconfig .state/sandbox/kubeconfig --state .state/sandbox/objects
 
 clean:
 	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,7 @@ from kubernetes import client, config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from gitserver import GitServer, Key, make_key, push, push_in_background, server_config, start_server  # noqa: E402
 from runs import repeat, report  # noqa: E402

@@ -21,11 +21,10 @@ from pathlib import Path
 from kubernetes import client
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from kube_sandbox.testing import start_sandbox  # noqa: E402
 from runs import repeat, report  # noqa: E402
-from sandboxes import start_sandbox  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HELM = shutil.which("helm", path=str(ROOT / ".tools" / "bin")) or "helm"

@@ -20,9 +20,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from sandboxes import start_sandbox  # noqa: E402
+from kube_sandbox.testing import start_sandbox  # noqa: E402
 from support import push_base_image, start_registry  # noqa: E402
 
 DEPLOYMENT = """\

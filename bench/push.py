@@ -31,11 +31,11 @@ from kubernetes import client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from gitserver import make_key, push_in_background, server_config, start_server  # noqa: E402
+from kube_sandbox.testing import start_sandbox  # noqa: E402
 from runs import repeat, report  # noqa: E402
-from sandboxes import start_sandbox  # noqa: E402
 from support import BUILDAH, commit, git, start_registry  # noqa: E402
 
 PHASES = ["transfer + plan + scan", "build", "render", "apply", "analysis", "promote", "server overhead"]

@@ -1,4 +1,4 @@
-"""The two error families of DESIGN.md section 6. Only `TransientError` is ever retried."""
+"""The two error families of docs/architecture.md §6. Only `TransientError` is ever retried."""
 
 from __future__ import annotations
 

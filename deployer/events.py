@@ -1,4 +1,4 @@
-"""Events: every step of a release reports what it does through one sink (DESIGN.md section 1).
+"""Events: every step of a release reports what it does through one sink (docs/architecture.md §1).
 
 The push pipeline turns them into `remote:` lines, the CLI prints them, logs and metrics consume them.
 """
@@ -77,7 +77,7 @@ class Round:
 
 @dataclass(frozen=True)
 class Record:
-    """One release of one environment, as stored (DESIGN.md section 5) and as the engine reports its outcome.
+    """One release of one environment, as stored (docs/architecture.md §5) and as the engine reports its outcome.
 
     A release changes its record by replacing it (`dataclasses.replace`); `to_json`/`from_json` are the stored
     form, which keeps the keys records have always had, so records written by earlier versions still read."""

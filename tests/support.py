@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kube_sandbox.testing.registry import Registry, free_port, start_registry
+
 from deployer.cli import main
+
+__all__ = ["Registry", "free_port", "start_registry"]  # the registry helpers are kube-sandbox's; tests import them here
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -78,53 +78,6 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new, 1))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Registry:
-    host: str
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def requests(self, method: str, path_part: str) -> int:
-        """How many `method` requests whose path contains `path_part` the registry's access log shows."""
-        return sum(1 for line in self.log.read_text().splitlines() if f'"{method} ' in line and path_part in line)
-
-    def tags(self, path: str) -> list[str]:
-        with urllib.request.urlopen(f"http://{self.host}/v2/{path}/tags/list", timeout=10) as response:
-            return list(json.load(response)["tags"])
-
-
-def start_registry(tmp: Path, *, htpasswd: str | None = None, data: Path | None = None) -> Registry:
-    tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "info", "accesslog": {"disabled": False}},
-        "storage": {"filesystem": {"rootdirectory": str(data or tmp / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }
-    if htpasswd:
-        (tmp / "htpasswd").write_text(htpasswd)
-        config["auth"] = {"htpasswd": {"realm": "test", "path": str(tmp / "htpasswd")}}
-    (tmp / "config.yml").write_text(json.dumps(config))
-    log = tmp / "access.log"
-    process = subprocess.Popen(
-        ["docker-registry", "serve", str(tmp / "config.yml")], stdout=log.open("wb"), stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return Registry(f"127.0.0.1:{port}", log, process)
 
 
 def push_base_image(registry: Registry, name: str = "busybox:1.35") -> str:

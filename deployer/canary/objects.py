@@ -1,4 +1,4 @@
-"""The canary's workloads (DESIGN.md section 3), computed from the rendered objects: pure dicts in, dicts out.
+"""The canary's workloads (docs/architecture.md §3), computed from the rendered objects: pure dicts in, dicts out.
 
 The model is Flagger's (fluxcd/flagger pkg/canary/deployment_controller.go, pkg/router/kubernetes_default.go),
 adapted to a push: for each Deployment `D` that a Service `S` selects,

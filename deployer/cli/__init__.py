@@ -171,60 +171,11 @@ def _allow_cluster_scoped(command: Any) -> None:
 
 
 def _add_sandbox(commands: Any) -> None:
-    sandbox = commands.add_parser("sandbox", help="run a local, strict Kubernetes API (the sandbox cluster)")
-    sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    sandbox.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=Path(".state/sandbox/kubeconfig"),
-        help="where to write the kubeconfig (default: .state/sandbox/kubeconfig)",
-    )
-    sandbox.add_argument("--state", type=Path, help="keep objects in this directory across restarts")
-    sandbox.add_argument("--ready-delay", type=float, default=0.5, help="seconds until a simulated pod is Ready")
-    sandbox.add_argument(
-        "--runtime",
-        choices=("simulated", "containers"),
-        default="simulated",
-        help="simulated pods (no containers), or real containers in the sandbox's own dockerd",
-    )
-    sandbox.add_argument(
-        "--crash-backoff", type=float, default=10.0, help="first CrashLoopBackOff delay in seconds (kubelet: 10)"
-    )
-    sandbox.add_argument("--prometheus", action="store_true", help="also run Prometheus, scraping the mesh")
-    sandbox.add_argument(
-        "--scrape-interval", default="15s", help="Prometheus' scrape interval (default 15s, as common Istio setups)"
-    )
-    sandbox.add_argument(
-        "--propagation-delay",
-        type=float,
-        default=1.0,
-        help="seconds until a routing change reaches the gateway and the sidecars (default 1)",
-    )
-    sandbox.add_argument(
-        "--hpa-sync-period", type=float, default=15.0, help="seconds between autoscaler runs (kube's default 15)"
-    )
-    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", metavar="{traffic}")
-    traffic = sandbox_commands.add_parser(
-        "traffic", help="send steady load through the ingress gateway, or from a pod in the mesh (--from)"
-    )
-    traffic.add_argument("--host", required=True, help="Host header: a gateway host, or with --from a service host")
-    traffic.add_argument(
-        "--from",
-        dest="source",
-        metavar="NAMESPACE[/LABELS]",
-        help="send as a pod of this namespace (labels k=v,...), through its sidecar if it has one",
-    )
-    traffic.add_argument("--no-sidecar", action="store_true", help="with --from: a client without a sidecar")
-    traffic.add_argument("--rps", type=float, default=10.0, help="requests a second (default 10)")
-    traffic.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
-    traffic.add_argument("--path", default="/", help="request path (default /)")
-    traffic.add_argument("--mesh", help="the front door's URL (default: asked of the sandbox in --kubeconfig)")
-    traffic.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=Path(os.environ.get("KUBECONFIG") or ".state/sandbox/kubeconfig"),
-        dest="traffic_kubeconfig",
-        help="the sandbox's kubeconfig (default: $KUBECONFIG, else .state/sandbox/kubeconfig)",
+    # Listed for --help only: main() hands `deployer sandbox ARGS` to kube-sandbox before parsing.
+    commands.add_parser(
+        "sandbox",
+        help="run the sandbox cluster (kube-sandbox serve; `deployer sandbox traffic` is kube-sandbox traffic)",
+        add_help=False,
     )
 
 
@@ -309,69 +260,20 @@ async def _validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _traffic(args: argparse.Namespace) -> int:
-    from deployer.sandbox import traffic  # noqa: PLC0415 - a separate program, loaded only when asked for
-
-    if args.no_sidecar and not args.source:
-        raise DeployError("--no-sidecar needs --from NAMESPACE", where="sandbox traffic")
-    mesh = args.mesh
-    if mesh is None:
-        try:
-            mesh = traffic.mesh_url(args.traffic_kubeconfig, "clients" if args.source else "gateway")
-        except (OSError, ValueError, KeyError) as exc:
-            raise DeployError(
-                f"cannot find the sandbox's mesh: {exc} (is `deployer sandbox` running?)",
-                where=str(args.traffic_kubeconfig),
-            ) from None
-    if args.rps <= 0 or args.duration <= 0:
-        raise DeployError("--rps and --duration must be positive", where="sandbox traffic")
-    print(f"sending {args.rps:g} requests/s for {args.duration:g}s to {args.host}{args.path} via {mesh}", flush=True)
-    counts = run_async(
-        traffic.send(
-            mesh,
-            args.host,
-            rps=args.rps,
-            duration=args.duration,
-            path=args.path,
-            report=lambda line: print(line, flush=True),
-            source=args.source,
-            sidecar=not args.no_sidecar,
-        )
-    )
-    total = sum(counts.values())
-    ok = sum(v for k, v in counts.items() if k.isdigit() and int(k) < 500)
-    print(f"total {total} requests, {ok} without a 5xx or error ({100 * ok / total:.1f}%)", flush=True)
-    return 0
-
-
-def _sandbox(args: argparse.Namespace) -> int:
-    if args.sandbox_command == "traffic":
-        return _traffic(args)
-    from deployer.sandbox import serve  # noqa: PLC0415 - a separate program, loaded only when asked for
-    from deployer.sandbox.engine import EngineError  # noqa: PLC0415
-
+def _sandbox(argv: Sequence[str]) -> int:
+    """`deployer sandbox [traffic] ARGS`: the kube-sandbox command, a development dependency that may be absent."""
     try:
-        run_async(
-            serve(
-                port=args.port,
-                kubeconfig_path=args.kubeconfig.resolve(),
-                state_dir=args.state,
-                ready_delay=args.ready_delay,
-                runtime=args.runtime,
-                prometheus=args.prometheus,
-                crash_backoff=args.crash_backoff,
-                scrape_interval=args.scrape_interval,
-                propagation_delay=args.propagation_delay,
-                hpa_sync_period=args.hpa_sync_period,
-            )
+        from kube_sandbox.cli import main as sandbox_main  # noqa: PLC0415 - a separate program, only when asked for
+    except ImportError:
+        print(
+            "error: sandbox: kube-sandbox is not installed (a development tool: `make setup`, "
+            "or pip install ./sandbox)",
+            file=sys.stderr,
         )
-    except OSError as exc:
-        raise DeployError(f"cannot serve: {exc.strerror or exc}", where=f"sandbox --port {args.port}") from None
-    except (EngineError, RuntimeError) as exc:
-        raise DeployError(str(exc), where=f"sandbox --runtime {args.runtime}") from None
-    except KeyboardInterrupt:
-        print("sandbox stopped", file=sys.stderr)
-    return 0
+        return 1
+    if argv[:1] == ["traffic"]:
+        return sandbox_main(argv, prog="deployer sandbox")
+    return sandbox_main(["serve", *argv], prog="deployer sandbox")
 
 
 def _state_dir() -> Path:
@@ -624,7 +526,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recover": lambda args: run_async(_operation(args)),
     "promote": lambda args: run_async(_operation(args)),
     "abort": lambda args: run_async(_operation(args)),
-    "sandbox": _sandbox,
     "serve": git_commands.serve,
     "init": git_commands.init,
     "scan": git_commands.scan,
@@ -634,6 +535,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 1 on a DeployError (one line on stderr), 2 on a usage error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        return _sandbox(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -1,4 +1,4 @@
-"""The deploy.yaml model: what an app repository promises the deployer (DESIGN.md section 2).
+"""The deploy.yaml model: what an app repository promises the deployer (docs/architecture.md §2).
 
 Unknown keys are errors so that a typo never silently turns a setting off. Keys are camelCase as in
 Kubernetes manifests; durations are strings such as "30s" or "1m30s".

@@ -1,4 +1,4 @@
-"""The per-environment lock: a coordination.k8s.io Lease with a holder and an expiry (DESIGN.md section 5).
+"""The per-environment lock: a coordination.k8s.io Lease with a holder and an expiry (docs/architecture.md §5).
 
 A dead holder's lease expires and is taken over; a live holder's lease is waited for (or refused at once).
 Takeover uses the Lease's resourceVersion, so two deployers racing for it cannot both win.

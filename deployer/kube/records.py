@@ -1,4 +1,4 @@
-"""Release records: one Secret per revision, like Helm's (DESIGN.md section 5); history capped."""
+"""Release records: one Secret per revision, like Helm's (docs/architecture.md §5); history capped."""
 
 from __future__ import annotations
 

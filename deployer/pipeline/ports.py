@@ -1,4 +1,4 @@
-"""The engine's ports: what a release needs of the world, as Protocols (DESIGN.md section 4).
+"""The engine's ports: what a release needs of the world, as Protocols (docs/architecture.md §4).
 
 The kube, health and Prometheus adapters implement them for a real cluster (`connect`); tests give the engine
 in-memory fakes of the same Protocols (tests/fakes.py), so promote, rollback, abort and every recovery phase run

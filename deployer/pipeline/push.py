@@ -1,11 +1,11 @@
-"""One push → at most one release (DESIGN.md section 1, steps 1 to 10), as the server runs it for pre-receive.
+"""One push → at most one release (docs/architecture.md §1, steps 1 to 10), as the server runs it for pre-receive.
 
 Plan first, before anything runs: each ref update is mapped to an environment by the deploy.yaml at the NEW
 commit, and the server config decides whether this user may do it, with these push options. Then the secret
 scan, then build, render, validate and the release. Any DeployError rejects the whole push: git leaves every
 ref where it was.
 
-The rules for refs, decided here and documented in README.md:
+The rules for refs, decided here and documented in docs/server.md:
 - a branch no environment claims is accepted without a deploy; tags deploy nothing;
 - deleting an environment's branch is refused (the branch records what is live);
 - a push deploys one environment: two ref updates that would deploy two are refused (push them one by one);

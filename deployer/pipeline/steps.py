@@ -1,4 +1,4 @@
-"""One push → one release, as a sequence of steps (DESIGN.md section 1).
+"""One push → one release, as a sequence of steps (docs/architecture.md §1).
 
 So far: the build step (3), which turns one commit into an image in the registry pinned by digest, and the
 render and validate steps (4 and 5), which turn one commit and one environment into the exact,

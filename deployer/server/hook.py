@@ -1,4 +1,4 @@
-"""The pre-receive hook: a thin client (DESIGN.md section 1). It hands the push to the server's pipeline over the
+"""The pre-receive hook: a thin client (docs/architecture.md §1). It hands the push to the server's pipeline over the
 server's local socket and prints the events as they come; git shows them to the pusher as `remote:` lines.
 
 Standard library only, so that it starts fast. If the pusher disconnects, writes fail and are ignored: the hook

@@ -69,7 +69,7 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
     if isinstance(found.build.builder, BuildahBuilder) and found.build.builder.user is None and os.geteuid() == 0:
         log.warning(
             "builds run as root: a RUN step's root is the host's root inside its namespaces; set builder.runAs to "
-            "an unprivileged user with /etc/subuid ranges (README: What the server enforces)"
+            "an unprivileged user with /etc/subuid ranges (docs/server.md: What the server enforces)"
         )
     server = DeployServer(config, services=found)
     await server.start()

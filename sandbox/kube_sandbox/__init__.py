@@ -1,8 +1,8 @@
-"""A strict local Kubernetes API server with simulated controllers (DESIGN.md section 7).
+"""A strict local Kubernetes API server with simulated controllers (the deployer's docs/architecture.md, section 7).
 
-A separate program: it imports nothing from the rest of the deployer.
+Its own distribution (kube-sandbox, sandbox/ in the deployer's repository): it imports nothing from the deployer.
 """
 
-from deployer.sandbox.server import Sandbox, kubeconfig, serve
+from kube_sandbox.server import Sandbox, kubeconfig, serve
 
 __all__ = ["Sandbox", "kubeconfig", "serve"]

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,17 +17,18 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from deployer.sandbox import discovery
-from deployer.sandbox.cluster import Cluster
-from deployer.sandbox.errors import ApiError, bad_request
-from deployer.sandbox.mesh import HOP_BY_HOP
-from deployer.sandbox.patch import json_patch, merge_patch
-from deployer.sandbox.pods import named_port
-from deployer.sandbox.protobuf import ProtobufError, decode_request
-from deployer.sandbox.resources import ResourceType
-from deployer.sandbox.schema import swagger_document
-from deployer.sandbox.selectors import SelectorError, field_matcher, label_matcher
-from deployer.sandbox.watch import watch
+from kube_sandbox import discovery
+from kube_sandbox.auth import DEFAULT_EXPIRATION, ISSUER, MIN_EXPIRATION, Auth, User, request_attributes
+from kube_sandbox.cluster import Cluster, now
+from kube_sandbox.errors import ApiError, bad_request
+from kube_sandbox.mesh import HOP_BY_HOP
+from kube_sandbox.patch import json_patch, merge_patch
+from kube_sandbox.pods import named_port
+from kube_sandbox.protobuf import ProtobufError, decode_request
+from kube_sandbox.resources import ResourceType
+from kube_sandbox.schema import swagger_document
+from kube_sandbox.selectors import SelectorError, field_matcher, label_matcher
+from kube_sandbox.watch import watch
 
 _PATCH_TYPES = {
     "application/json-patch+json": "json",
@@ -35,7 +37,8 @@ _PATCH_TYPES = {
     "application/apply-patch+yaml": "apply",
     "application/apply-patch+cbor": "apply-cbor",
 }
-log = logging.getLogger("deployer.sandbox")
+log = logging.getLogger("kube_sandbox")
+USER: web.RequestKey[User] = web.RequestKey("user", User)  # who the request is, once authenticated
 _VERBS_BY_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -118,7 +121,9 @@ class Api:
         extra_routes: Any = None,
         pods: Pods | None = None,
         resets: Callable[[dict[str, Any], int], bool] | None = None,
+        auth: Auth | None = None,
     ) -> None:
+        self.auth = auth
         self.pods = pods
         self.resets = resets  # (pod, port) -> a plaintext connection is reset there (a sidecar under STRICT mTLS)
         self.cluster = cluster
@@ -165,9 +170,13 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
-        if path == "/openapi/v2":
-            return self._swagger(request)
         try:
+            if self.auth is not None:  # the authentication, then the authorization filter: before any routing
+                user = self.auth.identify(request.headers.get("Authorization"))
+                request[USER] = user
+                self.auth.check(request_attributes(user, request.method, request.path, dict(request.query)))
+            if path == "/openapi/v2":
+                return self._swagger(request)
             proxy = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/proxy(/.*)?", request.path)
             if proxy:
                 self.controls.stats["proxy pods"] += 1
@@ -301,11 +310,77 @@ class Api:
             "patch": self._patch,
             "delete": self._delete,
         }.get(verb)
-        if handler is None:
+        if handler is None or (not target.rt.stored and verb != "create"):
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        if not target.rt.stored:
+            return _json(self._review(request, target, await self._body(request, target)), status=201)
+        if target.subresource == "token":
+            if verb != "create":
+                raise ApiError(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            return _json(self._token_request(target, await self._body(request, target)), status=201)
         if target.subresource == "scale" and verb in ("update", "patch"):
             return _json(self._scale_write(request, target, await self._body(request, target)))
         return await handler(request, target)
+
+    def _review(self, request: web.Request, t: Target, body: Any) -> dict[str, Any]:
+        """SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview: the body back with its status, for
+        the request's own user (pkg/registry/authorization/selfsubjectaccessreview/rest.go and its siblings)."""
+        if not isinstance(body, dict) or body.get("kind") not in (None, t.rt.kind):
+            raise bad_request(f"not a {t.rt.kind}: {type(body).__name__}")
+        user = request.get(USER) or User("system:anonymous")
+        auth = self.auth
+        answer: dict[str, Any] = {
+            "kind": t.rt.kind,
+            "apiVersion": t.rt.api_version(t.version),
+            "metadata": {"creationTimestamp": None} | (body.get("metadata") or {}),
+        }
+        spec = body.get("spec") or {}
+        if t.rt.kind == "SelfSubjectReview":
+            answer["metadata"]["creationTimestamp"] = now()
+            answer["status"] = {"userInfo": user.info()}
+        elif t.rt.kind == "SelfSubjectAccessReview":
+            if bool(spec.get("resourceAttributes")) == bool(spec.get("nonResourceAttributes")):
+                raise _invalid_review(
+                    t.rt.kind, "exactly one of nonResourceAttributes or resourceAttributes must be specified"
+                )
+            answer["spec"] = spec
+            answer["status"] = auth.access_review(user, spec) if auth else {"allowed": True}
+        else:
+            if not spec.get("namespace"):
+                raise _invalid_review(t.rt.kind, "spec.namespace: Required value")
+            answer["spec"] = spec
+            answer["status"] = auth.rules_review(user, spec["namespace"]) if auth else {"incomplete": False}
+        return answer
+
+    def _token_request(self, t: Target, body: Any) -> dict[str, Any]:
+        """TokenRequest (pkg/registry/core/serviceaccount/storage/token.go): a bound token for the account."""
+        if self.auth is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        account = self.cluster.get(t.rt, t.version, t.namespace or "", t.name or "")  # 404 if it does not exist
+        spec = (body or {}).get("spec") or {}
+        expiration = int(spec.get("expirationSeconds") or DEFAULT_EXPIRATION)
+        if expiration < MIN_EXPIRATION:
+            raise ApiError(
+                422,
+                "Invalid",
+                f'TokenRequest.authentication.k8s.io "{t.name}" is invalid: spec.expirationSeconds: Invalid value: '
+                f"{expiration}: may not specify a duration less than 10 minutes",
+                details={"name": t.name or "", "group": "authentication.k8s.io", "kind": "TokenRequest"},
+            )
+        audiences = list(spec.get("audiences") or [ISSUER])
+        token, expires = self.auth.tokens.bound(account, audiences=audiences, expiration=expiration)
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": t.name, "namespace": t.namespace, "creationTimestamp": now()},
+            "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": None},
+            "status": {
+                "token": token,
+                "expirationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+            },
+        }
 
     async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
         query = request.query
@@ -556,6 +631,11 @@ class Api:
         finally:
             await events.aclose()
         return response
+
+
+def _invalid_review(kind: str, message: str) -> ApiError:
+    group = "authorization.k8s.io"
+    return ApiError(422, "Invalid", f'{kind}.{group} "" is invalid: {message}', details={"group": group, "kind": kind})
 
 
 def _name_field(selector: str | None, name: str | None) -> str | None:

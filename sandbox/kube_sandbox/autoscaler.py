@@ -23,11 +23,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from deployer.sandbox.cluster import Cluster, now
-from deployer.sandbox.defaults import quantity
-from deployer.sandbox.errors import ApiError
-from deployer.sandbox.pods import ready
-from deployer.sandbox.selectors import match_labels_selector
+from kube_sandbox.cluster import Cluster, now
+from kube_sandbox.defaults import quantity
+from kube_sandbox.errors import ApiError
+from kube_sandbox.pods import ready
+from kube_sandbox.selectors import match_labels_selector
 
 log = logging.getLogger(__name__)
 MANAGER = "kube-controller-manager"

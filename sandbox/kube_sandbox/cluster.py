@@ -15,15 +15,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from deployer.sandbox import fields
-from deployer.sandbox import schema as k8s
-from deployer.sandbox.defaults import apply_defaults, created_status
-from deployer.sandbox.errors import ApiError, bad_request, conflict, not_found
-from deployer.sandbox.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from deployer.sandbox.resources import PREINSTALLED_CRDS, Registry, ResourceType, from_crd
-from deployer.sandbox.selectors import SelectorError, field_matcher, label_matcher
-from deployer.sandbox.store import Key, Store, clone
-from deployer.sandbox.validation import admit_decoding, check_name, validate
+from kube_sandbox import fields
+from kube_sandbox import schema as k8s
+from kube_sandbox.defaults import apply_defaults, created_status
+from kube_sandbox.errors import ApiError, bad_request, conflict, not_found
+from kube_sandbox.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from kube_sandbox.resources import PREINSTALLED_CRDS, Registry, ResourceType, from_crd
+from kube_sandbox.selectors import SelectorError, field_matcher, label_matcher
+from kube_sandbox.store import Key, Store, clone
+from kube_sandbox.validation import admit_decoding, check_name, validate
 
 CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
 NODE = "sandbox-node"  # the one node every pod is scheduled to
@@ -66,7 +66,7 @@ def node() -> dict[str, Any]:
                 "containerRuntimeVersion": "sandbox://1",
                 "operatingSystem": "linux",
                 "architecture": "amd64",
-                "osImage": "deployer sandbox",
+                "osImage": "kube-sandbox",
                 "kernelVersion": "",
                 "machineID": "",
                 "systemUUID": "",

@@ -39,13 +39,13 @@ from typing import Any, TypeVar
 import aiohttp
 import docker.errors
 
-from deployer.sandbox.defaults import qos_class
-from deployer.sandbox.engine import LABEL, PAUSE_IMAGE, Engine
-from deployer.sandbox.injection import is_sidecar
-from deployer.sandbox.pods import named_port
-from deployer.sandbox.runtime import base_status, stamp
+from kube_sandbox.defaults import qos_class
+from kube_sandbox.engine import LABEL, PAUSE_IMAGE, Engine
+from kube_sandbox.injection import is_sidecar
+from kube_sandbox.pods import named_port
+from kube_sandbox.runtime import base_status, stamp
 
-log = logging.getLogger("deployer.sandbox.containers")
+log = logging.getLogger("kube_sandbox.containers")
 T = TypeVar("T")
 PLEG_PERIOD = 0.5  # seconds a container must live before it is reported running
 Lookup = Callable[[str, str, str], dict[str, Any] | None]  # (namespace, plural, name) -> object

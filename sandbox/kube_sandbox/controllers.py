@@ -4,6 +4,7 @@ garbage collection. Deterministic and fast; every write goes through the same AP
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -12,17 +13,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deployer.sandbox.cluster import NODE, Cluster, now, random_suffix
-from deployer.sandbox.errors import ApiError
-from deployer.sandbox.pods import ready as pod_ready
-from deployer.sandbox.pods import target_port
-from deployer.sandbox.resources import ResourceType
-from deployer.sandbox.runtime import PodRuntime
-from deployer.sandbox.selectors import match_labels_selector
-from deployer.sandbox.store import Event, Key, clone
+from kube_sandbox.auth import SA_NAME_ANNOTATION, SA_UID_ANNOTATION, TOKEN_SECRET, Tokens
+from kube_sandbox.cluster import NODE, Cluster, now, random_suffix
+from kube_sandbox.errors import ApiError
+from kube_sandbox.pods import ready as pod_ready
+from kube_sandbox.pods import target_port
+from kube_sandbox.resources import ResourceType
+from kube_sandbox.runtime import PodRuntime
+from kube_sandbox.selectors import match_labels_selector
+from kube_sandbox.store import Event, Key, clone
 
 MANAGER = "kube-controller-manager"
-log = logging.getLogger("deployer.sandbox.controllers")
+log = logging.getLogger("kube_sandbox.controllers")
 REVISION = "deployment.kubernetes.io/revision"
 
 
@@ -53,11 +55,18 @@ def template_hash(template: dict[str, Any]) -> str:
     return "".join("bcdfghjklmnpqrstvwxz2456789"[int(digest[i : i + 2], 16) % 27] for i in range(0, 20, 2))
 
 
+ROOT_CA = "kube-root-ca.crt"
+
+
 class Controllers:
     """Reacts to store events by reconciling the affected objects, one at a time."""
 
-    def __init__(self, cluster: Cluster, runtime: PodRuntime) -> None:
+    def __init__(
+        self, cluster: Cluster, runtime: PodRuntime, *, tokens: Tokens | None = None, ca_pem: bytes | None = None
+    ) -> None:
         self.cluster = cluster
+        self.tokens = tokens
+        self.ca_pem = ca_pem
         self.runtime = runtime
         self.queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self.pending: set[tuple[str, str, str]] = set()
@@ -133,6 +142,10 @@ class Controllers:
             ("apiextensions.k8s.io", "customresourcedefinitions"),
         ):
             self.enqueue(plural, namespace, name)
+        if plural == "secrets" and obj.get("type") == TOKEN_SECRET and event.type != "DELETED":
+            self.enqueue("secrets", namespace, name)
+        if self.ca_pem is not None and (plural == "namespaces" or (plural, name) == ("configmaps", ROOT_CA)):
+            self.enqueue("root-ca", "", namespace or name)
         for ref in obj["metadata"].get("ownerReferences") or []:
             owner_plural = {"ReplicaSet": "replicasets", "Deployment": "deployments", "Job": "jobs"}.get(ref["kind"])
             if owner_plural:
@@ -158,6 +171,8 @@ class Controllers:
             "jobs": self.job,
             "namespaces": self.namespace,
             "customresourcedefinitions": self.crd,
+            "secrets": self.token_secret,
+            "root-ca": self.root_ca,
             "gc": self._collect_garbage,
             "finalize-uid": self._finalize_uid,
         }[plural]
@@ -602,6 +617,49 @@ class Controllers:
             self.cluster.store.delete(("", "namespaces", "", name))
         else:
             self.later(0.05, "namespaces", "", name)
+
+    def token_secret(self, namespace: str, name: str) -> None:
+        """kube-controller-manager's TokensController: a Secret of type service-account-token gets its account's
+        token, the namespace and the account's uid; a Secret whose account does not exist is deleted
+        (pkg/controller/serviceaccount/tokens_controller.go). No ca.crt: the sandbox serves plain HTTP."""
+        secret = self._get("secrets", namespace, name)
+        if secret is None or self.tokens is None or (secret.get("data") or {}).get("token"):
+            return
+        annotations = secret["metadata"].get("annotations") or {}
+        account = self._get("serviceaccounts", namespace, annotations.get(SA_NAME_ANNOTATION, ""))
+        rt = self.rt("secrets")
+        wanted_uid = annotations.get(SA_UID_ANNOTATION)
+        if account is None or (wanted_uid and wanted_uid != account["metadata"]["uid"]):
+            self.cluster.delete(rt, "v1", namespace, name)
+            return
+        token = self.tokens.legacy(account, name)
+        updated = clone(secret)
+        updated["metadata"].setdefault("annotations", {})[SA_UID_ANNOTATION] = account["metadata"]["uid"]
+        updated["data"] = {
+            **(secret.get("data") or {}),
+            "token": base64.b64encode(token.encode()).decode(),
+            "namespace": base64.b64encode(namespace.encode()).decode(),
+        }
+        if self.ca_pem is not None:
+            updated["data"]["ca.crt"] = base64.b64encode(self.ca_pem).decode()
+        self.cluster.update(rt, "v1", namespace, name, updated, manager="kube-controller-manager")
+
+    def root_ca(self, _: str, namespace: str) -> None:
+        """kube-controller-manager's root-ca-cert-publisher: `kube-root-ca.crt` in every namespace holds the
+        cluster's CA, put back when deleted or changed (pkg/controller/certificates/rootcacertpublisher)."""
+        ns = self.cluster.store.peek(("", "namespaces", "", namespace))
+        if ns is None or ns["metadata"].get("deletionTimestamp") or self.ca_pem is None:
+            return
+        wanted = {"ca.crt": self.ca_pem.decode()}
+        rt = self.rt("configmaps")
+        found = self.cluster.store.peek(("", "configmaps", namespace, ROOT_CA))
+        if found is None:
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CA}, "data": wanted}
+            self.cluster.create(rt, "v1", namespace, body, manager="kube-controller-manager")
+        elif found.get("data") != wanted:
+            updated = clone(found)
+            updated["data"] = wanted
+            self.cluster.update(rt, "v1", namespace, ROOT_CA, updated, manager="kube-controller-manager")
 
     def crd(self, _: str, name: str) -> None:
         """What apiextensions-apiserver's NamingConditionController and EstablishingController write

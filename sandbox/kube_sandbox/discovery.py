@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from deployer.sandbox import schema as k8s
-from deployer.sandbox.resources import VERBS, Registry, ResourceType
+from kube_sandbox import schema as k8s
+from kube_sandbox.resources import Registry, ResourceType
 
 VERSION = {
     "major": "1",
@@ -55,7 +55,7 @@ def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
         "singularName": rt.singular,
         "namespaced": rt.namespaced,
         "kind": rt.kind,
-        "verbs": VERBS if rt.kind != "Namespace" else [v for v in VERBS if v != "deletecollection"],
+        "verbs": list(rt.verbs) if rt.kind != "Namespace" else [v for v in rt.verbs if v != "deletecollection"],
         "storageVersionHash": _hash(rt.qualified),
     }
     if rt.short_names:
@@ -77,6 +77,8 @@ def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
             entry.update(kind="Pod", verbs=["get"])
         elif sub == "proxy":
             entry.update(kind="PodProxyOptions", verbs=["create", "delete", "get", "patch", "update"])
+        elif sub == "token":
+            entry.update(kind="TokenRequest", group="authentication.k8s.io", version="v1", verbs=["create"])
         out.append(entry)
     return out
 

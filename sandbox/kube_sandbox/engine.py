@@ -26,7 +26,7 @@ from typing import Any
 import docker
 import docker.errors
 
-LABEL = "dev.deployer.sandbox"
+LABEL = "dev.kube_sandbox"
 PAUSE_REPOSITORY, PAUSE_TAG = "deployer-sandbox/pause", "1"
 PAUSE_IMAGE = f"{PAUSE_REPOSITORY}:{PAUSE_TAG}"
 

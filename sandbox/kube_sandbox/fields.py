@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deployer.sandbox import schema as k8s
+from kube_sandbox import schema as k8s
 
 Path = tuple[str, ...]
 # Fields the apiserver owns, never a manager.

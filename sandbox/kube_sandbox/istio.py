@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployer.sandbox.store import Event, Store
+from kube_sandbox.store import Event, Store
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from deployer.sandbox.errors import ApiError
-from deployer.sandbox.resources import ResourceType
+from kube_sandbox.errors import ApiError
+from kube_sandbox.resources import ResourceType
 
 WEBHOOK = "validation.istio.io"
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

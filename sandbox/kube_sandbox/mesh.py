@@ -29,12 +29,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from deployer.sandbox import istio
-from deployer.sandbox.injection import has_sidecar, namespace_injected
-from deployer.sandbox.istio import Destination, NoRoute, Request
-from deployer.sandbox.pods import ready, target_port
-from deployer.sandbox.selectors import SelectorError, label_matcher, match_labels_selector
-from deployer.sandbox.store import Store
+from kube_sandbox import istio
+from kube_sandbox.injection import has_sidecar, namespace_injected
+from kube_sandbox.istio import Destination, NoRoute, Request
+from kube_sandbox.pods import ready, target_port
+from kube_sandbox.selectors import SelectorError, label_matcher, match_labels_selector
+from kube_sandbox.store import Store
 
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000)
 HOP_BY_HOP = {  # headers a proxy does not pass on

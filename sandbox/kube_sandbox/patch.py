@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from deployer.sandbox import schema as k8s
+from kube_sandbox import schema as k8s
 
 
 class PatchError(ValueError):

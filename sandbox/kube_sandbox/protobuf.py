@@ -93,7 +93,53 @@ META: Spec = {
     14: ("finalizers", str, True),
     17: ("managedFields", MANAGED, True),
 }
+# k8s.io/api authorization/v1 and authentication/v1 generated.proto: what `kubectl auth can-i|whoami` and
+# `kubectl create token` send
+RESOURCE_ATTRIBUTES: Spec = {
+    1: ("namespace", str, False),
+    2: ("verb", str, False),
+    3: ("group", str, False),
+    4: ("version", str, False),
+    5: ("resource", str, False),
+    6: ("subresource", str, False),
+    7: ("name", str, False),
+}
+NON_RESOURCE_ATTRIBUTES: Spec = {1: ("path", str, False), 2: ("verb", str, False)}
 KINDS: dict[str, Spec] = {
+    "SelfSubjectAccessReview": {
+        1: ("metadata", META, False),
+        2: (
+            "spec",
+            {
+                1: ("resourceAttributes", RESOURCE_ATTRIBUTES, False),
+                2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, False),
+            },
+            False,
+        ),
+    },
+    "SelfSubjectRulesReview": {1: ("metadata", META, False), 2: ("spec", {1: ("namespace", str, False)}, False)},
+    "SelfSubjectReview": {1: ("metadata", META, False)},
+    "TokenRequest": {
+        1: ("metadata", META, False),
+        2: (
+            "spec",
+            {
+                1: ("audiences", str, True),
+                3: (
+                    "boundObjectRef",
+                    {
+                        1: ("kind", str, False),
+                        2: ("apiVersion", str, False),
+                        3: ("name", str, False),
+                        4: ("uid", str, False),
+                    },
+                    False,
+                ),
+                4: ("expirationSeconds", int, False),
+            },
+            False,
+        ),
+    },
     "Secret": {
         1: ("metadata", META, False),
         2: ("data", ("map", bytes), False),

@@ -1,7 +1,10 @@
-"""Fixtures for the sandbox conformance suite: a sandbox per module on a random port, used through real clients.
+"""pytest fixtures for tests against a Kubernetes API: a sandbox per module on a random port, or an existing cluster.
 
-Tests marked `sandbox_only` use sandbox-only controls (faults, pod behaviours, restarts); the others run against
-a real cluster too when DEPLOYER_TEST_KUBECONFIG names one.
+Loaded by pytest through the `pytest11` entry point once kube-sandbox is installed. With
+`KUBE_SANDBOX_KUBECONFIG=/path/to/kubeconfig` the cluster fixtures yield that cluster instead of starting sandboxes
+(as envtest's USE_EXISTING_CLUSTER and kopf's testing helpers do), and tests marked `sandbox_only` (faults, pod
+behaviours, restarts: the sandbox's own controls) are skipped. Fixtures a project defines under the same names in
+its conftest.py take precedence, as pytest's rules say.
 """
 
 from __future__ import annotations
@@ -14,16 +17,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
-from sandboxes import REAL_CLUSTER, Running, start_sandbox
-from support import Registry, push_base_image, start_registry
+
+from kube_sandbox.testing.cluster import KUBECONFIG_VARIABLE, Running, real_cluster, start_sandbox
+from kube_sandbox.testing.registry import Registry, push_busybox, start_registry
+
+MESH = {"istio-injection": "enabled"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sandbox_only: uses sandbox-only controls (faults, pod behaviours, restarts); skipped on a real cluster",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if real_cluster():
+        skip = pytest.mark.skip(reason=f"sandbox-only behaviour; {KUBECONFIG_VARIABLE} points at a real cluster")
+        for item in items:
+            if "sandbox_only" in item.keywords:
+                item.add_marker(skip)
+
+
+def _existing() -> Running | None:
+    found = real_cluster()
+    return Running(url="", kubeconfig=Path(found)) if found else None
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """The cluster under test: a fresh sandbox per module, or DEPLOYER_TEST_KUBECONFIG."""
-    if REAL_CLUSTER:
-        yield Running(url="", kubeconfig=Path(REAL_CLUSTER))
+    """The cluster under test: a fresh sandbox (simulated pods) per module, or the existing cluster."""
+    existing = _existing()
+    if existing:
+        yield existing
         return
     running = start_sandbox(tmp_path_factory.mktemp("sandbox"), ready_delay=0.2, crash_backoff=0.3)
     yield running
@@ -31,13 +57,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 @pytest.fixture(scope="module")
+def rbac_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A sandbox that checks tokens and authorizes with RBAC (`auth="rbac"`; its kubeconfig holds the admin
+    token), or the existing cluster, which does both anyway."""
+    existing = _existing()
+    if existing:
+        yield existing
+        return
+    running = start_sandbox(tmp_path_factory.mktemp("sandbox"), ready_delay=0.2, crash_backoff=0.3, auth="rbac")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
 def containers_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """A sandbox running real containers, with Prometheus scraping its mesh; or DEPLOYER_TEST_KUBECONFIG."""
-    if REAL_CLUSTER:
-        yield Running(url="", kubeconfig=Path(REAL_CLUSTER))
+    """A sandbox running real containers, with Prometheus scraping its mesh; or the existing cluster."""
+    existing = _existing()
+    if existing:
+        yield existing
         return
     if not shutil.which("dockerd"):
-        pytest.skip("dockerd is installed by `make setup`")
+        pytest.skip("the containers runtime needs dockerd (Debian's docker.io)")
     running = start_sandbox(
         tmp_path_factory.mktemp("sandbox"),
         runtime="containers",
@@ -52,20 +92,19 @@ def containers_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A docker-registry for the images the containers run."""
+    """A docker-registry on 127.0.0.1 for the images the containers run."""
     if not shutil.which("docker-registry"):
-        pytest.skip("docker-registry is installed by `make setup`")
+        pytest.skip("needs docker-registry (Debian's docker-registry)")
     running = start_registry(tmp_path_factory.mktemp("registry"))
     yield running
-    running.process.terminate()
-    running.process.wait(timeout=10)
+    running.stop()
 
 
 @pytest.fixture(scope="session")
 def busybox(registry: Registry) -> str:
-    """A busybox image the cluster can pull: the examples' local base in the test registry (DEPLOYER_TEST_BUSYBOX
-    names one for a real cluster)."""
-    return os.environ.get("DEPLOYER_TEST_BUSYBOX") or push_base_image(registry)
+    """A busybox image the cluster can pull: made from the host's static busybox and pushed to `registry`
+    (KUBE_SANDBOX_BUSYBOX names one for an existing cluster)."""
+    return os.environ.get("KUBE_SANDBOX_BUSYBOX") or push_busybox(registry.host, "kube-sandbox/busybox:1")
 
 
 @pytest.fixture
@@ -84,11 +123,14 @@ def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
 
 @pytest.fixture
-def api(cluster: Running) -> client.ApiClient:
+def api(cluster: Running) -> Any:
+    """The official Python client's ApiClient for `cluster`."""
     return cluster.api()
 
 
-def _fresh_namespace(api: client.ApiClient, prefix: str, labels: dict[str, str]) -> Iterator[str]:
+def _fresh_namespace(api: Any, prefix: str, labels: dict[str, str]) -> Iterator[str]:
+    from kubernetes import client  # noqa: PLC0415 - the testing extra's dependency, only when a test asks
+
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
@@ -96,30 +138,19 @@ def _fresh_namespace(api: client.ApiClient, prefix: str, labels: dict[str, str])
     core.delete_namespace(name)
 
 
-MESH = {"istio-injection": "enabled"}
-
-
 @pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace per test in the mesh (a canary needs sidecars), deleted afterwards."""
+def namespace(api: Any) -> Iterator[str]:
+    """A fresh namespace per test in the mesh (sidecar injection enabled), deleted afterwards."""
     yield from _fresh_namespace(api, "t", MESH)
 
 
 @pytest.fixture
-def plain_namespace(api: client.ApiClient) -> Iterator[str]:
+def plain_namespace(api: Any) -> Iterator[str]:
     """A fresh namespace without sidecar injection, deleted afterwards."""
     yield from _fresh_namespace(api, "p", {})
 
 
 @pytest.fixture
-def mesh_namespace(api: client.ApiClient) -> Iterator[str]:
+def mesh_namespace(api: Any) -> Iterator[str]:
     """A fresh namespace with Istio sidecar injection enabled, deleted afterwards."""
     yield from _fresh_namespace(api, "m", MESH)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if REAL_CLUSTER:
-        skip = pytest.mark.skip(reason="sandbox-only behaviour; DEPLOYER_TEST_KUBECONFIG points at a real cluster")
-        for item in items:
-            if "sandbox_only" in item.keywords:
-                item.add_marker(skip)

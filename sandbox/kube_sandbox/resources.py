@@ -21,6 +21,8 @@ class ResourceType:
     subresources: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     builtin: bool = True
+    verbs: tuple[str, ...] = tuple(VERBS)
+    stored: bool = True  # False: create-only kinds answered at once, never stored (reviews), as their REST storage
     crd_schemas: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -54,6 +56,8 @@ def _r(
     short: tuple[str, ...] = (),
     sub: tuple[str, ...] = ("status",),
     cats: tuple[str, ...] = (),
+    verbs: tuple[str, ...] = tuple(VERBS),
+    stored: bool = True,
 ) -> ResourceType:
     group, _, version = gv.rpartition("/")
     return ResourceType(
@@ -65,6 +69,8 @@ def _r(
         short_names=short,
         subresources=sub,
         categories=cats,
+        verbs=verbs,
+        stored=stored,
     )
 
 
@@ -75,7 +81,7 @@ BUILTINS: list[ResourceType] = [
     _r("v1", "ConfigMap", "configmaps", short=("cm",), sub=()),
     _r("v1", "Secret", "secrets", sub=()),
     _r("v1", "Service", "services", short=("svc",), cats=ALL),
-    _r("v1", "ServiceAccount", "serviceaccounts", short=("sa",), sub=()),
+    _r("v1", "ServiceAccount", "serviceaccounts", short=("sa",), sub=("token",)),
     _r("v1", "Pod", "pods", short=("po",), sub=("status", "log", "proxy"), cats=ALL),
     _r("v1", "Event", "events", short=("ev",), sub=()),
     _r("v1", "Endpoints", "endpoints", short=("ep",), sub=()),
@@ -105,6 +111,34 @@ BUILTINS: list[ResourceType] = [
     _r("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",), sub=()),
     _r("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",), sub=()),
     _r("apiregistration.k8s.io/v1", "APIService", "apiservices", namespaced=False),
+    # answered from the request's user (pkg/registry/authorization, pkg/registry/authentication): never stored
+    _r(
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        namespaced=False,
+        sub=(),
+        verbs=("create",),
+        stored=False,
+    ),
+    _r(
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        namespaced=False,
+        sub=(),
+        verbs=("create",),
+        stored=False,
+    ),
+    _r(
+        "authentication.k8s.io/v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        namespaced=False,
+        sub=(),
+        verbs=("create",),
+        stored=False,
+    ),
     _r(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",

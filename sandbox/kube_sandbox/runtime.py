@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from deployer.sandbox.defaults import qos_class
+from kube_sandbox.defaults import qos_class
 
 BEHAVIOURS = ("ready", "crash", "never-ready", "unready-after", "fail")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -16,23 +18,26 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from deployer.sandbox import istio, istio_validation
-from deployer.sandbox.api import Api, Controls
-from deployer.sandbox.autoscaler import Autoscaler
-from deployer.sandbox.cluster import Cluster
-from deployer.sandbox.containers import ContainerRuntime
-from deployer.sandbox.controllers import Controllers
-from deployer.sandbox.defaults import quantity
-from deployer.sandbox.engine import EngineError
-from deployer.sandbox.injection import inject
-from deployer.sandbox.mesh import Mesh
-from deployer.sandbox.prometheus import Prometheus
-from deployer.sandbox.resources import ResourceType
-from deployer.sandbox.runtime import BEHAVIOURS, PodRuntime, SimulatedRuntime
-from deployer.sandbox.selectors import SelectorError, label_matcher
-from deployer.sandbox.store import Store
+from kube_sandbox import istio, istio_validation
+from kube_sandbox.api import Api, Controls
+from kube_sandbox.auth import BOOTSTRAP_BINDINGS, BOOTSTRAP_ROLES, RBAC, Auth, Authorizer, Tokens
+from kube_sandbox.autoscaler import Autoscaler
+from kube_sandbox.cluster import Cluster
+from kube_sandbox.containers import ContainerRuntime
+from kube_sandbox.controllers import Controllers
+from kube_sandbox.defaults import quantity
+from kube_sandbox.engine import EngineError
+from kube_sandbox.injection import inject
+from kube_sandbox.mesh import Mesh
+from kube_sandbox.prometheus import Prometheus
+from kube_sandbox.resources import ResourceType
+from kube_sandbox.runtime import BEHAVIOURS, PodRuntime, SimulatedRuntime
+from kube_sandbox.selectors import SelectorError, label_matcher
+from kube_sandbox.store import Store
+from kube_sandbox.tls import Authority, make_authority
 
 RUNTIMES = ("simulated", "containers")
+AUTH_MODES = ("open", "rbac")
 # What an Istio installation leaves in a cluster and the sandbox models: the root namespace, a Gateway the
 # ingress gateway serves on port 80 for any host, and the IngressClass Istio's docs have users create.
 ISTIO_OBJECTS: list[tuple[tuple[str, str, str], dict[str, Any]]] = [
@@ -59,14 +64,23 @@ ISTIO_OBJECTS: list[tuple[tuple[str, str, str], dict[str, Any]]] = [
 SHUTDOWN_GRACE = 2.0
 
 
-def kubeconfig(server: str, *, context: str = "sandbox") -> dict[str, Any]:
+def kubeconfig(
+    server: str,
+    *,
+    context: str = "sandbox",
+    token: str = "sandbox",  # noqa: S107 - the open sandbox takes any token
+    ca_pem: bytes | None = None,
+) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": context,
         "preferences": {},
-        "clusters": [{"name": context, "cluster": {"server": server}}],
-        "users": [{"name": context, "user": {"token": "sandbox"}}],
+        "clusters": [{"name": context, "cluster": cluster}],
+        "users": [{"name": context, "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
     }
 
@@ -88,9 +102,12 @@ class Sandbox:
         propagation_delay: float = 1.0,
         scrape_interval: str = "15s",
         hpa_sync_period: float = 15.0,
+        auth: str = "open",
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}")
+        if auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
         self.port = port
         self.state_dir = state_dir
         self.kubeconfig_path = kubeconfig_path
@@ -110,11 +127,20 @@ class Sandbox:
             )
             self.runtime = self.containers
         self._install_istio()
-        self.controllers = Controllers(self.cluster, self.runtime)
+        self.auth = self._auth(auth)
+        self.tls = self._authority() if auth == "rbac" else None
+        self.controllers = Controllers(
+            self.cluster, self.runtime, tokens=self.auth.tokens, ca_pem=self.tls.ca_pem if self.tls else None
+        )
         self.controls = Controls()
         self.mesh = Mesh(self.store, self.runtime.address, delay=propagation_delay)
         self.api = Api(
-            self.cluster, self.controls, extra_routes=self._routes, pods=self.runtime, resets=self.mesh.strict
+            self.cluster,
+            self.controls,
+            extra_routes=self._routes,
+            pods=self.runtime,
+            resets=self.mesh.strict,
+            auth=self.auth,
         )
         self.autoscaler = Autoscaler(self.cluster, self.mesh.rate, period=hpa_sync_period)
         if self.containers is not None:
@@ -129,7 +155,7 @@ class Sandbox:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def mesh_url(self) -> str:
@@ -160,6 +186,47 @@ class Sandbox:
         app.router.add_route("GET", "/sandbox/info", self._info)
         app.router.add_route("GET", "/sandbox/ports", self._ports)
         app.router.add_route("POST", "/sandbox/metrics", self._pod_metrics)
+
+    def _auth(self, mode: str) -> Auth:
+        """Tokens and RBAC. The signing key and the admin token are kept in the state directory (0600), so
+        tokens and kubeconfigs stay valid across a restart, as a cluster's service-account key does."""
+        key, admin = None, None
+        saved = self.state_dir / "auth.json" if self.state_dir else None
+        if saved is not None and saved.exists():
+            found = json.loads(saved.read_text())
+            key, admin = bytes.fromhex(found["key"]), found["adminToken"]
+        tokens = Tokens(lambda g, p, ns, n: self.store.peek((g, p, ns, n)), key=key, admin_token=admin)
+        if saved is not None and not saved.exists():
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.touch(mode=0o600)
+            saved.write_text(json.dumps({"key": tokens.key.hex(), "adminToken": tokens.admin_token}))
+
+        def items(group: str, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+            return self.store.every(group, plural) if namespace is None else self.store.scan(group, plural, namespace)
+
+        authorizer = Authorizer(items, lambda g, p, ns, n: self.store.peek((g, p, ns, n)))
+        if mode == "rbac":  # the bootstrap policy kube-apiserver reconciles at every start
+            for obj, plural in [(r, "clusterroles") for r in BOOTSTRAP_ROLES] + [
+                (b, "clusterrolebindings") for b in BOOTSTRAP_BINDINGS
+            ]:
+                if self.store.get((RBAC, plural, "", obj["metadata"]["name"])) is None:
+                    self.cluster.create(self.cluster.rt(RBAC, "v1", plural), "v1", "", obj, manager="kube-apiserver")
+        return Auth(tokens, authorizer, enforce=mode == "rbac")
+
+    def _authority(self) -> Authority:
+        """The CA and serving certificate, kept in the state directory (0600) across restarts."""
+        saved = self.state_dir / "tls.json" if self.state_dir else None
+        if saved is not None and saved.exists():
+            found = json.loads(saved.read_text())
+            return Authority(*(found[k].encode() for k in ("ca", "cert", "key")))
+        made = make_authority()
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.touch(mode=0o600)
+            saved.write_text(
+                json.dumps({"ca": made.ca_pem.decode(), "cert": made.cert_pem.decode(), "key": made.key_pem.decode()})
+            )
+        return made
 
     def _install_istio(self) -> None:
         """Istio's part of the cluster: its objects (once), sidecar injection and istiod's validating webhook."""
@@ -213,14 +280,16 @@ class Sandbox:
         return web.json_response({"image": body["image"], "behaviour": body["behaviour"]})
 
     async def start(self) -> Sandbox:
-        access = logging.getLogger("deployer.sandbox.access") if os.environ.get("DEPLOYER_SANDBOX_ACCESS_LOG") else None
+        access = logging.getLogger("kube_sandbox.access") if os.environ.get("DEPLOYER_SANDBOX_ACCESS_LOG") else None
         if access is not None:
             logging.basicConfig(level=logging.INFO)
         self._runner = web.AppRunner(
             self.api.app(), access_log=access, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=self.tls.server_context() if self.tls else None
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.api.address = f"127.0.0.1:{self.port}"
@@ -239,7 +308,9 @@ class Sandbox:
         self.autoscaler.start()
         if self.kubeconfig_path:
             self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
-            self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.url)), encoding="utf-8")
+            token = self.auth.tokens.admin_token if self.auth.enforce else "sandbox"
+            written = kubeconfig(self.url, token=token, ca_pem=self.tls.ca_pem if self.tls else None)
+            self.kubeconfig_path.write_text(yaml.safe_dump(written), encoding="utf-8")
         if self.state_dir:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
         return self

@@ -1,4 +1,4 @@
-"""`deployer sandbox traffic`: steady load through the ingress gateway, or from a pod in the mesh.
+"""`kube-sandbox traffic`: steady load through the ingress gateway, or from a pod in the mesh.
 
 A client "in the mesh" sends to the sandbox's client port with `X-Sandbox-From: NAMESPACE[/k=v,...]`; the sandbox
 routes it as that pod's sidecar would (or, with `X-Sandbox-Sidecar: false` or no injection, as kube-proxy would).

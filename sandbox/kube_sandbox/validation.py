@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployer.sandbox import schema as k8s
-from deployer.sandbox.errors import bad_request, invalid
-from deployer.sandbox.resources import ResourceType
-from deployer.sandbox.selectors import match_labels_selector
+from kube_sandbox import schema as k8s
+from kube_sandbox.errors import bad_request, invalid
+from kube_sandbox.resources import ResourceType
+from kube_sandbox.selectors import match_labels_selector
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -147,11 +147,15 @@ def admit_decoding(
 
 def check_name(rt: ResourceType, name: str) -> None:
     """metadata.name rules per kind (DNS-1123 subdomain; namespaces a label; services a DNS-1035 label)."""
-    if rt.kind == "APIService" and rt.group == "apiregistration.k8s.io":
-        # a path segment name (kube-aggregator apis/apiregistration/validation ValidateAPIServiceName): `v1.`
-        if name in (".", "..") or "/" in name or "%" in name:
-            cause = ("FieldValueInvalid", "metadata.name", f"Invalid value: \"{name}\": may not contain '/' or '%'")
-            raise invalid(rt.kind, name, rt.group, [cause])
+    if rt.group in ("apiregistration.k8s.io", "rbac.authorization.k8s.io") and rt.builtin:
+        # path segment names: APIServices (`v1.`; kube-aggregator ValidateAPIServiceName) and RBAC's kinds
+        # (`system:discovery`; pkg/apis/rbac/validation ValidateRBACName), as apimachinery's
+        # api/validation/path IsValidPathSegmentName says
+        problems = [f"may not be '{name}'"] if name in (".", "..") else []
+        problems += [f"may not contain '{c}'" for c in ("/", "%") if c in name and not problems]
+        if problems:
+            causes = [("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": {p}') for p in problems]
+            raise invalid(rt.kind, name, rt.group, causes)
         return
     if rt.kind in ("Namespace",):
         pattern, limit, rule = DNS1123_LABEL, 63, "a lowercase RFC 1123 label"
@@ -279,5 +283,10 @@ def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) 
         causes = _pod_spec_causes(spec, "spec")
     elif rt.kind == "Service":
         causes = _service_causes(spec, old)
+    elif rt.kind == "Secret" and rt.builtin and obj.get("type") == "kubernetes.io/service-account-token":
+        # ValidateSecret: a token Secret names its account; its token comes later, from the tokens controller
+        key = "kubernetes.io/service-account.name"
+        if not (obj["metadata"].get("annotations") or {}).get(key):
+            causes = [("FieldValueRequired", f"metadata.annotations[{key}]", "Required value")]
     if causes:
         raise invalid(rt.kind, obj["metadata"].get("name", ""), rt.group, causes)

@@ -9,11 +9,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from deployer.sandbox.cluster import Cluster
-from deployer.sandbox.errors import bad_request
-from deployer.sandbox.resources import ResourceType
-from deployer.sandbox.selectors import Matcher, SelectorError, field_matcher, label_matcher
-from deployer.sandbox.store import Event
+from kube_sandbox.cluster import Cluster
+from kube_sandbox.errors import bad_request
+from kube_sandbox.resources import ResourceType
+from kube_sandbox.selectors import Matcher, SelectorError, field_matcher, label_matcher
+from kube_sandbox.store import Event
 
 Item = dict[str, Any]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kube_sandbox.testing import raw, raw_bytes, unless_missing, wait_for
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError
-from waiting import raw, raw_bytes, unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 

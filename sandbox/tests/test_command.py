@@ -1,4 +1,4 @@
-"""`deployer sandbox` as a user runs it: a kubeconfig, usage printed, kubectl works, state kept, clean stop."""
+"""`kube-sandbox serve` as a user runs it: a kubeconfig, usage printed, kubectl works, state kept, clean stop."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from support import ROOT
 
 pytestmark = pytest.mark.sandbox_only
-KUBECTL = str(ROOT / ".tools" / "bin" / "kubectl")
+KUBECTL = shutil.which("kubectl") or "kubectl"
 
 
 def start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], Path]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.unlink(missing_ok=True)
-    exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+    exe = shutil.which("kube-sandbox", path=str(Path(sys.executable).parent)) or "kube-sandbox"
     proc = subprocess.Popen(
-        [exe, "sandbox", "--kubeconfig", str(kubeconfig), *extra],
+        [exe, "serve", "--kubeconfig", str(kubeconfig), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,16 +84,16 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     proc, kubeconfig = start(tmp_path)
     try:
         port = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1]
-        exe = shutil.which("deployer", path=str(Path(sys.executable).parent)) or "deployer"
+        exe = shutil.which("kube-sandbox", path=str(Path(sys.executable).parent)) or "kube-sandbox"
         second = subprocess.run(
-            [exe, "sandbox", "--port", port, "--kubeconfig", str(tmp_path / "k2")],
+            [exe, "serve", "--port", port, "--kubeconfig", str(tmp_path / "k2")],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         )
         assert second.returncode == 1
-        assert second.stderr.startswith(f"error: sandbox --port {port}: cannot serve:")
+        assert second.stderr.startswith(f"error: --port {port}: cannot serve:")
         assert len(second.stderr.strip().splitlines()) == 1
     finally:
         stop(proc)

@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from kube_sandbox.testing import Running, unless_missing, wait_for
 from kubernetes import client, watch
-from sandboxes import Running
-from waiting import unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 

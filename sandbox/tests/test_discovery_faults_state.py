@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from kube_sandbox.protobuf import MAGIC, decode_request
+from kube_sandbox.testing import Running
 from kubernetes import client, watch
 from kubernetes.dynamic import DynamicClient
-from sandboxes import Running
-
-from deployer.sandbox.protobuf import MAGIC, decode_request
 
 pytestmark = pytest.mark.cluster
 

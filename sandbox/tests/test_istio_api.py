@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
+from kube_sandbox.testing import Running, wait_for
+from kube_sandbox.testing.workloads import KUBECTL, autoscaler
 from kubernetes import client
-from sandboxes import Running
-from waiting import wait_for
-from workloads import KUBECTL, autoscaler
 
 WEBHOOK = 'admission webhook "validation.istio.io" denied the request: configuration is invalid: '
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from deployer.sandbox import istio
-from deployer.sandbox.autoscaler import _propose, quantity
-from deployer.sandbox.injection import inject, wants_sidecar
-from deployer.sandbox.istio import Config, Request
+from kube_sandbox import istio
+from kube_sandbox.autoscaler import _propose, quantity
+from kube_sandbox.injection import inject, wants_sidecar
+from kube_sandbox.istio import Config, Request
 
 
 def obj(kind: str, name: str, namespace: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:

@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kube_sandbox.testing import Running, wait_for
+from kube_sandbox.testing.workloads import HTTPD, apply, autoscaler, deployment, ready_pods, service
 from kubernetes import client
-from sandboxes import Running
-from waiting import wait_for
-from workloads import HTTPD, apply, autoscaler, deployment, ready_pods, service
 
 pytestmark = [
     pytest.mark.sandbox_only,

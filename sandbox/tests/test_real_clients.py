@@ -1,4 +1,4 @@
-"""kubectl and the pinned helm work against the sandbox unmodified."""
+"""kubectl (every version on PATH) and helm work against the sandbox unmodified."""
 
 from __future__ import annotations
 
@@ -9,22 +9,30 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sandboxes import Running
-from support import EXAMPLES, ROOT
+from kube_sandbox.testing import Running
 
 pytestmark = pytest.mark.cluster
 
-PINNED_KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
-# the machine's own kubectl (1.32 here), found on PATH without the project's .tools/bin that `make` puts first
-MACHINE_PATH = os.pathsep.join(
-    p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != PINNED_KUBECTL.parent.resolve()
-)
-KUBECTLS = {
-    "kubectl 1.32 (the machine's)": shutil.which("kubectl", path=MACHINE_PATH),
-    "kubectl 1.35 (pinned in .tools)": str(PINNED_KUBECTL),
-}
-AVAILABLE = [pytest.param(path, id=name) for name, path in KUBECTLS.items() if path and os.access(path, os.X_OK)]
-HELM = str(ROOT / ".tools" / "bin" / "helm")
+CHART = Path(__file__).parent / "charts" / "web"
+
+
+def _kubectls() -> dict[str, str]:
+    """Each distinct kubectl on PATH (the project's pinned one first, then the machine's), named by its version."""
+    found: dict[str, str] = {}
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which("kubectl", path=directory)
+        if not path or any(Path(known).resolve() == Path(path).resolve() for known in found.values()):
+            continue
+        version = subprocess.run(
+            [path, "version", "--client", "-o", "json"], capture_output=True, text=True, check=False
+        )
+        name = yaml.safe_load(version.stdout or "{}").get("clientVersion", {}).get("gitVersion", "unknown")
+        found.setdefault(f"kubectl {name}", path)
+    return found
+
+
+AVAILABLE = [pytest.param(path, id=name) for name, path in _kubectls().items()]
+HELM = shutil.which("helm") or "helm"
 
 DEPLOYMENT = """\
 apiVersion: apps/v1
@@ -100,7 +108,7 @@ def test_kubectl_rollout_status_fails_on_progress_deadline(
 
 
 def test_helm_install_wait_status_history_rollback_uninstall(cluster: Running, namespace: str) -> None:
-    chart = str(EXAMPLES / "hello" / "charts" / "hello")
+    chart = str(CHART)
     install = run(cluster, HELM, "upgrade", "--install", "hello", chart, "-n", namespace, "--wait", "--timeout", "60s")
     assert install.returncode == 0, install.stderr
     upgrade = run(
@@ -127,7 +135,7 @@ def test_helm_install_wait_status_history_rollback_uninstall(cluster: Running, n
     assert rollback.returncode == 0, rollback.stderr
     replicas = run(
         cluster,
-        shutil.which("kubectl") or str(ROOT / ".tools/bin/kubectl"),
+        shutil.which("kubectl") or "kubectl",
         "get",
         "deploy",
         "hello",

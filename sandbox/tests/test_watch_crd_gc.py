@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import requests
+from kube_sandbox.testing import Running, raw, unless_missing, wait_for
 from kubernetes import client, watch
 from kubernetes.dynamic import DynamicClient
-from sandboxes import Running
-from waiting import raw, unless_missing, wait_for
 
 pytestmark = pytest.mark.cluster
 

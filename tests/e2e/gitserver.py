@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import STATE, free_port, git
+from support import EXAMPLES, STATE, commit, edit, free_port, git
 
 
 @dataclass
@@ -250,3 +250,42 @@ __all__ = [
     "start_server",
     "token_entry",
 ]
+
+
+@dataclass
+class App:
+    name: str
+    repo: Path
+    staging: str  # namespaces
+    prod: str
+
+    def head(self) -> str:
+        return git(self.repo, "rev-parse", "HEAD")
+
+
+def make_app(tmp: Path, name: str, registry_host: str) -> App:
+    """examples/hello as a fresh app repository named `name` (namespaces NAME-staging and NAME-prod): a 1s
+    canary of one step, readiness checked (the simulated runtime serves no HTTP), one commit on main."""
+    repo = tmp / name
+    shutil.copytree(EXAMPLES / "hello", repo)
+    deploy = repo / "deploy.yaml"
+    edit(deploy, "app: hello", f"app: {name}")
+    edit(deploy, "repository: 127.0.0.1:5000/hello", f"repository: {registry_host}/{name}")
+    edit(deploy, "namespace: hello-staging", f"namespace: {name}-staging")
+    edit(deploy, "namespace: hello-prod", f"namespace: {name}-prod")
+    edit(deploy, "steps: [20, 50]\n      interval: 10s", "steps: [50]\n      interval: 1s")
+    edit(deploy, "        - name: homepage\n          http: {path: /, port: http, status: 200, timeout: 2s}\n", "")
+    edit(deploy, "      threshold: 2\n      checks:\n", "      threshold: 1\n      checks: []\n")
+    edit(deploy, "steps: [5, 10, 25, 50]\n      interval: 1m", "steps: [50]\n      interval: 1s")
+    # no Prometheus here, and a 1s round is shorter than two scrapes: prod's canary is judged on readiness
+    edit(
+        deploy,
+        "      checks:\n        - name: homepage\n          http: {path: /, port: http}\n"
+        "        - name: success-rate\n"
+        "          prometheus: {template: request-success-rate, min: 0.99, noData: skip}\n"
+        "        - name: latency-p99\n          prometheus: {template: request-duration, max: 500}\n",
+        "      checks: []\n",
+    )
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "first")
+    return App(name, repo, f"{name}-staging", f"{name}-prod")

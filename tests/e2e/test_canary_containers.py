@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from kube_sandbox.testing import Running
 from kubernetes import client
-from sandboxes import Running
+from routes import vs_split
 from support import EXAMPLES, Registry, commit, edit, git, run_deployer
-from workloads import vs_split
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the images live in a registry on the test machine's loopback

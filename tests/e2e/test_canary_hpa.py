@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kube_sandbox.testing import Running, wait_for
 from kubernetes import client
-from sandboxes import Running
 from test_release import DEPLOY, TEMPLATES, start_deploy
-from waiting import wait_for
 
 pytestmark = pytest.mark.sandbox_only  # CPU figures are set through the sandbox's metrics API
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
+from kube_sandbox.testing import Running
+from kube_sandbox.testing.workloads import BROKEN, apply, ready_pods
 from kubernetes import client
-from sandboxes import Running
+from routes import routed, vs_split
 from support import edit, run_deployer
-from workloads import BROKEN, apply, ready_pods, routed, vs_split
 
 pytestmark = [
     pytest.mark.sandbox_only,  # the sandbox's mesh answers who served each request

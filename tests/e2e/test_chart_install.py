@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kube_sandbox.testing import Running
 from kubernetes import client
-from sandboxes import Running
 from support import ROOT
 
 HELM = str(ROOT / ".tools" / "bin" / "helm")

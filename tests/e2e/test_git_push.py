@@ -15,17 +15,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from gitserver import (
+    App,
     GitServer,
     Key,
     Pushed,
     git_env,
     history_json,
+    make_app,
     make_key,
     new_token,
     push,
@@ -35,27 +36,16 @@ from gitserver import (
     start_server,
     token_entry,
 )
+from kube_sandbox.testing import Running
 from kubernetes import client
-from sandboxes import Running
-from support import EXAMPLES, Registry, commit, edit, free_port, git, run_deployer
-from workloads import vs_split
+from routes import vs_split
+from support import Registry, commit, edit, free_port, git, run_deployer
 
 pytestmark = pytest.mark.skipif(not shutil.which("buildah"), reason="buildah is installed by `make setup`")
 
 APPS = [f"app{i}" for i in range(40)]  # one per test that pushes an app: the server binds each app's namespaces
 MESH = {"istio-injection": "enabled"}  # a canary needs sidecars
 _next_app = itertools.count()
-
-
-@dataclass
-class App:
-    name: str
-    repo: Path
-    staging: str  # namespaces
-    prod: str
-
-    def head(self) -> str:
-        return git(self.repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture(scope="module")
@@ -105,30 +95,7 @@ def server(
 def app(tmp_path: Path, registry_host: str) -> App:
     """examples/hello as a fresh app repository: a 1s canary of one step, readiness checked (the simulated
     runtime serves no HTTP)."""
-    name = APPS[next(_next_app)]
-    repo = tmp_path / name
-    shutil.copytree(EXAMPLES / "hello", repo)
-    deploy = repo / "deploy.yaml"
-    edit(deploy, "app: hello", f"app: {name}")
-    edit(deploy, "repository: 127.0.0.1:5000/hello", f"repository: {registry_host}/{name}")
-    edit(deploy, "namespace: hello-staging", f"namespace: {name}-staging")
-    edit(deploy, "namespace: hello-prod", f"namespace: {name}-prod")
-    edit(deploy, "steps: [20, 50]\n      interval: 10s", "steps: [50]\n      interval: 1s")
-    edit(deploy, "        - name: homepage\n          http: {path: /, port: http, status: 200, timeout: 2s}\n", "")
-    edit(deploy, "      threshold: 2\n      checks:\n", "      threshold: 1\n      checks: []\n")
-    edit(deploy, "steps: [5, 10, 25, 50]\n      interval: 1m", "steps: [50]\n      interval: 1s")
-    # no Prometheus here, and a 1s round is shorter than two scrapes: prod's canary is judged on readiness
-    edit(
-        deploy,
-        "      checks:\n        - name: homepage\n          http: {path: /, port: http}\n"
-        "        - name: success-rate\n"
-        "          prometheus: {template: request-success-rate, min: 0.99, noData: skip}\n"
-        "        - name: latency-p99\n          prometheus: {template: request-duration, max: 500}\n",
-        "      checks: []\n",
-    )
-    git(repo, "init", "-q", "-b", "main")
-    commit(repo, "first")
-    return App(name, repo, f"{name}-staging", f"{name}-prod")
+    return make_app(tmp_path, APPS[next(_next_app)], registry_host)
 
 
 def change(app: App, text: str) -> str:

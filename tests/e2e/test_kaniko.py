@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kube_sandbox.testing import Running
 from kubernetes import client
-from sandboxes import Running
 
 from deployer.build import BuildRequest, KanikoBuilder
 from deployer.build.kaniko import KANIKO_IMAGE

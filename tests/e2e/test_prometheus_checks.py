@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from sandboxes import Running
+from kube_sandbox.testing import Running
 from support import edit, free_port
 from test_release import TEMPLATES, deploy_yaml, image_of, secrets_status
 from test_release import deploy as release_deploy

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kube_sandbox.testing import Running
 from kubernetes import client, watch
-from sandboxes import Running
+from routes import vs_split
 from support import run_deployer, run_deployer_process
-from workloads import vs_split
 
 pytestmark = pytest.mark.cluster
 

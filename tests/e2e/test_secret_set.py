@@ -6,8 +6,8 @@ import base64
 import shutil
 from pathlib import Path
 
+from kube_sandbox.testing import Running
 from kubernetes import client
-from sandboxes import Running
 from support import EXAMPLES, edit, run_deployer_process
 
 

@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kube_sandbox.testing import Running, wait_for
 from kubernetes import client
-from sandboxes import Running
+from routes import vs_split
 from support import run_deployer_process
 from test_release import TEMPLATES, deploy_yaml, start_deploy
-from waiting import wait_for
-from workloads import vs_split
 
 from deployer.kube import connect
 from deployer.kube.client import LEASES

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -315,11 +316,21 @@ def test_sandbox_traffic_without_a_sandbox_is_one_line(tmp_path: Path) -> None:
     assert result.code == 1
     assert result.err == (
         f"error: {missing}: cannot find the sandbox's mesh: [Errno 2] No such file or directory: '{missing}' "
-        "(is `deployer sandbox` running?)\n"
+        "(is `kube-sandbox serve` running?)\n"
     )
     bad = run_deployer("sandbox", "traffic", "--mesh", "http://127.0.0.1:9", "--host", "x", "--rps", "0")
     assert bad.code == 1
-    assert bad.err == "error: sandbox traffic: --rps and --duration must be positive\n"
+    assert bad.err == "error: traffic: --rps and --duration must be positive\n"
+
+
+def test_sandbox_without_kube_sandbox_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kube_sandbox.cli", None)  # what an install without kube-sandbox imports
+    for args in (["sandbox"], ["sandbox", "traffic", "--host", "x"]):
+        result = run_deployer(*args)
+        assert result.code == 1
+        assert result.error_line == (
+            "error: sandbox: kube-sandbox is not installed (a development tool: `make setup`, or pip install ./sandbox)"
+        )
 
 
 BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(

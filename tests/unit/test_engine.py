@@ -1,6 +1,6 @@
 """The release engine through in-memory fakes of its ports (tests/fakes.py): promote, roll back, abort, promote on
 request, a failed promotion, pre-deploy Jobs, rollback and recovery from every point a process can die at, each
-in milliseconds. What a user sees on a real cluster is tested on the sandbox (tests/sandbox/)."""
+in milliseconds. What a user sees on a real cluster is tested on the sandbox (tests/e2e/)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from kubernetes import client
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+def wait_for(check: Callable[[], T | None], *, timeout: float = 10.0, what: str = "condition") -> T:
     """Call `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from typing import Any
 
 import yaml
 from kubernetes import client
-from sandboxes import Running
-from support import ROOT
-from waiting import wait_for
 
-KUBECTL = str(ROOT / ".tools" / "bin" / "kubectl")
+from kube_sandbox.testing.cluster import Running
+from kube_sandbox.testing.waiting import wait_for
+
+KUBECTL = shutil.which("kubectl") or "kubectl"
 HTTPD = "mkdir -p /tmp/www && echo $TRACK > /tmp/www/index.html && exec httpd -f -v -p 8080 -h /tmp/www"
 # answers every path with a 500, from busybox httpd's index.cgi
 BROKEN = (
@@ -70,7 +71,13 @@ def apply(cluster: Running, namespace: str, objects: list[dict[str, Any]]) -> No
 def ready_pods(api: client.ApiClient, namespace: str, selector: str, count: int = 1) -> list[client.V1Pod]:
     def ready() -> list[client.V1Pod] | None:
         pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
-        good = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
+        good = [
+            p
+            for p in pods
+            if any(
+                c.type == "Ready" and c.status == "True" for c in ((p.status.conditions if p.status else None) or [])
+            )
+        ]
         return good if len(good) >= count else None
 
     return wait_for(ready, timeout=60, what=f"{count} ready pod(s) {selector}")
@@ -100,19 +107,3 @@ def autoscaler(name: str, *, maximum: int, metric: dict[str, Any], **spec: Any) 
             **spec,
         },
     }
-
-
-def split(route: list[dict[str, Any]]) -> list[int]:
-    """[stable, canary] weights of a deployer route: one destination (the Service, so the primaries) is all stable."""
-    if len(route) == 1:
-        return [100, 0]
-    return [int(r["weight"]) for r in route]
-
-
-def routed(virtual_service: dict[str, Any]) -> dict[str, Any]:
-    """The deployer's weighted route of a VirtualService (past the route that pins the canary for checks)."""
-    return next(h for h in virtual_service["spec"]["http"] if h.get("name") != "deployer-canary-pin")
-
-
-def vs_split(virtual_service: dict[str, Any]) -> list[int]:
-    return split(routed(virtual_service)["route"])
