@@ -111,6 +111,8 @@ _CREATED_STATUS: dict[str, dict[str, Any]] = {
     "PodDisruptionBudget": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
     "PersistentVolumeClaim": {"phase": "Pending"},
     "ReplicationController": {"replicas": 0},
+    "ResourceQuota": {},  # pkg/registry/core/resourcequota strategy PrepareForCreate: an empty status
+    "PersistentVolume": {"phase": "Pending"},
 }
 
 

@@ -1,14 +1,20 @@
-"""Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`), for the types helm and kubectl send.
+"""Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`), for every built-in kind served.
 
 The wire format is the `k8s\\x00` magic, then a runtime.Unknown envelope {typeMeta, raw}, where raw is the
-object's message from k8s.io/api's generated.proto. Decoded to the same dict the JSON form would give.
+object's message from k8s.io/api's generated.proto. Decoded to the same dict the JSON form would give, by the
+field table protobuf_types.json (made by sandbox/scripts/protobuf_types.py from k8s.io/api's Go types) and the
+apimachinery types written out here; as Go's JSON would, a non-pointer scalar left at its zero value is dropped
+when its field is `omitempty` (gogo-protobuf writes such fields always).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import functools
+import importlib.resources
 import json
+import struct
 from typing import Any
 
 MAGIC = b"k8s\x00"
@@ -213,6 +219,134 @@ def decode_message(data: bytes, spec: Spec) -> dict[str, Any]:
     return out
 
 
+LABEL_SELECTOR: Spec = {
+    1: ("matchLabels", ("map", str), False),
+    2: ("matchExpressions", {1: ("key", str, False), 2: ("operator", str, False), 3: ("values", str, True)}, True),
+}
+CONDITION: Spec = {
+    1: ("type", str, False),
+    2: ("status", str, False),
+    3: ("observedGeneration", int, False),
+    4: ("lastTransitionTime", TIME, False),
+    5: ("reason", str, False),
+    6: ("message", str, False),
+}
+META_KINDS: dict[str, Spec] = {
+    "ObjectMeta": META,
+    "ListMeta": {1: ("selfLink", str, False), 2: ("resourceVersion", str, False), 3: ("continue", str, False)},
+    "LabelSelector": LABEL_SELECTOR,
+    "LabelSelectorRequirement": LABEL_SELECTOR[2][1],
+    "Condition": CONDITION,
+    "OwnerReference": OWNER,
+}
+_ZEROS = ("", 0, False)
+_SCALAR_KINDS = {"string": str, "bytes": bytes, "int": int, "bool": bool}
+
+
+@functools.cache
+def _table() -> dict[str, dict[str, list[str]]]:
+    types: dict[str, dict[str, list[str]]] = json.loads(
+        importlib.resources.files("kube_sandbox").joinpath("protobuf_types.json").read_text()
+    )["types"]
+    return types
+
+
+def type_name(api_version: str, kind: str) -> str | None:
+    """The table's message for a kind: `apps/v1` Deployment → apps/v1.Deployment, `v1` Pod → core/v1.Pod,
+    `rbac.authorization.k8s.io/v1` Role → rbac/v1.Role."""
+    group, _, version = api_version.rpartition("/")
+    name = f"{group.split('.')[0] or 'core'}/{version}.{kind}"
+    return name if name in _table() else None
+
+
+def _go_duration(nanos: int) -> str:
+    """time.Duration.String(), for the whole seconds and minutes metav1.Duration fields hold."""
+    if nanos == 0:
+        return "0s"
+    sign, nanos = ("-", -nanos) if nanos < 0 else ("", nanos)
+    hours, rest = divmod(nanos, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    seconds = rest / 10**9
+    text = f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{sign}{minutes}m{text}"
+    return sign + text
+
+
+def _typed_value(kind: str, wire: int, value: Any, field: str) -> Any:  # noqa: PLR0911, PLR0912 - one branch a kind
+    scalar = _SCALAR_KINDS.get(kind)
+    if scalar is not None:
+        return _scalar(scalar, wire, value)
+    if kind == "double":
+        return struct.unpack("<d", bytes(value))[0]
+    if kind == "float":
+        return struct.unpack("<f", bytes(value))[0]
+    parts = {n: v for n, _, v in fields(value)} if wire == 2 else {}
+    if kind == "quantity":
+        return bytes(parts.get(1, b"")).decode()
+    if kind == "intorstring":  # {type: 0 int, 1 string; intVal; strVal}
+        return bytes(parts.get(3, b"")).decode() if parts.get(1) == 1 else _scalar(int, 0, parts.get(2, 0))
+    if kind in ("time", "microtime"):
+        moment = datetime.datetime.fromtimestamp(parts.get(1, 0), datetime.UTC)
+        if kind == "time":
+            return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parts.get(2, 0) // 1000:06d}Z"
+    if kind == "duration":
+        return _go_duration(_scalar(int, 0, parts.get(1, 0)))
+    if kind == "rawext":
+        raw = bytes(parts.get(1, b""))
+        return json.loads(raw) if raw else None
+    if kind.startswith("meta:"):
+        if kind == "meta:DeleteOptions":
+            return decode_message(value, KINDS["DeleteOptions"])
+        return decode_message(value, META_KINDS[kind[len("meta:") :]])
+    if kind.startswith("msg:"):
+        return decode_typed(bytes(value), kind[len("msg:") :])
+    if kind.startswith("wrapped:"):  # a named slice (ExtraValue): {repeated items = 1}, a plain array in JSON
+        inner = kind[len("wrapped:") :]
+        return [_typed_value(inner, w, v, field) for n, w, v in fields(value) if n == 1]
+    raise ProtobufError(f"the field {field!r} ({kind}) is not decoded by the sandbox; send JSON")
+
+
+def decode_typed(data: bytes, name: str) -> dict[str, Any]:
+    """One message of the table's type `name` as the dict its JSON form would be."""
+    spec = _table()[name]
+    out: dict[str, Any] = {}
+    for number, wire, value in fields(data):
+        entry = spec.get(str(number))
+        if entry is None:
+            continue
+        field, kind, flags = entry
+        if kind.startswith("map:"):  # map<string, T>: entries {1: key, 2: value}
+            pair = {n: (w, v) for n, w, v in fields(value)}
+            key = bytes(pair.get(1, (2, b""))[1]).decode()
+            wire_value = pair.get(2, (2, b""))
+            out.setdefault(field, {})[key] = _typed_value(kind[len("map:") :], wire_value[0], wire_value[1], field)
+            continue
+        if "r" in flags:
+            items = out.setdefault(field, [])
+            if wire == 2 and kind in ("int", "bool"):
+                pos, packed = 0, bytes(value)
+                while pos < len(packed):
+                    number_, pos = _varint(packed, pos)
+                    items.append(_scalar(int if kind == "int" else bool, 0, number_))
+            else:
+                items.append(_typed_value(kind, wire, value, field))
+            continue
+        item = _typed_value(kind, wire, value, field)
+        if "i" in flags:
+            out.update(item)
+        else:
+            out[field] = item
+    for field, kind, flags in spec.values():  # Go's JSON: `omitempty` drops a non-pointer scalar's zero value
+        scalar = kind in _SCALAR_KINDS and "p" not in flags and "r" not in flags
+        if scalar and "o" in flags and field in out and out[field] in _ZEROS:
+            del out[field]
+    return out
+
+
 def decode_request(body: bytes) -> dict[str, Any]:
     """A protobuf request body → the object dict (apiVersion, kind and fields)."""
     if not body.startswith(MAGIC):
@@ -220,10 +354,13 @@ def decode_request(body: bytes) -> dict[str, Any]:
     envelope = {n: v for n, _, v in fields(body[len(MAGIC) :])}
     type_meta = {n: bytes(v).decode() for n, _, v in fields(envelope.get(1, b""))}
     api_version, kind = type_meta.get(1, ""), type_meta.get(2, "")
-    spec = KINDS.get(kind)
-    if spec is None:
+    name = type_name(api_version, kind) if kind != "DeleteOptions" else None
+    if name is not None:
+        obj = decode_typed(bytes(envelope.get(2, b"")), name)
+    elif kind in KINDS:
+        obj = decode_message(envelope.get(2, b""), KINDS[kind])
+    else:
         raise ProtobufError(f"protobuf bodies of kind {kind!r} are not supported by the sandbox; send JSON")
-    obj = decode_message(envelope.get(2, b""), spec)
     if kind != "DeleteOptions" or api_version:
         obj = {"apiVersion": api_version, "kind": kind, **obj}
     return obj
