@@ -18,6 +18,7 @@ from kube_sandbox.cluster import NODE, Cluster, now, random_suffix
 from kube_sandbox.errors import ApiError
 from kube_sandbox.pods import ready as pod_ready
 from kube_sandbox.pods import target_port
+from kube_sandbox.recorder import Events
 from kube_sandbox.resources import ResourceType
 from kube_sandbox.runtime import PodRuntime
 from kube_sandbox.selectors import match_labels_selector
@@ -65,6 +66,7 @@ class Controllers:
         self, cluster: Cluster, runtime: PodRuntime, *, tokens: Tokens | None = None, ca_pem: bytes | None = None
     ) -> None:
         self.cluster = cluster
+        self.events = Events(cluster)
         self.tokens = tokens
         self.ca_pem = ca_pem
         self.runtime = runtime
@@ -205,11 +207,16 @@ class Controllers:
                 subresource="status",
             )
 
-    def _scale(self, rs: dict[str, Any], replicas: int, **annotations: str) -> None:
+    def _scale(self, d: dict[str, Any], rs: dict[str, Any], replicas: int, **annotations: str) -> None:
         meta = rs["metadata"]
         current = dict(meta.get("annotations") or {})
         wanted = {**current, **annotations}
-        if rs["spec"].get("replicas") != replicas or wanted != current:
+        before = rs["spec"].get("replicas", 0)
+        if before != replicas:  # deployment controller sync.go scaleReplicaSet
+            direction = "up" if replicas > before else "down"
+            message = f"Scaled {direction} replica set {meta['name']} from {before} to {replicas}"
+            self.events.record("Deployment", d, "Normal", "ScalingReplicaSet", message, "deployment-controller")
+        if before != replicas or wanted != current:
             patch = {"metadata": {"annotations": wanted}, "spec": {"replicas": replicas}}
             self.cluster.patch(
                 self.rt("replicasets"),
@@ -245,9 +252,9 @@ class Controllers:
             max_unavailable = 1
         if new is not None and not spec.get("paused"):
             if strategy.get("type") == "Recreate":
-                self._recreate(new, old, desired)
+                self._recreate(d, new, old, desired)
             else:
-                self._roll(new, old, desired, max_surge, max_unavailable)
+                self._roll(d, new, old, desired, max_surge, max_unavailable)
         self._deployment_status(d, new, old, max_unavailable=max_unavailable, created=created)
 
     def _create_replicaset(self, d: dict[str, Any], pod_hash: str, revision: int, replicas: int) -> dict[str, Any]:
@@ -276,9 +283,21 @@ class Controllers:
                 "template": template,
             },
         }
-        return self.cluster.create(self.rt("replicasets"), "v1", meta["namespace"], rs, manager=MANAGER)
+        created = self.cluster.create(self.rt("replicasets"), "v1", meta["namespace"], rs, manager=MANAGER)
+        if replicas > 0:  # getNewReplicaSet
+            message = f"Scaled up replica set {created['metadata']['name']} from 0 to {replicas}"
+            self.events.record("Deployment", d, "Normal", "ScalingReplicaSet", message, "deployment-controller")
+        return created
 
-    def _roll(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int, surge: int, unavailable: int) -> None:
+    def _roll(  # noqa: PLR0917 - the rolling update's inputs, as the deployment controller has them
+        self,
+        d: dict[str, Any],
+        new: dict[str, Any],
+        old: list[dict[str, Any]],
+        desired: int,
+        surge: int,
+        unavailable: int,
+    ) -> None:
         """One step of kube's rolling update: scale the new set up within maxSurge, then old sets down within
         maxUnavailable, unhealthy old pods first."""
         specs: dict[str, int] = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in [new, *old]}
@@ -291,7 +310,7 @@ class Controllers:
         if target < desired:
             target = min(desired, target + max(0, desired + surge - sum(specs.values())))
         target = min(target, desired)
-        self._scale(new, target, **{"deployment.kubernetes.io/desired-replicas": str(desired)})
+        self._scale(d, new, target, **{"deployment.kubernetes.io/desired-replicas": str(desired)})
         specs[name] = target
         min_available = desired - unavailable
         budget = sum(specs.values()) - min_available - (target - available(new))
@@ -307,13 +326,13 @@ class Controllers:
             specs[rs["metadata"]["name"]] -= cut
             spare -= cut
             if specs[rs["metadata"]["name"]] != rs["spec"].get("replicas", 0):
-                self._scale(rs, specs[rs["metadata"]["name"]])
+                self._scale(d, rs, specs[rs["metadata"]["name"]])
 
-    def _recreate(self, new: dict[str, Any], old: list[dict[str, Any]], desired: int) -> None:
+    def _recreate(self, d: dict[str, Any], new: dict[str, Any], old: list[dict[str, Any]], desired: int) -> None:
         for rs in old:
-            self._scale(rs, 0)
+            self._scale(d, rs, 0)
         if all((rs.get("status") or {}).get("replicas", 0) == 0 for rs in old):
-            self._scale(new, desired)
+            self._scale(d, new, desired)
 
     def _deployment_status(
         self,
@@ -438,6 +457,8 @@ class Controllers:
             doomed = unready_first[: len(pods) - wanted]
             for pod in doomed:
                 self.cluster.delete(self.rt("pods"), "v1", namespace, pod["metadata"]["name"])
+                message = f"Deleted pod: {pod['metadata']['name']}"
+                self.events.record("ReplicaSet", rs, "Normal", "SuccessfulDelete", message, "replicaset-controller")
             pods = [p for p in pods if p not in doomed]
         ready = sum(1 for p in pods if pod_ready(p))
         status = {
@@ -465,7 +486,11 @@ class Controllers:
             },
             "spec": json.loads(json.dumps(template.get("spec") or {})),
         }
-        self.cluster.create(self.rt("pods"), "v1", meta["namespace"], pod, manager=MANAGER)
+        made = self.cluster.create(self.rt("pods"), "v1", meta["namespace"], pod, manager=MANAGER)
+        component = "job-controller" if kind == "Job" else "replicaset-controller"  # controller_utils.go CreatePods
+        self.events.record(
+            kind, owner, "Normal", "SuccessfulCreate", f"Created pod: {made['metadata']['name']}", component
+        )
 
     def pod(self, namespace: str, name: str) -> None:
         pod = self._get("pods", namespace, name)
@@ -476,8 +501,11 @@ class Controllers:
             pod = self.cluster.bind(namespace, name, NODE)
             if pod is None:
                 return
+            message = f"Successfully assigned {namespace}/{name} to {NODE}"
+            self.events.record("Pod", pod, "Normal", "Scheduled", message, "default-scheduler")
         status = self.runtime.status(pod)
         if status is not None and status != pod.get("status"):
+            self.events.kubelet(pod, pod.get("status") or {}, status)
             self.cluster.update(
                 self.rt("pods"),
                 "v1",
@@ -568,6 +596,7 @@ class Controllers:
                 ],
             )
             status.pop("active", None)
+            self.events.record("Job", job, "Normal", "Completed", "Job completed", "job-controller")
         elif failed > spec.get("backoffLimit", 6):
             stamp = now()
             status.update(
@@ -592,6 +621,8 @@ class Controllers:
                 ],
             )
             status.pop("active", None)
+            message = "Job has reached the specified backoff limit"
+            self.events.record("Job", job, "Warning", "BackoffLimitExceeded", message, "job-controller")
         else:
             if active == 0:
                 self._create_pod(job, "Job", "batch/v1", spec["template"])
