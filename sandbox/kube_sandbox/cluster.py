@@ -119,6 +119,41 @@ def random_suffix(length: int = 5) -> str:
     return "".join(random.choice(_NAME_CHARS) for _ in range(length))  # noqa: S311 - names, not secrets
 
 
+ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _mount_token(spec: dict[str, Any]) -> None:
+    """mountServiceAccountToken: a `kube-api-access-XXXXX` projected volume (the bound token, the cluster's CA and
+    the namespace; TokenVolumeSource) mounted read-only at ACCOUNT_MOUNT in each container that mounts nothing there."""
+    volumes = spec.setdefault("volumes", [])
+    found = next((v["name"] for v in volumes if str(v.get("name", "")).startswith("kube-api-access-")), None)
+    name = found or f"kube-api-access-{random_suffix()}"
+    needed = False
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        mounts = container.setdefault("volumeMounts", [])
+        if not any(m.get("mountPath") == ACCOUNT_MOUNT for m in mounts):
+            mounts.append({"name": name, "readOnly": True, "mountPath": ACCOUNT_MOUNT})
+            needed = True
+    if found is None and needed:
+        projected = {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ],
+        }
+        volumes.append({"name": name, "projected": projected})
+    if not volumes:
+        spec.pop("volumes")
+
+
 class Cluster:
     """One emulated cluster: resource types, objects and the rules for changing them."""
 
@@ -127,6 +162,7 @@ class Cluster:
         self.registry = Registry()
         self.warnings: list[str] = []  # of the last write, read by the HTTP layer right after the call
         self.mutators: list[Mutator] = []
+        self.mount_tokens = False  # the ServiceAccount plugin's token volume: set where tokens are issued
         self.validators: list[Validator] = []
         for crd in [o for k, o in store.objects.items() if k[:2] == CRD]:
             self.registry.add(from_crd(crd))
@@ -335,6 +371,8 @@ class Cluster:
             self._admit_service_account(namespace, obj)
         for mutate in self.mutators:
             mutate(rt, obj)
+        if rt.kind == "Pod" and rt.builtin:
+            self._mount_tokens(namespace, obj)
         validate(rt, obj, None)
         for check in self.validators:
             check(rt, obj, None)
@@ -608,8 +646,8 @@ class Cluster:
 
     def _admit_service_account(self, namespace: str, pod: dict[str, Any]) -> None:
         """The ServiceAccount admission plugin (plugin/pkg/admission/serviceaccount/admission.go): a pod runs as
-        `default` unless it names another, and is forbidden when that account does not exist. (The token
-        volume it also mounts is not modelled: the sandbox issues no tokens.)"""
+        `default` unless it names another, and is forbidden when that account does not exist; where the sandbox
+        issues tokens (`mount_tokens`, with --auth rbac), every container mounts the account's token."""
         spec = pod.get("spec")
         if not isinstance(spec, dict):
             return
@@ -626,6 +664,17 @@ class Cluster:
                 f'serviceaccount "{account}" not found',
                 details={"name": name, "kind": "pods"},
             )
+
+    def _mount_tokens(self, namespace: str, pod: dict[str, Any]) -> None:
+        """The plugin's token volume, once the webhooks have added their containers too (in-tree mutating plugins
+        are invoked again after webhooks change an object, so an injected sidecar mounts the token as well)."""
+        spec = pod.get("spec")
+        if not self.mount_tokens or not isinstance(spec, dict):
+            return
+        account = self.store.peek(("", "serviceaccounts", namespace, spec.get("serviceAccountName", ""))) or {}
+        automount = spec.get("automountServiceAccountToken", account.get("automountServiceAccountToken", True))
+        if automount is not False:
+            _mount_token(spec)
 
     def _default_service_account(self, namespace: str) -> None:
         """The serviceaccounts controller's `default` account in every namespace (created here at once, where

@@ -118,6 +118,8 @@ class ContainerRuntime:
         self.on_change: Callable[[str, str], None] = lambda namespace, name: None
         # (pod, port) -> the pod's sidecar resets plaintext there; set by the sandbox once its mesh exists
         self.resets: Callable[[dict[str, Any], int], bool] = lambda pod, port: False
+        # (namespace, service account, seconds, audiences) -> a bound token; set by the sandbox where it issues them
+        self.token: Callable[[str, str, int, list[str]], str] | None = None
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._exits: dict[str, asyncio.Future[int]] = {}
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sandbox-docker")
@@ -558,7 +560,8 @@ class ContainerRuntime:
             source = self._volume(run, volume, base / volume["name"])
             if mount.get("subPath"):
                 source = source / mount["subPath"]
-            mode = "ro" if mount.get("readOnly") or ("configMap" in volume or "secret" in volume) else "rw"
+            read_only = ("configMap", "secret", "projected")
+            mode = "ro" if mount.get("readOnly") or any(k in volume for k in read_only) else "rw"
             binds.append(f"{source}:{mount['mountPath']}:{mode}")
         return binds
 
@@ -586,8 +589,51 @@ class ContainerRuntime:
                 shutil.rmtree(target, ignore_errors=True)
                 fresh.rename(target)
                 return target
+        if "projected" in volume:
+            return self._projected(run, volume["projected"], target)
         kinds = ", ".join(sorted(k for k in volume if k != "name"))
         raise ConfigError(f"volume {volume['name']}: {kinds} volumes are not supported by the sandbox")
+
+    def _projected(self, run: _Pod, projected: dict[str, Any], target: Path) -> Path:
+        """A projected volume's files: ConfigMap and Secret keys, downward API fields and the pod's account's
+        bound token (the kubelet's token manager asks TokenRequest for it; written once, not rotated here)."""
+        files: dict[str, tuple[bytes, int]] = {}
+        default = int(projected.get("defaultMode", 0o644))
+        for source in projected.get("sources") or []:
+            for plural, key in (("configmaps", "configMap"), ("secrets", "secret")):
+                if key in source:
+                    ref = source[key]
+                    data = self._data(run, plural, ref.get("name", ""), bool(ref.get("optional"))) or {}
+                    for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
+                        if item["key"] not in data:
+                            if ref.get("optional"):
+                                continue
+                            raise ConfigError(f"configmap or secret {ref.get('name')} has no key {item['key']}")
+                        files[item["path"]] = (data[item["key"]], int(item.get("mode", default)))
+            for item in (source.get("downwardAPI") or {}).get("items") or []:
+                if "fieldRef" in item:
+                    value = self._field(run, item["fieldRef"]["fieldPath"]).encode()
+                    files[item["path"]] = (value, int(item.get("mode", default)))
+            if "serviceAccountToken" in source:
+                wanted = source["serviceAccountToken"]
+                if self.token is None:
+                    raise ConfigError("serviceAccountToken projections need a sandbox that issues tokens (--auth rbac)")
+                account = str(run.spec.get("serviceAccountName") or "default")
+                audiences = [wanted["audience"]] if wanted.get("audience") else []
+                token = self.token(run.namespace, account, int(wanted.get("expirationSeconds", 3600)), audiences)
+                files[wanted["path"]] = (token.encode(), 0o600 if default == 0o644 else default)
+        fresh = target.with_name(target.name + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        fresh.chmod(0o755)
+        for relative, (content, mode) in files.items():
+            path = fresh / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            path.chmod(mode)
+        shutil.rmtree(target, ignore_errors=True)
+        fresh.rename(target)
+        return target
 
     def _host_ip(self, run: _Pod) -> str:
         return run.ip.rsplit(".", 1)[0] + ".1" if run.ip else "127.0.0.1"

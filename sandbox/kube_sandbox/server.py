@@ -20,7 +20,7 @@ from aiohttp import web
 
 from kube_sandbox import istio, istio_validation
 from kube_sandbox.api import Api, Controls
-from kube_sandbox.auth import BOOTSTRAP_BINDINGS, BOOTSTRAP_ROLES, RBAC, Auth, Authorizer, Tokens
+from kube_sandbox.auth import BOOTSTRAP_BINDINGS, BOOTSTRAP_ROLES, ISSUER, RBAC, Auth, Authorizer, Tokens
 from kube_sandbox.autoscaler import Autoscaler
 from kube_sandbox.cluster import Cluster
 from kube_sandbox.containers import ContainerRuntime
@@ -129,6 +129,7 @@ class Sandbox:
         self._install_istio()
         self.auth = self._auth(auth)
         self.tls = self._authority() if auth == "rbac" else None
+        self.cluster.mount_tokens = self.tls is not None  # where tokens are issued, pods mount theirs
         self.controllers = Controllers(
             self.cluster, self.runtime, tokens=self.auth.tokens, ca_pem=self.tls.ca_pem if self.tls else None
         )
@@ -145,6 +146,8 @@ class Sandbox:
         self.autoscaler = Autoscaler(self.cluster, self.mesh.rate, period=hpa_sync_period)
         if self.containers is not None:
             self.containers.resets = self.mesh.strict
+            if self.auth.enforce:
+                self.containers.token = self._pod_token
         self.mesh_port = 0
         self.clients_port = 0
         self.telemetry_port = 0
@@ -212,6 +215,13 @@ class Sandbox:
                 if self.store.get((RBAC, plural, "", obj["metadata"]["name"])) is None:
                     self.cluster.create(self.cluster.rt(RBAC, "v1", plural), "v1", "", obj, manager="kube-apiserver")
         return Auth(tokens, authorizer, enforce=mode == "rbac")
+
+    def _pod_token(self, namespace: str, account: str, seconds: int, audiences: list[str]) -> str:
+        found = self.store.peek(("", "serviceaccounts", namespace, account))
+        if found is None:
+            raise ValueError(f"serviceaccount {namespace}/{account} not found")
+        token, _ = self.auth.tokens.bound(found, audiences=audiences or [ISSUER], expiration=max(seconds, 600))
+        return token
 
     def _authority(self) -> Authority:
         """The CA and serving certificate, kept in the state directory (0600) across restarts."""

@@ -262,3 +262,83 @@ def test_the_open_sandbox_takes_any_token_as_the_admin(cluster: Running, tmp_pat
     assert code == 201
     assert body["status"]["userInfo"]["username"] == "kube-sandbox-admin"
     assert "system:masters" in body["status"]["userInfo"]["groups"]
+
+
+def test_pods_mount_their_accounts_token_as_the_serviceaccount_plugin_mounts_it(
+    admin: client.ApiClient, space: str
+) -> None:
+    core = client.CoreV1Api(admin)
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "serviceAccountName": "robot",
+            "initContainers": [{"name": "init", "image": "busybox:1"}],
+            "containers": [{"name": "app", "image": "busybox:1"}],
+        },
+    }
+    spec = admin.sanitize_for_serialization(core.create_namespaced_pod(space, pod))["spec"]  # as JSON, no Nones
+    [volume] = [v for v in spec["volumes"] if v["name"].startswith("kube-api-access-")]
+    assert volume["projected"] == {
+        "defaultMode": 420,
+        "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {
+                "downwardAPI": {
+                    "items": [
+                        {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                    ]
+                }
+            },
+        ],
+    }
+    mount = {"name": volume["name"], "readOnly": True, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    for container in spec["initContainers"] + spec["containers"]:
+        assert container["volumeMounts"] == [mount]
+    ca = core.read_namespaced_config_map("kube-root-ca.crt", space).data["ca.crt"]
+    assert ca.startswith("-----BEGIN CERTIFICATE-----")
+    # automountServiceAccountToken: false on the pod, or on its account, mounts nothing
+    quiet = {"metadata": {"name": "q"}, "spec": {**pod["spec"], "automountServiceAccountToken": False}}
+    assert not core.create_namespaced_pod(space, quiet).spec.volumes
+
+
+@pytest.mark.sandbox_only
+def test_a_pod_reads_a_token_that_authenticates_as_its_account(
+    sandbox_factory: Any, registry: Any, busybox: str, tmp_path: Path
+) -> None:
+    if not shutil.which("dockerd"):
+        pytest.skip("the containers runtime needs dockerd")
+    running = sandbox_factory(runtime="containers", auth="rbac", crash_backoff=0.5)
+    api = running.api()
+    core = client.CoreV1Api(api)
+    account = "/var/run/secrets/kubernetes.io/serviceaccount"
+    pod = {
+        "metadata": {"name": "reader"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "app",
+                    "image": busybox,
+                    "command": [
+                        "sh",
+                        "-c",
+                        f"cat {account}/namespace; echo; cat {account}/token; echo; head -1 {account}/ca.crt",
+                    ],
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod("default", pod)
+    wait_for(
+        lambda: core.read_namespaced_pod("reader", "default").status.phase == "Succeeded",
+        timeout=60,
+        what="the pod to read its token and end",
+    )
+    namespace, token, ca = core.read_namespaced_pod_log("reader", "default").splitlines()
+    assert (namespace, ca) == ("default", "-----BEGIN CERTIFICATE-----")
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    code, body = status_of(
+        as_token(running, token, tmp_path), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review
+    )
+    assert (code, body["status"]["userInfo"]["username"]) == (201, "system:serviceaccount:default:default")
