@@ -15,10 +15,12 @@ The rules for refs, decided here and documented in docs/server.md:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import difflib
 import functools
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,9 +142,12 @@ class Services:
     build: BuildSettings
     helm: Helm | None = None
     renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
+    # (repository, ref) -> the commit a release just made live there, until git has moved the ref to it
+    settling: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 LiveBranches = Callable[[str], Awaitable[list[str]]]
+SETTLE_WAIT = 10.0  # seconds git may take to move a ref after its pre-receive hook answered
 
 
 async def plan(
@@ -307,7 +312,8 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             scrape_interval=services.server.prometheus_scrape_interval,
             mesh_gateway=services.server.mesh_gateway,
             mesh_client=services.server.mesh_client,
-            precondition=lambda: _unmoved(push, target.update),
+            precondition=lambda: _unmoved(push, target.update, services.settling),
+            on_live=lambda: services.settling.__setitem__((str(push.repo), target.update.ref), target.update.new),
         ),
         sink=sink,
         jobs=tuple(config.environments[target.environment].jobs),
@@ -319,9 +325,19 @@ def _reach(server: ServerConfig, app: str) -> Reach:
     return Reach(gateways=tuple(granted.gateways), hosts=tuple(granted.hosts))
 
 
-async def _unmoved(push: Push, update: RefUpdate) -> None:
-    """A push that waited for the lock: the branch must still be where git will move it from."""
+async def _unmoved(push: Push, update: RefUpdate, settling: dict[tuple[str, str], str]) -> None:
+    """A push that waited for the lock: the branch must still be where git will move it from. The release before
+    it frees the lock a moment before its git moves the branch (receive-pack updates refs after pre-receive
+    answers): a branch whose release just went live counts as moved there, for as long as git takes to move it."""
+    key = (str(push.repo), update.ref)
     now = await ref_value(push.repo, update.ref)
+    expected = settling.get(key)
+    deadline = time.monotonic() + SETTLE_WAIT
+    while expected is not None and now != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = await ref_value(push.repo, update.ref)
+    if expected is not None and settling.get(key) == expected:
+        del settling[key]  # moved, or git did not move it within SETTLE_WAIT: from now on the ref says
     if now != update.old:
         raise DeployError(
             f"{update.short} moved to {now[:12]} while this push waited for the release before it; "

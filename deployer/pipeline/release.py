@@ -61,6 +61,8 @@ class ReleaseOptions:
     mesh_client: str | None = None  # `direct` or an HTTP proxy into the mesh, for the checks of mesh-only routes
     # checked once the lock is held, before anything changes: e.g. the branch has not moved while this waited
     precondition: Callable[[], Awaitable[None]] | None = None
+    # called once the release is recorded live, with the lock still held: e.g. the branch is about to move
+    on_live: Callable[[], None] | None = None
 
 
 def allowed_cluster_kinds(objects: list[dict[str, Any]]) -> frozenset[str]:
@@ -128,6 +130,8 @@ async def release(
                 await run.save(status=Status.FAILED, phase=Phase.DONE, reason=exc.message, finished=time.time())
             raise
         await run.save(status=Status.DEPLOYED, phase=Phase.DONE, finished=time.time())
+        if options.on_live is not None:
+            options.on_live()
         sink(Event("release", f"revision {record.revision} is live"))
         return run.record
 

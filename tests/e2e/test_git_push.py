@@ -276,6 +276,44 @@ def test_a_push_whose_branch_moved_while_it_waited_is_refused(
     assert history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]["commit"] == first
 
 
+SLOW_REF_UPDATE = """#!/bin/sh
+# Widens the window between the pre-receive hook's answer and git's ref update: git runs this with the ref
+# locked, before it moves (reference-transaction, "prepared"). A push that got the lock in that window used to
+# read the branch where it was, release, and then fail to move the branch, leaving another commit live.
+if [ "$1" = prepared ]; then
+  while read -r old new ref; do if [ "$ref" = refs/heads/main ]; then sleep 3; fi; done
+else
+  cat > /dev/null
+fi
+exit 0
+"""
+
+
+def test_a_push_that_gets_the_lock_before_git_moved_the_branch_is_refused(
+    server: GitServer, app: App, api: client.ApiClient
+) -> None:
+    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 3s")
+    base = commit(app.repo, "slower canary")
+    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
+    hook = server.repo(app.name) / "hooks" / "reference-transaction"
+    hook.write_text(SLOW_REF_UPDATE)
+    hook.chmod(0o755)
+    first = change(app, "one")
+    git(app.repo, "checkout", "-q", "-b", "other", base)
+    second = change(app, "two")
+    alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
+    seen = read_until(alice, "canary 50%")
+    assert any("canary 50%" in line for line in seen), "".join(seen)
+    late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
+    assert alice.wait(timeout=180) == 0
+    assert late.code == 1
+    assert any(f"main moved to {first[:12]} while this push waited" in x for x in late.remote), late
+    assert server.ref("refs/heads/main", app.name) == first
+    last = history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]
+    assert (last["commit"], last["status"]) == (first, "deployed")
+    assert live_image(api, app.staging, app.name) == last["image"]  # what git says is live, is
+
+
 def test_killing_the_git_client_mid_canary_still_ends_consistently(
     server: GitServer, app: App, api: client.ApiClient
 ) -> None:
