@@ -30,7 +30,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +106,16 @@ def _expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", repl, text)
 
 
+STOP_STEP = 5.0  # seconds a part of the stop may take before it is left to the engine's stop
+
+
+async def _bounded(waiting: Awaitable[Any], seconds: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(waiting, seconds)
+    except TimeoutError:
+        log.warning("stop: %s still running after %gs; left to the engine's stop", what, seconds)
+
+
 class ContainerRuntime:
     """Runs pods in a private dockerd; see the module docstring for what is honoured."""
 
@@ -150,8 +160,13 @@ class ContainerRuntime:
                 server.close()
             if run.task:
                 run.task.cancel()
-        await asyncio.gather(*(r.task for r in self._pods.values() if r.task), return_exceptions=True)
-        await asyncio.gather(*self._removals, return_exceptions=True)
+        # bounded: a docker call that hangs on a busy machine must not hold the stop (the engine's stop removes
+        # every container of the sandbox at once, and stops dockerd, which stops what is left)
+        tasks = [r.task for r in self._pods.values() if r.task]
+        await _bounded(asyncio.gather(*tasks, return_exceptions=True), STOP_STEP, "pods' tasks")
+        for removal in list(self._removals):
+            removal.cancel()
+        await _bounded(asyncio.gather(*self._removals, return_exceptions=True), STOP_STEP, "container removals")
         self._pods.clear()
         if self._events is not None:
             with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import docker
 import docker.errors
 
 LABEL = "dev.kube_sandbox"
+STOP_CALL = 10  # seconds for each docker call while the sandbox stops
+STOP_REMOVALS = 20.0  # seconds for removing the containers at stop; dockerd's shutdown stops the rest
 PAUSE_REPOSITORY, PAUSE_TAG = "deployer-sandbox/pause", "1"
 PAUSE_IMAGE = f"{PAUSE_REPOSITORY}:{PAUSE_TAG}"
 
@@ -142,12 +144,15 @@ class Engine:
     def stop(self) -> None:
         """Remove what this engine made and stop dockerd; safe to call twice."""
         if self.client is not None:
+            self.client.api.timeout = STOP_CALL  # not the 120 s a slow image pull may need
             with contextlib.suppress(Exception):
                 containers = self.client.containers.list(all=True, filters={"label": LABEL})
                 # at once, not one after another: a module's tests leave dozens, and on a busy machine removing
-                # them in turn outlasted the stop's timeout
-                with ThreadPoolExecutor(8) as pool:
-                    list(pool.map(_remove, containers))
+                # them in turn outlasted the stop's timeout; what is not removed in time, dockerd's own shutdown
+                # stops
+                pool = ThreadPoolExecutor(8)
+                wait([pool.submit(_remove, c) for c in containers], timeout=STOP_REMOVALS)
+                pool.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
                 self.client.networks.get(self.network).remove()
             self.client.close()

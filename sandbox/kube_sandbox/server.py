@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import tempfile
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,8 @@ from kube_sandbox.store import Store
 from kube_sandbox.tls import Authority, make_authority
 
 RUNTIMES = ("simulated", "containers")
+SLOW_STOP_STEP = 3.0
+log = logging.getLogger("kube_sandbox")
 AUTH_MODES = ("open", "rbac")
 # What an Istio installation leaves in a cluster and the sandbox models: the root namespace, a Gateway the
 # ingress gateway serves on port 80 for any host, and the IngressClass Istio's docs have users create.
@@ -338,25 +342,37 @@ class Sandbox:
             self.store.save()
 
     async def stop(self) -> None:
+        """Stop everything; each part that takes more than a few seconds is named in the log (a stop that outlasts
+        its caller's patience says where it waited)."""
+        steps: list[tuple[str, float]] = []
+
+        async def step(name: str, waiting: Awaitable[Any]) -> None:
+            began = time.monotonic()
+            await waiting
+            steps.append((name, time.monotonic() - began))
+
         if self._saver:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
-        await self.controllers.stop()
-        await self.autoscaler.stop()
+        await step("controllers", self.controllers.stop())
+        await step("autoscaler", self.autoscaler.stop())
         self.store.drop_watches()
-        for runner in self._runners:
-            await runner.cleanup()
+        for runner in [*self._runners, *([self._runner] if self._runner else [])]:
+            await step("http runner", runner.cleanup())
         self._runners.clear()
-        if self._runner:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.runtime.stop()
+        self._runner = None
+        await step("pod runtime", self.runtime.stop())
         if self.prometheus is not None:
+            began = time.monotonic()
             self.prometheus.stop()
+            steps.append(("prometheus", time.monotonic() - began))
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         self.store.save()
+        slow = [f"{name} {seconds:.1f}s" for name, seconds in steps if seconds > SLOW_STOP_STEP]
+        if slow:
+            log.warning("stop: slow parts: %s", ", ".join(slow))
 
     async def __aenter__(self) -> Sandbox:
         return await self.start()
