@@ -109,8 +109,9 @@ def load_deploy_config(repo: RepoFiles) -> DeployConfig:
 
 def check_paths(config: DeployConfig, repo: RepoFiles) -> None:
     """Every path deploy.yaml names exists inside the repo (no `..`, no absolute path, no symlink out)."""
-    repo.directory(config.build.context, where=f"{DEPLOY_FILE}: build.context", what="build context", check_tree=False)
-    repo.file(config.build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
+    if (build := config.builds) is not None:
+        repo.directory(build.context, where=f"{DEPLOY_FILE}: build.context", what="build context", check_tree=False)
+        repo.file(build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
     if config.render.helm is not None:
         chart = config.render.helm.chart
         repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")

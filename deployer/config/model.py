@@ -110,6 +110,11 @@ class ImageConfig(StrictModel):
     repository: Annotated[str, AfterValidator(_image_repository)] = Field(
         description="Where built images are pushed, without tag: the tag is always the full commit SHA."
     )
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")] | None = Field(
+        default=None,
+        description="With `build: false`: the tag of the image built elsewhere (resolved to its digest at each "
+        "release; `-o set.image.tag=TAG` chooses another where the server allows `set`).",
+    )
 
 
 class BuildConfig(StrictModel):
@@ -261,11 +266,19 @@ class DeployConfig(StrictModel):
 
     app: Name = Field(description="The app's name: a DNS-1123 label.")
     image: ImageConfig
-    build: BuildConfig = Field(default_factory=BuildConfig)
+    build: BuildConfig | Literal[False] = Field(
+        default_factory=BuildConfig,
+        description="How to build the image from the repository; `false`: it is built elsewhere (image.tag).",
+    )
     render: RenderConfig
     environments: Annotated[
         dict[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)], Environment], Field(min_length=1)
     ]
+
+    @property
+    def builds(self) -> BuildConfig | None:
+        """How the image is built from the repository, or None when it is built elsewhere (`build: false`)."""
+        return self.build if self.build is not False else None
 
     def environment(self, name: str) -> Environment:
         """The environment called `name`, or one DeployError listing the ones there are."""
@@ -286,6 +299,8 @@ class DeployConfig(StrictModel):
 def conflicts(config: DeployConfig) -> list[tuple[tuple[str | int, ...], str]]:
     """Rules across environments, as (path in deploy.yaml, message): no literal branch or namespace twice."""
     found: list[tuple[tuple[str | int, ...], str]] = []
+    if config.image.tag is not None and config.build is not False:
+        found.append((("image", "tag"), "is for images built elsewhere (build: false); built ones carry their commit"))
     claimed: dict[str, str] = {}
     namespaces: dict[str, str] = {}
     for env_name, env in config.environments.items():

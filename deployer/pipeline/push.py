@@ -269,13 +269,23 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
         files = RepoFiles(await export_commit(push.repo, commit, Path(tmp) / "tree", env=push.git_env))
         config = load_deploy_config(files)
         granted = dataclasses.replace(services.build, network_allowed=services.server.apps[push.app].build_network)
-        image = await build_exported(files=files, config=config, commit=commit, settings=granted, sink=sink)
+        # `build: false`: -o set.image.tag=TAG (allowed where the server allows `set`) chooses the image's tag
+        chosen = next((e.split("=", 1)[1] for e in options.sets if e.split("=", 1)[0] == "image.tag"), None)
+        image = await build_exported(
+            files=files,
+            config=config,
+            commit=commit,
+            settings=granted,
+            sink=sink,
+            tag=None if config.builds else chosen,
+        )
         rendered = await render_environment(
             repo=files,
             config=config,
             environment=target.environment,
             commit=commit,
             digest=image.digest,
+            tag=image.tag,
             sets=options.sets,
             helm=services.helm,
             cluster_scoped=frozenset(services.server.apps[push.app].cluster_scoped),

@@ -104,7 +104,7 @@ async def release(
             require_router(router).check(objects, targets)
         record = Record(
             revision=history[-1].revision + 1 if history else 1,
-            commit=image.tag,
+            commit=image.commit or image.tag,
             image=image.ref,
             pusher=options.pusher,
             branch=options.branch,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,7 +30,7 @@ from deployer.canary.objects import require_targets
 from deployer.canary.router import Routing
 from deployer.config import DeployConfig, RepoFiles, load_deploy_config, load_values_file
 from deployer.config.load import DEPLOY_FILE
-from deployer.config.model import CanaryPolicy
+from deployer.config.model import BuildConfig, CanaryPolicy
 from deployer.errors import DeployError
 from deployer.events import Event, EventSink, discard
 from deployer.pipeline.worker import RenderPool, render_templates
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from deployer.helm import Helm
 
 
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's reference grammar for a tag
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """The image a release runs: pinned by digest once built, by the commit tag before."""
@@ -54,6 +58,7 @@ class ImageRef:
     repository: str
     tag: str
     digest: str = ""
+    commit: str = ""  # the commit it is released from, where the tag is not it (an image built elsewhere)
 
     @property
     def ref(self) -> str:
@@ -100,6 +105,7 @@ async def render_environment(
     environment: str,
     commit: str,
     digest: str = "",
+    tag: str | None = None,
     sets: tuple[str, ...] = (),
     helm: Helm | None = None,
     cluster_scoped: frozenset[str] = frozenset(),
@@ -114,7 +120,7 @@ async def render_environment(
         (path, load_values_file(repo, path, where=f"{DEPLOY_FILE}: environments.{environment}.values[{i}]"))
         for i, path in enumerate(env.values)
     ]
-    image = ImageRef(repository=config.image.repository, tag=commit, digest=digest)
+    image = ImageRef(repository=config.image.repository, tag=tag or commit, digest=digest)
     injected = injected_values(config=config, environment=environment, image=image, commit=commit)
     if config.render.helm is not None:
         chart = config.render.helm.chart.rstrip("/")
@@ -242,10 +248,20 @@ async def build_image(*, repo: Path, ref: str, settings: BuildSettings, sink: Ev
 
 
 async def build_exported(
-    *, files: RepoFiles, config: DeployConfig, commit: str, settings: BuildSettings, sink: EventSink = discard
+    *,
+    files: RepoFiles,
+    config: DeployConfig,
+    commit: str,
+    settings: BuildSettings,
+    sink: EventSink = discard,
+    tag: str | None = None,
 ) -> ImageRef:
-    """Step 3 over a commit's exported tree: build and push unless the registry has the commit's image."""
-    if config.build.network and not settings.network_allowed:
+    """Step 3 over a commit's exported tree: build and push unless the registry has the commit's image; with
+    `build: false`, the image built elsewhere (`tag`, else image.tag) resolved to its digest instead."""
+    build = config.builds
+    if build is None:
+        return await prebuilt_image(config, commit=commit, tag=tag, registry=settings.registry, sink=sink)
+    if build.network and not settings.network_allowed:
         raise DeployError(
             f"RUN steps may not have a network for app {config.app!r}: an operator allows it with server.yaml "
             f"apps.{config.app}.buildNetwork",
@@ -265,6 +281,7 @@ async def build_exported(
     request = _build_request(
         files,
         config,
+        build,
         commit=commit,
         settings=settings,
         insecure=settings.registry.scheme(repository.registry) == "http",
@@ -278,16 +295,50 @@ async def build_exported(
     return ImageRef(repository=config.image.repository, tag=commit, digest=digest)
 
 
+async def prebuilt_image(
+    config: DeployConfig, *, commit: str, tag: str | None, registry: RegistryClient, sink: EventSink = discard
+) -> ImageRef:
+    """`build: false`: the tag of an image built elsewhere, resolved to the digest the release pins (a tag that
+    moves later never changes what runs); a tag the registry does not have is refused in one line."""
+    chosen = tag or config.image.tag
+    where = "-o set.image.tag" if tag else f"{DEPLOY_FILE}: image.tag"
+    if not chosen:
+        raise DeployError(
+            "build: false needs the tag of the image built elsewhere (image.tag, or -o set.image.tag=TAG where the "
+            "server allows set)",
+            where=f"{DEPLOY_FILE}: image.tag",
+        )
+    if not TAG.fullmatch(chosen):
+        raise DeployError(f"{chosen!r} is not an image tag", where=where)
+    digest = await registry.digest(Repository.parse(config.image.repository), chosen)
+    if digest is None:
+        raise DeployError(f"{config.image.repository}:{chosen} is not in the registry", where=where)
+    sink(
+        Event(
+            "build",
+            f"build: false: {config.image.repository}:{chosen} is {digest}",
+            data={"digest": digest, "built": False},
+        )
+    )
+    return ImageRef(repository=config.image.repository, tag=chosen, digest=digest, commit=commit)
+
+
 def _build_request(
-    files: RepoFiles, config: DeployConfig, *, commit: str, settings: BuildSettings, insecure: bool
+    files: RepoFiles,
+    config: DeployConfig,
+    build: BuildConfig,
+    *,
+    commit: str,
+    settings: BuildSettings,
+    insecure: bool,
 ) -> BuildRequest:
     """The builder's input from the exported tree: context and Dockerfile checked, the context's size capped."""
-    context = files.directory(config.build.context, where=f"{DEPLOY_FILE}: build.context", check_tree=False)
-    dockerfile = files.file(config.build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
+    context = files.directory(build.context, where=f"{DEPLOY_FILE}: build.context", check_tree=False)
+    dockerfile = files.file(build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
     size = tree_size(context)
     if size > settings.max_context_bytes:
         raise DeployError(
-            f"build context {config.build.context!r} is {size / 2**20:.1f} MiB, over the limit of "
+            f"build context {build.context!r} is {size / 2**20:.1f} MiB, over the limit of "
             f"{settings.max_context_bytes / 2**20:.0f} MiB",
             where=f"{DEPLOY_FILE}: build.context",
         )
@@ -295,10 +346,10 @@ def _build_request(
         context=context,
         dockerfile=dockerfile,
         image=f"{config.image.repository}:{commit}",
-        args={**config.build.args, "GIT_COMMIT": commit},
+        args={**build.args, "GIT_COMMIT": commit},
         secret_args=settings.secret_args,
         insecure=insecure,
         auth_file=settings.auth_file,
-        network=config.build.network,
+        network=build.network,
         limits=settings.limits,
     )

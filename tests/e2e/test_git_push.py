@@ -36,7 +36,7 @@ from gitserver import (
     start_server,
     token_entry,
 )
-from kube_sandbox.testing import Running
+from kube_sandbox.testing import Running, push_busybox
 from kubernetes import client
 from routes import vs_split
 from support import Registry, commit, edit, free_port, git, run_deployer
@@ -256,26 +256,6 @@ def test_two_concurrent_pushes_to_one_environment_are_serialized(
     assert server.ref("refs/heads/hotfix/x", app.name) == second
 
 
-def test_a_push_whose_branch_moved_while_it_waited_is_refused(
-    server: GitServer, app: App, api: client.ApiClient
-) -> None:
-    edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 3s")
-    base = commit(app.repo, "slower canary")
-    assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
-    first = change(app, "one")
-    git(app.repo, "checkout", "-q", "-b", "other", base)
-    second = change(app, "two")
-    alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
-    seen = read_until(alice, "canary 50%")  # alice's release holds the lock (a fixed sleep raced a slow start)
-    assert any("canary 50%" in line for line in seen), "".join(seen)
-    late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
-    assert alice.wait(timeout=180) == 0
-    assert late.code == 1
-    assert any(f"main moved to {first[:12]} while this push waited" in x for x in late.remote), late
-    assert server.ref("refs/heads/main", app.name) == first
-    assert history_json(server_kubeconfig(server), app.staging, app=app.name)[-1]["commit"] == first
-
-
 SLOW_REF_UPDATE = """#!/bin/sh
 # Widens the window between the pre-receive hook's answer and git's ref update: git runs this with the ref
 # locked, before it moves (reference-transaction, "prepared"). A push that got the lock in that window used to
@@ -289,20 +269,22 @@ exit 0
 """
 
 
-def test_a_push_that_gets_the_lock_before_git_moved_the_branch_is_refused(
-    server: GitServer, app: App, api: client.ApiClient
+@pytest.mark.parametrize("slow_ref_update", [False, True], ids=["moved-while-waiting", "lock-before-git-moved-it"])
+def test_a_push_whose_branch_moved_while_it_waited_is_refused(
+    server: GitServer, app: App, api: client.ApiClient, slow_ref_update: bool
 ) -> None:
     edit(app.repo / "deploy.yaml", "steps: [50]\n      interval: 1s", "steps: [50]\n      interval: 3s")
     base = commit(app.repo, "slower canary")
     assert push(app.repo, server.ssh_url(app.name), "main", key=server.keys["alice"]).code == 0
-    hook = server.repo(app.name) / "hooks" / "reference-transaction"
-    hook.write_text(SLOW_REF_UPDATE)
-    hook.chmod(0o755)
+    if slow_ref_update:
+        hook = server.repo(app.name) / "hooks" / "reference-transaction"
+        hook.write_text(SLOW_REF_UPDATE)
+        hook.chmod(0o755)
     first = change(app, "one")
     git(app.repo, "checkout", "-q", "-b", "other", base)
     second = change(app, "two")
     alice = push_in_background(app.repo, server.ssh_url(app.name), f"{first}:refs/heads/main", key=server.keys["alice"])
-    seen = read_until(alice, "canary 50%")
+    seen = read_until(alice, "canary 50%")  # alice's release holds the lock (a fixed sleep raced a slow start)
     assert any("canary 50%" in line for line in seen), "".join(seen)
     late = push(app.repo, server.http_url(app.name), f"{second}:refs/heads/main")
     assert alice.wait(timeout=180) == 0
@@ -376,6 +358,42 @@ def test_skip_canary_and_set_push_options(server: GitServer, app: App, api: clie
     assert not any("/ canary 50%" in x for x in pushed.remote)
     deployment = client.AppsV1Api(api).read_namespaced_deployment(f"{app.name}-primary", app.staging)
     assert deployment.spec.replicas == 2
+
+
+def test_an_image_built_elsewhere_is_released_by_its_digest(
+    server: GitServer, app: App, api: client.ApiClient, registry_host: str
+) -> None:
+    """`build: false`: nothing is built; the tag deploy.yaml names (or -o set.image.tag chooses) is resolved to its
+    digest, which the release pins; a tag the registry lacks is one line and changes nothing."""
+    repository = f"{registry_host}/{app.name}"
+    first = push_busybox(registry_host, f"{app.name}:1.2.3")  # built elsewhere: by another pipeline
+    second = push_busybox(registry_host, f"{app.name}:2.0.0", labels={"version": "2.0.0"})
+    deploy = app.repo / "deploy.yaml"
+    edit(deploy, "build:\n  dockerfile: Dockerfile\n  context: .\n  args:\n    GREETING: hello\n", "build: false\n")
+    edit(deploy, f"repository: {repository}\n", f"repository: {repository}\n  tag: 1.2.3\n")
+    commit(app.repo, "deploy an image built elsewhere")
+    pushed = push(app.repo, server.http_url(app.name), "main")
+    assert pushed.code == 0, pushed
+    assert not any("STEP 1/" in x for x in pushed.remote), "nothing is built"
+    [resolved] = [x for x in pushed.remote if f"build: false: {repository}:1.2.3 is sha256:" in x]
+    digest = resolved.rsplit(" is ", 1)[1]
+    assert first.endswith(":1.2.3") and live_image(api, app.staging, app.name) == f"{repository}@{digest}"
+    [record] = history_json(server_kubeconfig(server), app.staging, app=app.name)
+    assert (record["commit"], record["image"]) == (app.head(), f"{repository}@{digest}")
+
+    missing = change(app, "a tag nobody pushed")
+    refused = push(app.repo, server.http_url(app.name), "main", options=("set.image.tag=9.9.9",))
+    assert refused.code == 1
+    assert f"error: -o set.image.tag: {repository}:9.9.9 is not in the registry" in refused.remote, refused
+    assert server.ref("refs/heads/main", app.name) != missing
+    assert live_image(api, app.staging, app.name) == f"{repository}@{digest}"
+
+    chosen = push(app.repo, server.http_url(app.name), "main", options=("set.image.tag=2.0.0",))
+    assert chosen.code == 0, chosen
+    [resolved] = [x for x in chosen.remote if f"build: false: {repository}:2.0.0 is sha256:" in x]
+    assert second.endswith(":2.0.0")
+    assert live_image(api, app.staging, app.name) == f"{repository}@{resolved.rsplit(' is ', 1)[1]}"
+    assert resolved.rsplit(" is ", 1)[1] != digest
 
 
 def test_pushes_to_different_apps_run_at_the_same_time(server: GitServer, app: App, tmp_path: Path) -> None:

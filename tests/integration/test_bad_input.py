@@ -66,6 +66,28 @@ def test_unknown_key_names_it_and_what_is_allowed(example: Example) -> None:
     assert "branches, namespace, values, canary, jobs" in line
 
 
+def test_an_image_tag_is_only_for_images_built_elsewhere(example: Example) -> None:
+    repo = example("hello")
+    edit(
+        repo / "deploy.yaml",
+        "  repository: 127.0.0.1:5000/hello\n",
+        "  repository: 127.0.0.1:5000/hello\n  tag: 1.2.3\n",
+    )
+    line = fails("validate", "--repo", repo)
+    assert line.startswith("error: deploy.yaml:6:3: image.tag: is for images built elsewhere (build: false)")
+    edit(repo / "deploy.yaml", "  tag: 1.2.3\n", "  tag: '1.2 3'\n")
+    edit(
+        repo / "deploy.yaml",
+        "build:\n  dockerfile: Dockerfile\n  context: .\n  args:\n    GREETING: hello\n",
+        "build: false\n",
+    )
+    assert "image.tag: String should match pattern" in fails("validate", "--repo", repo)
+    edit(repo / "deploy.yaml", "  tag: '1.2 3'\n", "  tag: 1.2.3\n")
+    assert run_deployer("validate", "--repo", repo).code == 0  # no Dockerfile needed either
+    (repo / "Dockerfile").unlink()
+    assert run_deployer("validate", "--repo", repo).code == 0
+
+
 def test_wrong_type_names_field_and_value(example: Example) -> None:
     repo = example("hello")
     edit(

@@ -100,9 +100,11 @@ def busybox_layer(busybox: Path) -> bytes:
     return buffer.getvalue()
 
 
-def push_busybox(registry: str, name: str = "busybox:latest", *, busybox: Path | None = None) -> str:
+def push_busybox(
+    registry: str, name: str = "busybox:latest", *, busybox: Path | None = None, labels: dict[str, str] | None = None
+) -> str:
     """Push a busybox image made from the host's static busybox to `registry` (HOST:PORT, plain HTTP); its
-    reference there."""
+    reference there. `labels` go into the image's config (two images that differ only there differ in digest)."""
     found = busybox or Path(shutil.which("busybox") or "/bin/busybox")
     repository, _, tag = name.partition(":")
     layer = busybox_layer(found)
@@ -111,7 +113,7 @@ def push_busybox(registry: str, name: str = "busybox:latest", *, busybox: Path |
         {
             "architecture": ARCHITECTURES.get(platform.machine(), platform.machine()),
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], **({"Labels": labels} if labels else {})},
             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
         }
     ).encode()
