@@ -256,6 +256,69 @@ class Limits(StrictModel):
     )
 
 
+NotificationEvent = Literal["started", "step", "promoted", "released", "rolled-back", "failed", "recovered"]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "started",
+    "step",
+    "promoted",
+    "released",
+    "rolled-back",
+    "failed",
+    "recovered",
+)
+
+
+class SecretSource(StrictModel):
+    """Where a secret is read at start: a file (e.g. a mounted Secret) or an environment variable; never inline."""
+
+    file: str | None = None
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of file or env")
+        return self
+
+
+class Notification(StrictModel):
+    """A target that hears about releases: a generic webhook (JSON, HMAC-SHA256 signed) or a Slack-compatible
+    incoming webhook. A target that fails never fails or slows a release."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    kind: Literal["webhook", "slack"]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+        default=None, description="The target's URL when it is no secret; else urlFrom."
+    )
+    url_from: SecretSource | None = Field(
+        default=None, description="The URL from a file or variable (Slack's are secrets)."
+    )
+    secret_from: SecretSource | None = Field(
+        default=None, description="webhook: the HMAC-SHA256 key signing each body (X-Deployer-Signature)."
+    )
+    apps: list[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)]] = Field(
+        default_factory=list, description="Only these apps (default: all)."
+    )
+    environments: list[Glob] = Field(default_factory=list, description="Only these environments (default: all).")
+    events: list[NotificationEvent] = Field(default_factory=lambda: list(NOTIFICATION_EVENTS))
+    timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _target(self) -> Self:
+        if (self.url is None) == (self.url_from is None):
+            raise ValueError("give exactly one of url or urlFrom")
+        if self.secret_from is not None and self.kind != "webhook":
+            raise ValueError("secretFrom signs webhook bodies; a slack target has none")
+        return self
+
+    def wants(self, app: str, environment: str, event: str) -> bool:
+        return (
+            (not self.apps or app in self.apps)
+            and (not self.environments or environment in self.environments or "*" in self.environments)
+            and event in self.events
+        )
+
+
 class ServerConfig(StrictModel):
     """The whole of server.yaml."""
 
@@ -296,6 +359,9 @@ class ServerConfig(StrictModel):
     )
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     limits: Limits = Field(default_factory=Limits)
+    notifications: list[Notification] = Field(
+        default_factory=list, description="Who hears about releases: webhooks and Slack-compatible targets."
+    )
 
     def policy(self, environment: str) -> EnvironmentPolicy:
         """The environment's own policy, else the '*' entry, else the defaults."""

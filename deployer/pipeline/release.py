@@ -317,7 +317,7 @@ async def _promote(run: Run, previous: Record) -> None:
     """The new version becomes stable while the routes keep the canary's weight; once the primaries rolled out,
     all traffic goes to them and the canary is removed after the grace."""
     run.held()
-    run.sink(Event("canary", "promoting: the new version becomes stable"))
+    run.sink(Event("canary", "promoting: the new version becomes stable", data={"promoting": True}))
     await run.save(phase=Phase.PROMOTING)
     try:
         await serve_stable(run, run.objects, run.targets)

@@ -35,6 +35,8 @@ from deployer.kube.records import Records, pending_environments
 from deployer.pipeline import operations
 from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
 from deployer.server.metrics import Metrics
+from deployer.server.notify import Notifier
+from deployer.server.notify import targets as notify_targets
 
 log = logging.getLogger("deployer.server")
 SERVICES = ("git-receive-pack", "git-upload-pack")
@@ -77,6 +79,7 @@ class DeployServer:
         _reap_hook_dirs()
         self.socket = Path(tempfile.mkdtemp(prefix=f"deployer-hook-{os.getpid()}-")) / "hook.sock"
         self.metrics = Metrics()
+        self.notifier = Notifier(notify_targets(config), self.metrics)  # secrets read now: a missing one stops start
         self._pushers: dict[str, Pusher] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._hooks: asyncio.Server | None = None
@@ -106,6 +109,7 @@ class DeployServer:
         for task in list(self._background):  # async releases: let them reach their end, for a while
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        await self.notifier.close()
         self.socket.unlink(missing_ok=True)
         self.socket.parent.rmdir()
 
@@ -121,6 +125,15 @@ class DeployServer:
                         ports = await operations.ports_of(self.services.api, env, sink=sink)
                         revisions = await operations.recover(ports, env=env, sink=sink)
                         done += [f"{app}/{environment} revision {r}" for r in revisions]
+                        for revision in revisions:
+                            self.notifier.notify(
+                                "recovered",
+                                app=app,
+                                environment=environment,
+                                namespace=namespace,
+                                revision=revision,
+                                message=f"revision {revision}, left mid-flight by a server that stopped, recovered",
+                            )
                 except (DeployError, ApiError, TransientError, OSError) as exc:
                     log.warning("recover %s in %s: %s", app, namespace, exc)
         for item in done:
@@ -287,9 +300,21 @@ class DeployServer:
         traffic = asyncio.Event()
         listening = [True]
 
+        about = {
+            "app": push.app,
+            "environment": target.environment,
+            "namespace": target.namespace,
+            "commit": target.update.new,
+            "pusher": push.user,
+        }
+
         def sink(event: Event) -> None:
-            if int(event.data.get("canary_weight") or 0) > 0:
+            weight = int(event.data.get("canary_weight") or 0)
+            if weight > 0:
                 traffic.set()
+                self.notifier.notify("step", weight=weight, message=event.message, **about)
+            if event.data.get("promoting"):
+                self.notifier.notify("promoted", message=event.message, **about)
             if listening[0]:
                 emit(event)
             else:
@@ -297,7 +322,8 @@ class DeployServer:
 
         gauge = self.metrics.in_flight.labels(push.app, target.environment)
         gauge.inc()
-        task = asyncio.create_task(self._run(push, target, sink, started, gauge))
+        self.notifier.notify("started", message=f"release of {target.update.new[:12]} started", **about)
+        task = asyncio.create_task(self._run(push, target, sink, started, gauge, about))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         if not follow:
@@ -330,8 +356,14 @@ class DeployServer:
         self.metrics.pushes.labels(push.app, "accepted").inc()
         return 0
 
-    async def _run(
-        self, push: Push, target: Deploy, sink: Callable[[Event], None], started: float, gauge: Any
+    async def _run(  # noqa: PLR0917 - the release's context, as _release holds it
+        self,
+        push: Push,
+        target: Deploy,
+        sink: Callable[[Event], None],
+        started: float,
+        gauge: Any,
+        about: dict[str, Any],
     ) -> tuple[str, Record | None, DeployError | None]:
         """The release, to its end; then metrics, and for an async push that failed, the branch put back."""
         record: Record | None = None
@@ -354,6 +386,11 @@ class DeployServer:
         self.metrics.ended(
             app=push.app, environment=target.environment, result=result, seconds=time.monotonic() - started
         )
+        if result != "dry-run":
+            revision = record.revision if record is not None else None
+            said = f"revision {revision} is live" if record is not None else (error.message if error else result)
+            reason = error.message if error is not None else None
+            self.notifier.notify(result, revision=revision, reason=reason, message=said, **about)
         if error is not None and not push.parsed.follow:
             await self._put_back(push, target.update)
         return result, record, error

@@ -30,6 +30,12 @@ class Metrics:
         self.in_flight = Gauge(
             "deployer_releases_in_flight", "Releases running now.", ["app", "environment"], registry=self.registry
         )
+        self.notifications_failed = Counter(
+            "deployer_notifications_failed",
+            "Notifications a target did not take after their retries, by target.",
+            ["target"],
+            registry=self.registry,
+        )
         self.pushes = Counter(
             "deployer_pushes",
             "Pushes received, by app and result (accepted, rejected).",
