@@ -20,8 +20,9 @@ from deployer.errors import DeployError, TransientError
 from deployer.events import Event, Record
 
 if TYPE_CHECKING:
-    from deployer.config import RepoFiles
+    from deployer.config import DeployConfig, RepoFiles
     from deployer.pipeline import ImageRef, Rendered
+    from deployer.pipeline.charts import ChartRegistries
 
 # Each command imports what it uses (pydantic models, the clients, helm, the builders): `deployer --help` and the
 # parser load none of them.
@@ -215,6 +216,7 @@ async def _render(args: argparse.Namespace) -> int:
         commit=args.commit or _head_commit(args.repo),
         sets=tuple(args.sets),
         cluster_scoped=frozenset(args.cluster_scoped),
+        charts=_charts(config),
     )
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered.manifests}, indent=2))
@@ -222,6 +224,17 @@ async def _render(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_all(rendered.manifests))
     _print_notes(rendered, stream=sys.stderr)
     return 0
+
+
+def _charts(config: DeployConfig) -> ChartRegistries | None:
+    """For an oci:// chart: pulled from wherever deploy.yaml says (the CLI's operator chose it), each time, with
+    the credentials of the docker config.json helm reads by default."""
+    if config.render.helm is None or not config.render.helm.oci:
+        return None
+    from deployer.build.registry import RegistryClient  # noqa: PLC0415 - aiohttp, only for a chart in a registry
+    from deployer.pipeline.charts import ChartRegistries  # noqa: PLC0415
+
+    return ChartRegistries(registry=RegistryClient())
 
 
 def _print_notes(rendered: Rendered, *, stream: TextIO) -> None:
@@ -249,6 +262,7 @@ async def _validate(args: argparse.Namespace) -> int:
                 commit=commit,
                 helm=helm,
                 cluster_scoped=frozenset(args.cluster_scoped),
+                charts=_charts(config),
             )
         except DeployError as exc:
             failed += 1
@@ -391,6 +405,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         digest=image.digest,
         sets=tuple(args.sets),
         cluster_scoped=frozenset(args.cluster_scoped),
+        charts=_charts(config),
     )
     options = ReleaseOptions(
         skip_canary=args.skip_canary,

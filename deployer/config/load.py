@@ -112,7 +112,7 @@ def check_paths(config: DeployConfig, repo: RepoFiles) -> None:
     if (build := config.builds) is not None:
         repo.directory(build.context, where=f"{DEPLOY_FILE}: build.context", what="build context", check_tree=False)
         repo.file(build.dockerfile, where=f"{DEPLOY_FILE}: build.dockerfile", what="Dockerfile")
-    if config.render.helm is not None:
+    if config.render.helm is not None and not config.render.helm.oci:
         chart = config.render.helm.chart
         repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
         repo.file(f"{chart.rstrip('/')}/Chart.yaml", where=f"{DEPLOY_FILE}: render.helm.chart", what="chart file")

@@ -127,11 +127,42 @@ class BuildConfig(StrictModel):
     )
 
 
+OCI_CHART = re.compile(
+    r"^oci://([A-Za-z0-9.-]+(?::\d{1,5})?)/((?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*)$"
+)
+
+
+def _chart(value: str) -> str:
+    if value.startswith("oci://"):
+        if not OCI_CHART.match(value):
+            raise ValueError(f"{value!r} is not a chart in a registry such as oci://registry.example.com/charts/hello")
+        return value
+    return _relative_path(value)
+
+
 class HelmRender(StrictModel):
-    chart: RelPath = Field(description="Directory of an ordinary Helm chart inside the repo.")
+    chart: Annotated[str, AfterValidator(_chart)] = Field(
+        description="Directory of an ordinary Helm chart inside the repo, or oci://HOST/PATH/NAME in a registry "
+        "server.yaml allows (then `version` is required)."
+    )
+    version: Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,127}$")] | None = Field(
+        default=None, description="An oci:// chart's exact version (a chart in the repo has its own Chart.yaml)."
+    )
     release: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=53)] | None = Field(
         default=None, description="Helm release name; defaults to the app name."
     )
+
+    @property
+    def oci(self) -> bool:
+        return self.chart.startswith("oci://")
+
+    @model_validator(mode="after")
+    def _version(self) -> Self:
+        if self.oci and self.version is None:
+            raise ValueError("an oci:// chart needs its exact version (version: 1.2.3)")
+        if not self.oci and self.version is not None:
+            raise ValueError("version is for oci:// charts; a chart in the repo has its own Chart.yaml")
+        return self
 
 
 class TemplatesRender(StrictModel):

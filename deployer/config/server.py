@@ -213,6 +213,18 @@ class RegistryConfig(StrictModel):
     auth_file: str | None = None
 
 
+class ChartsConfig(StrictModel):
+    """Where oci:// charts may come from: the only registries a push's chart is pulled from."""
+
+    registries: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+        default_factory=list, description="Registry hosts (HOST or HOST:PORT); none by default."
+    )
+    insecure: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+        default_factory=list, description="Those reached over plain http (loopback registries always are)."
+    )
+    auth_file: str | None = Field(default=None, description="Credentials for them, as a docker config.json.")
+
+
 class BuilderConfig(StrictModel):
     kind: Literal["auto", "buildah", "docker"] = "auto"
     storage: str | None = Field(default=None, description="buildah storage root (default: DATA_DIR/containers).")
@@ -335,6 +347,7 @@ class ServerConfig(StrictModel):
     cluster: ClusterConfig
     registry: RegistryConfig
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
+    charts: ChartsConfig = Field(default_factory=ChartsConfig)
     prometheus: str | None = Field(default=None, description="Prometheus URL for the canary's prometheus checks.")
     mesh_gateway: str | None = Field(
         default=None,

@@ -138,6 +138,41 @@ class Helm:
             _captured.reset(token)
         return b"".join(sink).decode()
 
+    async def pull(
+        self, ref: str, version: str, *, into: Path, plain_http: bool = False, registry_config: Path | None = None
+    ) -> tuple[Path, str]:
+        """`helm pull REF --version VERSION --untar` into `into`: the chart's directory and the manifest digest
+        helm reports (`Digest: sha256:...`)."""
+        command = ["pull", ref, "--version", version, "--untar", "--untardir", str(into)]
+        if plain_http:
+            command.append("--plain-http")
+        if registry_config is not None:
+            command += ["--registry-config", str(registry_config)]
+        proc = await asyncio.create_subprocess_exec(
+            self.executable,
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+        except TimeoutError:
+            await _stop(proc)
+            raise DeployError(f"helm pull took longer than {self.timeout:g}s", where=ref) from None
+        except asyncio.CancelledError:
+            await _stop(proc)
+            raise
+        said = (stdout + stderr).decode(errors="replace")  # helm 4 reports Pulled: and Digest: on stderr
+        if proc.returncode != 0:
+            lines = [line for line in said.splitlines() if line.strip() and not line.startswith("level=")]
+            raise DeployError(f"helm pull {version}: {' '.join(lines).removeprefix('Error: ')[:300]}", where=ref)
+        found = re.search(r"Digest: (sha256:[0-9a-f]{64})", said)
+        charts = [path for path in into.iterdir() if (path / "Chart.yaml").is_file()]
+        if found is None or len(charts) != 1:
+            raise DeployError("helm pull did not leave one chart and its digest", where=ref)
+        return charts[0], found.group(1)
+
     def _chart(self, chart_dir: Path, chart_label: str) -> tuple[Any, dict[str, Any]]:
         """pyhelm3's Chart for a local directory, read from Chart.yaml without running `helm show`."""
         where = f"{chart_label.rstrip('/')}/Chart.yaml"

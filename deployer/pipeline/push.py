@@ -40,6 +40,7 @@ from deployer.events import Event, EventSink, Record
 from deployer.helm import Helm
 from deployer.kube.client import KubeClient
 from deployer.kube.cluster import Kube
+from deployer.pipeline.charts import ChartRegistries
 from deployer.pipeline.ports import cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds, release
 from deployer.pipeline.steps import BuildSettings, Rendered, build_exported, render_environment
@@ -142,6 +143,7 @@ class Services:
     build: BuildSettings
     helm: Helm | None = None
     renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
+    charts: ChartRegistries | None = None  # where oci:// charts may come from (server.yaml charts)
     # (repository, ref) -> the commit a release just made live there, until git has moved the ref to it
     settling: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -291,6 +293,8 @@ async def deploy(push: Push, target: Deploy, services: Services, sink: EventSink
             cluster_scoped=frozenset(services.server.apps[push.app].cluster_scoped),
             reach=_reach(services.server, push.app),
             worker=services.renders,
+            charts=services.charts,
+            sink=sink,
         )
     _render_summary(rendered, config, target, options, sink)
     if options.dry_run:

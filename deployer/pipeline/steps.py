@@ -46,6 +46,7 @@ from deployer.render.values import layer_values
 
 if TYPE_CHECKING:
     from deployer.helm import Helm
+    from deployer.pipeline.charts import ChartRegistries
 
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's reference grammar for a tag
@@ -111,6 +112,8 @@ async def render_environment(
     cluster_scoped: frozenset[str] = frozenset(),
     reach: Reach | None = None,
     worker: RenderPool | None = None,
+    charts: ChartRegistries | None = None,
+    sink: EventSink = discard,
 ) -> Rendered:
     """Render and validate `environment` at `commit`; raise DeployError naming file and field on any fault.
     With `reach` (the server's grant), routing objects may claim only the hosts and gateways it grants; with
@@ -123,25 +126,27 @@ async def render_environment(
     image = ImageRef(repository=config.image.repository, tag=tag or commit, digest=digest)
     injected = injected_values(config=config, environment=environment, image=image, commit=commit)
     if config.render.helm is not None:
-        chart = config.render.helm.chart.rstrip("/")
-        chart_dir = repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
-        defaults = (
-            load_values_file(repo, f"{chart}/values.yaml", where=f"{chart}/values.yaml")
-            if (chart_dir / "values.yaml").is_file()
-            else {}
-        )
-        values = layer_values(defaults=defaults, files=files, sets=list(sets), injected=injected)
         if helm is None:
             from deployer.helm import Helm  # noqa: PLC0415 - pyhelm3 loads only to render a chart
 
             helm = Helm()
-        text = await helm.template(
-            chart_dir=chart_dir,
-            chart_label=chart,
-            release=config.release_name,
-            namespace=env.namespace,
-            values=values.user,
-        )
+        with tempfile.TemporaryDirectory(prefix="deployer-chart-") as scratch:
+            chart, chart_dir, chart_files, values_path = await _chart(
+                repo, config, helm=helm, charts=charts, scratch=Path(scratch), sink=sink
+            )
+            defaults = (
+                load_values_file(chart_files, values_path, where=f"{chart}/values.yaml")
+                if (chart_dir / "values.yaml").is_file()
+                else {}
+            )
+            values = layer_values(defaults=defaults, files=files, sets=list(sets), injected=injected)
+            text = await helm.template(
+                chart_dir=chart_dir,
+                chart_label=chart,
+                release=config.release_name,
+                namespace=env.namespace,
+                values=values.user,
+            )
         objects = [
             obj
             for source, doc in split_helm_output(text)
@@ -199,6 +204,29 @@ def check_routing(objects: list[dict[str, Any]], policy: CanaryPolicy) -> None:
     if policy.enabled and any(o["kind"] == "Deployment" for o in objects):
         targets = require_targets(objects)
         IstioRouter(routing=Routing(tuple(policy.gateways), tuple(policy.hosts))).check(objects, targets)
+
+
+async def _chart(
+    repo: RepoFiles,
+    config: DeployConfig,
+    *,
+    helm: Helm,
+    charts: ChartRegistries | None,
+    scratch: Path,
+    sink: EventSink,
+) -> tuple[str, Path, RepoFiles, str]:
+    """(the chart as the user names it, its directory, the files its values.yaml is read from, that path)."""
+    settings = config.render.helm
+    assert settings is not None
+    if not settings.oci:
+        chart = settings.chart.rstrip("/")
+        chart_dir = repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
+        return chart, chart_dir, repo, f"{chart}/values.yaml"
+    if charts is None:
+        raise DeployError("oci:// charts are not pulled here", where=f"{DEPLOY_FILE}: render.helm.chart")
+    assert settings.version is not None
+    chart_dir = await charts.fetch(helm, settings.chart, settings.version, scratch=scratch, sink=sink)
+    return settings.chart, chart_dir, RepoFiles(chart_dir), "values.yaml"
 
 
 def _chart_source(chart: str, helm_source: str) -> str:

@@ -17,6 +17,7 @@ from deployer.config.server import ServerConfig
 from deployer.errors import DeployError
 from deployer.helm import Helm
 from deployer.kube import connect
+from deployer.pipeline.charts import ChartRegistries
 from deployer.pipeline.push import Services
 from deployer.pipeline.steps import BuildSettings
 from deployer.pipeline.worker import RenderPool
@@ -55,7 +56,14 @@ def services(config: ServerConfig) -> Services:
     )
     renders = RenderPool(timeout=config.limits.render_timeout, memory_mb=config.limits.render_memory_mb)
     helm = Helm(timeout=config.limits.render_timeout)
-    return Services(server=config, api=api, build=build, helm=helm, renders=renders)
+    chart_auth = Path(config.charts.auth_file) if config.charts.auth_file else None
+    charts = ChartRegistries(
+        registry=RegistryClient(insecure=frozenset(config.charts.insecure), auth_file=chart_auth),
+        allowed=frozenset(config.charts.registries),
+        cache=data / "charts",
+        auth_file=chart_auth,
+    )
+    return Services(server=config, api=api, build=build, helm=helm, renders=renders, charts=charts)
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -80,6 +80,7 @@ def server(
         },
         environments={"prod": {"pushOptions": ["dry-run"]}, "*": {"lockWait": "2m"}},
         limits={"maxPushMb": 2, "rolloutTimeout": "15s", "renderTimeout": "5s"},
+        charts={"registries": [registry_host]},
     )
     config["apps"] = {app: {"environments": {env: f"{app}-{env}" for env in ("staging", "prod")}} for app in APPS}
     running = start_server(tmp, config)
@@ -394,6 +395,39 @@ def test_an_image_built_elsewhere_is_released_by_its_digest(
     assert second.endswith(":2.0.0")
     assert live_image(api, app.staging, app.name) == f"{repository}@{resolved.rsplit(' is ', 1)[1]}"
     assert resolved.rsplit(" is ", 1)[1] != digest
+
+
+def test_a_chart_from_an_allowed_registry_is_pulled_once_and_others_are_refused(
+    server: GitServer, app: App, api: client.ApiClient, registry_host: str, tmp_path: Path
+) -> None:
+    helm = shutil.which("helm") or "helm"
+    for args in (
+        ["package", str(app.repo / "charts" / "hello"), "-d", str(tmp_path)],
+        ["push", str(tmp_path / "hello-0.1.0.tgz"), f"oci://{registry_host}/{app.name}-charts", "--plain-http"],
+    ):
+        subprocess.run([helm, *args], capture_output=True, check=True, timeout=60)
+    chart = f"oci://{registry_host}/{app.name}-charts/hello"
+    edit(app.repo / "deploy.yaml", "    chart: charts/hello\n", f"    chart: {chart}\n    version: 0.1.0\n")
+    shutil.rmtree(app.repo / "charts")
+    commit(app.repo, "the chart from the registry")
+    pushed = push(app.repo, server.http_url(app.name), "main")
+    assert pushed.code == 0, pushed
+    assert any(f"chart {chart}:0.1.0 pulled (sha256:" in x for x in pushed.remote), pushed.remote
+    assert live_image(api, app.staging, app.name).startswith(f"{registry_host}/{app.name}@sha256:")
+    change(app, "again")
+    again = push(app.repo, server.http_url(app.name), "main")
+    assert again.code == 0, again
+    assert any(f"chart {chart}:0.1.0 (sha256:" in x and "from the cache" in x for x in again.remote), again.remote
+
+    edit(app.repo / "deploy.yaml", f"    chart: {chart}\n", "    chart: oci://registry.example.com/charts/hello\n")
+    elsewhere = commit(app.repo, "a chart from elsewhere")
+    refused = push(app.repo, server.http_url(app.name), "main")
+    assert refused.code == 1
+    assert (
+        f"error: deploy.yaml: render.helm.chart: charts may not come from registry.example.com: server.yaml "
+        f"charts.registries allows {registry_host}"
+    ) in refused.remote, refused
+    assert server.ref("refs/heads/main", app.name) != elsewhere
 
 
 def test_pushes_to_different_apps_run_at_the_same_time(server: GitServer, app: App, tmp_path: Path) -> None:
