@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -292,24 +293,39 @@ class Environment(StrictModel):
     jobs: list[Job] = Field(default_factory=list)
 
 
+def _false_not_null(schema: dict[str, Any]) -> None:
+    """The JSON schema says what deploy.yaml may say: `build: false`, not `build: null`."""
+    schema["anyOf"] = [s if s.get("type") != "null" else {"const": False} for s in schema.get("anyOf", [])]
+
+
 class DeployConfig(StrictModel):
     """The whole of deploy.yaml."""
 
     app: Name = Field(description="The app's name: a DNS-1123 label.")
     image: ImageConfig
-    build: BuildConfig | Literal[False] = Field(
+    # `false` is read as None (see _build_off): an Optional, not a union with Literal[False], so that a mistake
+    # inside build keeps its own path in the error (build.args.1BAD, not build)
+    build: BuildConfig | None = Field(
         default_factory=BuildConfig,
         description="How to build the image from the repository; `false`: it is built elsewhere (image.tag).",
+        json_schema_extra=_false_not_null,
     )
     render: RenderConfig
     environments: Annotated[
         dict[Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)], Environment], Field(min_length=1)
     ]
 
+    @field_validator("build", mode="before")
+    @classmethod
+    def _build_off(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("say `build: false` for an image built elsewhere, or leave build out")
+        return None if value is False else value
+
     @property
     def builds(self) -> BuildConfig | None:
         """How the image is built from the repository, or None when it is built elsewhere (`build: false`)."""
-        return self.build if self.build is not False else None
+        return self.build
 
     def environment(self, name: str) -> Environment:
         """The environment called `name`, or one DeployError listing the ones there are."""
@@ -330,7 +346,7 @@ class DeployConfig(StrictModel):
 def conflicts(config: DeployConfig) -> list[tuple[tuple[str | int, ...], str]]:
     """Rules across environments, as (path in deploy.yaml, message): no literal branch or namespace twice."""
     found: list[tuple[tuple[str | int, ...], str]] = []
-    if config.image.tag is not None and config.build is not False:
+    if config.image.tag is not None and config.build is not None:
         found.append((("image", "tag"), "is for images built elsewhere (build: false); built ones carry their commit"))
     claimed: dict[str, str] = {}
     namespaces: dict[str, str] = {}
