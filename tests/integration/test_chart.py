@@ -4,6 +4,7 @@ server config it mounts accepted by the server, and RBAC that grants exactly the
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -189,3 +190,37 @@ def test_no_cluster_wide_rights_and_no_wildcards(environment: str) -> None:
     assert not container["securityContext"].get("privileged")
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_notifications_and_chart_registries_reach_the_server_config() -> None:
+    target = {"name": "chat", "kind": "slack", "urlFrom": {"file": "/etc/deployer/notifications/slack-url"}}
+    done = helm(
+        "template",
+        "deployer",
+        str(CHART),
+        "-n",
+        "deployer",
+        "-f",
+        str(ROOT / "environments" / "staging.yaml"),
+        "--set-json",
+        f"notifications=[{json.dumps(target)}]",
+        "--set",
+        "notificationSecret=deployer-notifications",
+        "--set-json",
+        'charts={"registries": ["registry.example.com"]}',
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    config = parse_server_config(config_map["data"]["server.yaml"], source="server.yaml")
+    assert [(n.name, n.kind, n.url_from.file if n.url_from else None) for n in config.notifications] == [
+        ("chat", "slack", "/etc/deployer/notifications/slack-url")
+    ]
+    assert config.charts.registries == ["registry.example.com"]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "notifications", "mountPath": "/etc/deployer/notifications", "readOnly": True} in pod["containers"][
+        0
+    ]["volumeMounts"]
+    assert {"name": "notifications", "secret": {"secretName": "deployer-notifications", "defaultMode": 0o400}} in pod[
+        "volumes"
+    ]
