@@ -216,7 +216,7 @@ async def _render(args: argparse.Namespace) -> int:
         commit=args.commit or _head_commit(args.repo),
         sets=tuple(args.sets),
         cluster_scoped=frozenset(args.cluster_scoped),
-        charts=_charts(config),
+        charts=_charts(config, args.repo),
     )
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": rendered.manifests}, indent=2))
@@ -226,11 +226,21 @@ async def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _charts(config: DeployConfig) -> ChartRegistries | None:
-    """For an oci:// chart: pulled from wherever deploy.yaml says (the CLI's operator chose it), each time, with
-    the credentials of the docker config.json helm reads by default."""
-    if config.render.helm is None or not config.render.helm.oci:
+def _charts(config: DeployConfig, repo: Path) -> ChartRegistries | None:
+    """For an oci:// chart or a chart's oci:// dependencies: pulled from wherever deploy.yaml and Chart.yaml say
+    (the CLI's operator chose them), each time, with the credentials helm reads by default."""
+    import yaml  # noqa: PLC0415 - loaded by the config already; imported here to keep --help light
+
+    helm = config.render.helm
+    if helm is None:
         return None
+    if not helm.oci:  # a chart in the repo: only if its Chart.yaml has dependencies (aiohttp loads only then)
+        try:
+            meta = yaml.safe_load((repo / helm.chart / "Chart.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return None
+        if not isinstance(meta, dict) or not meta.get("dependencies"):
+            return None
     from deployer.build.registry import RegistryClient  # noqa: PLC0415 - aiohttp, only for a chart in a registry
     from deployer.pipeline.charts import ChartRegistries  # noqa: PLC0415
 
@@ -262,7 +272,7 @@ async def _validate(args: argparse.Namespace) -> int:
                 commit=commit,
                 helm=helm,
                 cluster_scoped=frozenset(args.cluster_scoped),
-                charts=_charts(config),
+                charts=_charts(config, args.repo),
             )
         except DeployError as exc:
             failed += 1
@@ -405,7 +415,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         digest=image.digest,
         sets=tuple(args.sets),
         cluster_scoped=frozenset(args.cluster_scoped),
-        charts=_charts(config),
+        charts=_charts(config, args.repo),
     )
     options = ReleaseOptions(
         skip_canary=args.skip_canary,

@@ -173,6 +173,49 @@ class Helm:
             raise DeployError("helm pull did not leave one chart and its digest", where=ref)
         return charts[0], found.group(1)
 
+    async def dependency_build(
+        self,
+        chart_dir: Path,
+        *,
+        chart_label: str,
+        plain_http: bool = False,
+        registry_config: Path | None = None,
+        cache: Path | None = None,
+    ) -> None:
+        """`helm dependency build` in `chart_dir`: its charts/ from Chart.lock (helm checks the lock's digest
+        against Chart.yaml), pulled into helm's content cache under `cache` (by digest) when one is given."""
+        command = ["dependency", "build", str(chart_dir), "--skip-refresh"]
+        if plain_http:
+            command.append("--plain-http")
+        if registry_config is not None:
+            command += ["--registry-config", str(registry_config)]
+        env = {**os.environ}
+        if cache is not None:
+            env["HELM_CACHE_HOME"] = str(cache)
+        proc = await asyncio.create_subprocess_exec(
+            self.executable,
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+        except TimeoutError:
+            await _stop(proc)
+            raise DeployError(f"helm dependency build took longer than {self.timeout:g}s", where=chart_label) from None
+        except asyncio.CancelledError:
+            await _stop(proc)
+            raise
+        if proc.returncode != 0:
+            said = (stdout + stderr).decode(errors="replace")
+            lines = [line for line in said.splitlines() if line.strip() and not line.startswith("level=")]
+            raise DeployError(
+                f"helm dependency build: {' '.join(lines).removeprefix('Error: ')[:300]}",
+                where=f"{chart_label.rstrip('/')}/Chart.yaml",
+            )
+
     def _chart(self, chart_dir: Path, chart_label: str) -> tuple[Any, dict[str, Any]]:
         """pyhelm3's Chart for a local directory, read from Chart.yaml without running `helm show`."""
         where = f"{chart_label.rstrip('/')}/Chart.yaml"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from deployer.build.registry import RegistryClient, Repository
 from deployer.config.load import DEPLOY_FILE
 from deployer.config.model import OCI_CHART
@@ -32,6 +34,59 @@ class ChartRegistries:
     allowed: frozenset[str] | None = None  # registry hosts; None: any (the CLI's operator chooses)
     cache: Path | None = None  # None: pulled afresh each time, into the caller's directory
     auth_file: Path | None = None
+
+    async def dependencies(self, helm: Helm, chart_dir: Path, *, chart_label: str, scratch: Path) -> Path:
+        """A chart in the repository whose Chart.yaml has dependencies: a copy of it (the repository is never
+        written) with charts/ built by helm from Chart.lock, each dependency from an allowed oci:// registry.
+        A chart whose charts/ already holds its dependencies is used as it is."""
+        where = f"{chart_label.rstrip('/')}/Chart.yaml"
+        try:
+            meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return chart_dir  # helm template says what is wrong with it, with its line
+        wanted = meta.get("dependencies") if isinstance(meta, dict) else None
+        if not isinstance(wanted, list) or not wanted:
+            return chart_dir
+        vendored = (
+            {path.name for path in (chart_dir / "charts").glob("*")} if (chart_dir / "charts").is_dir() else set()
+        )
+        hosts = set()
+        for index, dependency in enumerate(wanted):
+            if not isinstance(dependency, dict):
+                raise DeployError(f"dependencies[{index}] is not a mapping", where=where)
+            name, repository = str(dependency.get("name", "")), str(dependency.get("repository", ""))
+            if any(entry == name or entry.startswith(f"{name}-") for entry in vendored) or repository.startswith(
+                "file://"
+            ):
+                continue
+            found = OCI_CHART.match(repository.rstrip("/") + "/x") if repository.startswith("oci://") else None
+            if found is None:
+                raise DeployError(
+                    f"dependencies[{index}] ({name}): only oci:// repositories are pulled (got {repository!r}); "
+                    "vendor it in charts/ otherwise",
+                    where=where,
+                )
+            host = found.group(1)
+            if self.allowed is not None and host not in self.allowed:
+                listed = ", ".join(sorted(self.allowed)) or "none"
+                raise DeployError(
+                    f"dependencies[{index}] ({name}) may not come from {host}: server.yaml charts.registries "
+                    f"allows {listed}",
+                    where=where,
+                )
+            hosts.add(host)
+        if not hosts:
+            return chart_dir
+        copy = Path(tempfile.mkdtemp(prefix="chart-", dir=scratch)) / chart_dir.name
+        shutil.copytree(chart_dir, copy, symlinks=False)
+        await helm.dependency_build(
+            copy,
+            chart_label=chart_label,
+            plain_http=all(self.registry.scheme(host) == "http" for host in hosts),
+            registry_config=self.auth_file,
+            cache=self.cache / "helm" if self.cache is not None else None,
+        )
+        return copy
 
     async def fetch(self, helm: Helm, ref: str, version: str, *, scratch: Path, sink: EventSink = discard) -> Path:
         """The chart's directory for `ref` at `version`: from the cache, or pulled by helm."""

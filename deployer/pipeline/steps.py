@@ -221,6 +221,10 @@ async def _chart(
     if not settings.oci:
         chart = settings.chart.rstrip("/")
         chart_dir = repo.directory(chart, where=f"{DEPLOY_FILE}: render.helm.chart", what="chart directory")
+        if charts is not None:  # dependencies from allowed registries, into a copy of the chart
+            built = await charts.dependencies(helm, chart_dir, chart_label=chart, scratch=scratch)
+            if built != chart_dir:
+                return chart, built, RepoFiles(built), "values.yaml"
         return chart, chart_dir, repo, f"{chart}/values.yaml"
     if charts is None:
         raise DeployError("oci:// charts are not pulled here", where=f"{DEPLOY_FILE}: render.helm.chart")

@@ -3,6 +3,7 @@ the repository does; a version the registry lacks, or a chart without its versio
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -79,3 +80,55 @@ def test_a_chart_reference_is_checked(example: Callable[[str], Path], chart: str
     assert result.code == 1
     assert result.error_line.startswith("error: deploy.yaml:1") and "render.helm" in result.error_line
     assert why in result.error_line
+
+
+COMMON = {
+    "Chart.yaml": "apiVersion: v2\nname: common\nversion: 0.1.0\n",
+    "values.yaml": "greeting: the dependency's own default\n",
+    "templates/greeting.yaml": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: '{{ .Release.Name }}-greeting'}\n"
+        "data: {greeting: {{ .Values.greeting | quote }}}\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def common(charts: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A chart `common` pushed to the registry: the dependency of the next test's chart; its repository URL."""
+    tmp = tmp_path_factory.mktemp("common")
+    for name, text in COMMON.items():
+        (tmp / "common" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "common" / name).write_text(text)
+    helm("package", tmp / "common", "-d", tmp)
+    helm("push", tmp / "common-0.1.0.tgz", f"oci://{charts.host}/library", "--plain-http")
+    return f"oci://{charts.host}/library"
+
+
+def test_a_chart_with_a_dependency_in_a_registry_renders_with_the_dependencys_values(
+    common: str, example: Callable[[str], Path]
+) -> None:
+    repo = example("hello")
+    chart = repo / "charts" / "hello"
+    with (chart / "Chart.yaml").open("a") as meta:
+        meta.write(f"dependencies:\n  - {{name: common, version: 0.1.0, repository: '{common}'}}\n")
+    with (chart / "values.yaml").open("a") as values:
+        values.write("common: {greeting: set by the app's chart}\n")
+    helm("dependency", "update", chart, "--plain-http")  # as a developer does: Chart.lock is committed,
+    shutil.rmtree(chart / "charts")  # charts/ is not
+    result = run_deployer("render", "--env", "prod", "--repo", repo, "--output", "json")
+    assert result.code == 0, result.err
+    items = {(o["kind"], o["metadata"]["name"]): o for o in json.loads(result.out)["items"]}
+    assert items[("ConfigMap", "hello-greeting")]["data"] == {"greeting": "set by the app's chart"}
+    assert not (chart / "charts").exists()  # built in a copy: the repository is never written
+
+
+def test_a_dependency_from_an_http_repository_is_one_line(example: Callable[[str], Path]) -> None:
+    repo = example("hello")
+    with (repo / "charts" / "hello" / "Chart.yaml").open("a") as meta:
+        meta.write("dependencies:\n  - {name: redis, version: 1.0.0, repository: 'https://charts.example.com'}\n")
+    result = run_deployer("render", "--env", "prod", "--repo", repo)
+    assert result.code == 1
+    assert result.error_line == (
+        "error: charts/hello/Chart.yaml: dependencies[0] (redis): only oci:// repositories are pulled "
+        "(got 'https://charts.example.com'); vendor it in charts/ otherwise"
+    )
