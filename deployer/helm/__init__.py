@@ -148,25 +148,7 @@ class Helm:
             command.append("--plain-http")
         if registry_config is not None:
             command += ["--registry-config", str(registry_config)]
-        proc = await asyncio.create_subprocess_exec(
-            self.executable,
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
-        except TimeoutError:
-            await _stop(proc)
-            raise DeployError(f"helm pull took longer than {self.timeout:g}s", where=ref) from None
-        except asyncio.CancelledError:
-            await _stop(proc)
-            raise
-        said = (stdout + stderr).decode(errors="replace")  # helm 4 reports Pulled: and Digest: on stderr
-        if proc.returncode != 0:
-            lines = [line for line in said.splitlines() if line.strip() and not line.startswith("level=")]
-            raise DeployError(f"helm pull {version}: {' '.join(lines).removeprefix('Error: ')[:300]}", where=ref)
+        said = await self._run_plain(command, where=ref)
         found = re.search(r"Digest: (sha256:[0-9a-f]{64})", said)
         charts = [path for path in into.iterdir() if (path / "Chart.yaml").is_file()]
         if found is None or len(charts) != 1:
@@ -181,17 +163,28 @@ class Helm:
         plain_http: bool = False,
         registry_config: Path | None = None,
         cache: Path | None = None,
+        repositories: dict[str, str] | None = None,
     ) -> None:
         """`helm dependency build` in `chart_dir`: its charts/ from Chart.lock (helm checks the lock's digest
-        against Chart.yaml), pulled into helm's content cache under `cache` (by digest) when one is given."""
-        command = ["dependency", "build", str(chart_dir), "--skip-refresh"]
+        against Chart.yaml), pulled into helm's content cache under `cache` (by digest) when one is given. Chart
+        repositories (URL -> name) are added to a repository config of this build's own, never the user's."""
+        own = chart_dir.parent / ".helm"
+        common = ["--repository-config", str(own / "repositories.yaml"), "--repository-cache", str(own / "cache")]
+        env = {**os.environ}
+        if cache is not None:
+            env["HELM_CACHE_HOME"] = str(cache)
+        for url, name in (repositories or {}).items():
+            await self._run_plain(["repo", "add", name, url, *common], env=env, where=f"{chart_label}/Chart.yaml")
+        command = ["dependency", "build", str(chart_dir), "--skip-refresh", *common]
         if plain_http:
             command.append("--plain-http")
         if registry_config is not None:
             command += ["--registry-config", str(registry_config)]
-        env = {**os.environ}
-        if cache is not None:
-            env["HELM_CACHE_HOME"] = str(cache)
+        await self._run_plain(command, env=env, where=f"{chart_label.rstrip('/')}/Chart.yaml")
+
+    async def _run_plain(self, command: list[str], *, env: dict[str, str] | None = None, where: str) -> str:
+        """helm COMMAND with a timeout, its stdout and stderr together (helm 4 reports some results on stderr); a
+        failure is one DeployError with helm's own words."""
         proc = await asyncio.create_subprocess_exec(
             self.executable,
             *command,
@@ -204,7 +197,7 @@ class Helm:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
         except TimeoutError:
             await _stop(proc)
-            raise DeployError(f"helm dependency build took longer than {self.timeout:g}s", where=chart_label) from None
+            raise DeployError(f"helm {' '.join(command[:2])} took longer than {self.timeout:g}s", where=where) from None
         except asyncio.CancelledError:
             await _stop(proc)
             raise
@@ -212,9 +205,9 @@ class Helm:
             said = (stdout + stderr).decode(errors="replace")
             lines = [line for line in said.splitlines() if line.strip() and not line.startswith("level=")]
             raise DeployError(
-                f"helm dependency build: {' '.join(lines).removeprefix('Error: ')[:300]}",
-                where=f"{chart_label.rstrip('/')}/Chart.yaml",
+                f"helm {' '.join(command[:2])}: {' '.join(lines).removeprefix('Error: ')[:300]}", where=where
             )
+        return (stdout + stderr).decode(errors="replace")
 
     def _chart(self, chart_dir: Path, chart_label: str) -> tuple[Any, dict[str, Any]]:
         """pyhelm3's Chart for a local directory, read from Chart.yaml without running `helm show`."""

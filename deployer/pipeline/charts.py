@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -50,7 +51,8 @@ class ChartRegistries:
         vendored = (
             {path.name for path in (chart_dir / "charts").glob("*")} if (chart_dir / "charts").is_dir() else set()
         )
-        hosts = set()
+        hosts: set[str] = set()
+        repositories: dict[str, str] = {}  # chart repository URL -> the name helm knows it by here
         for index, dependency in enumerate(wanted):
             if not isinstance(dependency, dict):
                 raise DeployError(f"dependencies[{index}] is not a mapping", where=where)
@@ -59,14 +61,9 @@ class ChartRegistries:
                 "file://"
             ):
                 continue
-            found = OCI_CHART.match(repository.rstrip("/") + "/x") if repository.startswith("oci://") else None
-            if found is None:
-                raise DeployError(
-                    f"dependencies[{index}] ({name}): only oci:// repositories are pulled (got {repository!r}); "
-                    "vendor it in charts/ otherwise",
-                    where=where,
-                )
-            host = found.group(1)
+            host = self._dependency_host(repository, index=index, name=name, where=where)
+            if not repository.startswith("oci://"):
+                repositories.setdefault(repository, f"dependency-{len(repositories)}")
             if self.allowed is not None and host not in self.allowed:
                 listed = ", ".join(sorted(self.allowed)) or "none"
                 raise DeployError(
@@ -85,8 +82,27 @@ class ChartRegistries:
             plain_http=all(self.registry.scheme(host) == "http" for host in hosts),
             registry_config=self.auth_file,
             cache=self.cache / "helm" if self.cache is not None else None,
+            repositories=repositories,
         )
         return copy
+
+    def _dependency_host(self, repository: str, *, index: int, name: str, where: str) -> str:
+        """The host a dependency comes from: an oci:// registry, or an https:// chart repository (plain http only
+        where the registry client speaks it: loopback or listed insecure)."""
+        if repository.startswith("oci://"):
+            found = OCI_CHART.match(repository.rstrip("/") + "/x")
+            if found is not None:
+                return found.group(1)
+        elif repository.startswith(("https://", "http://")):
+            parts = urlsplit(repository)
+            plain_ok = parts.scheme == "https" or self.registry.scheme(parts.netloc) == "http"
+            if parts.netloc and not parts.username and not parts.password and plain_ok:
+                return parts.netloc
+        raise DeployError(
+            f"dependencies[{index}] ({name}): {repository!r} is not an oci:// registry or an https:// chart "
+            "repository; vendor it in charts/ otherwise",
+            where=where,
+        )
 
     async def fetch(self, helm: Helm, ref: str, version: str, *, scratch: Path, sink: EventSink = discard) -> Path:
         """The chart's directory for `ref` at `version`: from the cache, or pulled by helm."""

@@ -4,9 +4,13 @@ the repository does; a version the registry lacks, or a chart without its versio
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,15 @@ pytestmark = pytest.mark.skipif(not shutil.which("docker-registry"), reason="doc
 HELM = shutil.which("helm") or "helm"
 
 
-def helm(*args: str | Path) -> str:
-    done = subprocess.run([HELM, *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+def helm(*args: str | Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [HELM, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr
 
@@ -122,13 +133,49 @@ def test_a_chart_with_a_dependency_in_a_registry_renders_with_the_dependencys_va
     assert not (chart / "charts").exists()  # built in a copy: the repository is never written
 
 
-def test_a_dependency_from_an_http_repository_is_one_line(example: Callable[[str], Path]) -> None:
+@pytest.fixture(scope="module")
+def chart_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A classic chart repository (index.yaml and packages, `helm repo index`) served over http on loopback."""
+    root = tmp_path_factory.mktemp("repository")
+    for name, text in COMMON.items():
+        (root / "src" / "common" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "src" / "common" / name).write_text(text)
+    (root / "site").mkdir()
+    helm("package", root / "src" / "common", "-d", root / "site")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root / "site")))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    helm("repo", "index", root / "site", "--url", url)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield url
+    server.shutdown()
+
+
+def test_a_dependency_from_a_chart_repository_is_added_to_a_config_of_its_own(
+    chart_repository: str, example: Callable[[str], Path], tmp_path: Path
+) -> None:
+    repo = example("hello")
+    chart = repo / "charts" / "hello"
+    with (chart / "Chart.yaml").open("a") as meta:
+        meta.write(f"dependencies:\n  - {{name: common, version: 0.1.0, repository: '{chart_repository}'}}\n")
+    home = tmp_path / "home"  # helm's own config for `dependency update`, as a developer has it
+    env = {"HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache")}
+    helm("repo", "add", "library", chart_repository, env=env)
+    helm("dependency", "update", chart, env=env)
+    shutil.rmtree(chart / "charts")
+    result = run_deployer("render", "--env", "prod", "--repo", repo, "--output", "json")
+    assert result.code == 0, result.err
+    names = {o["metadata"]["name"] for o in json.loads(result.out)["items"]}
+    assert "hello-greeting" in names
+    assert not (chart / "charts").exists()
+
+
+def test_a_dependency_that_is_neither_registry_nor_chart_repository_is_one_line(example: Callable[[str], Path]) -> None:
     repo = example("hello")
     with (repo / "charts" / "hello" / "Chart.yaml").open("a") as meta:
-        meta.write("dependencies:\n  - {name: redis, version: 1.0.0, repository: 'https://charts.example.com'}\n")
+        meta.write("dependencies:\n  - {name: redis, version: 1.0.0, repository: 'http://charts.example.com'}\n")
     result = run_deployer("render", "--env", "prod", "--repo", repo)
     assert result.code == 1
     assert result.error_line == (
-        "error: charts/hello/Chart.yaml: dependencies[0] (redis): only oci:// repositories are pulled "
-        "(got 'https://charts.example.com'); vendor it in charts/ otherwise"
+        "error: charts/hello/Chart.yaml: dependencies[0] (redis): 'http://charts.example.com' is not an oci:// "
+        "registry or an https:// chart repository; vendor it in charts/ otherwise"
     )
