@@ -17,7 +17,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from kube_sandbox import discovery
+from kube_sandbox import discovery, tables
 from kube_sandbox.auth import DEFAULT_EXPIRATION, ISSUER, MIN_EXPIRATION, Auth, User, request_attributes
 from kube_sandbox.cluster import Cluster, now
 from kube_sandbox.errors import ApiError, bad_request
@@ -385,17 +385,27 @@ class Api:
 
     async def _list(self, request: web.Request, t: Target) -> web.StreamResponse:
         query = request.query
-        return _json(
-            self.cluster.list(
-                t.rt,
-                t.version,
-                t.namespace,
-                labels=query.get("labelSelector"),
-                field_selector=query.get("fieldSelector"),
-                limit=int(query.get("limit", 0)),
-                cont=query.get("continue"),
-            )
+        found = self.cluster.list(
+            t.rt,
+            t.version,
+            t.namespace,
+            labels=query.get("labelSelector"),
+            field_selector=query.get("fieldSelector"),
+            limit=int(query.get("limit", 0)),
+            cont=query.get("continue"),
         )
+        if not t.rt.builtin and tables.wants_table(request.headers.get("Accept", "")):
+            meta = found.get("metadata") or {}
+            columns = t.rt.crd_columns.get(t.version, [])
+            return _json(
+                tables.table(
+                    found["items"],
+                    columns,
+                    resource_version=meta.get("resourceVersion", ""),
+                    cont=meta.get("continue", ""),
+                )
+            )
+        return _json(found)
 
     async def _get(self, request: web.Request, t: Target) -> web.StreamResponse:
         obj = self.cluster.get(t.rt, t.version, t.namespace or "", t.name or "")
@@ -403,6 +413,10 @@ class Api:
             return _json(_scale(obj))
         if t.subresource == "log":
             return self._logs(request, t)
+        if not t.rt.builtin and not t.subresource and tables.wants_table(request.headers.get("Accept", "")):
+            columns = t.rt.crd_columns.get(t.version, [])
+            version = obj["metadata"].get("resourceVersion", "")
+            return _json(tables.table([obj], columns, resource_version=version))
         return _json(obj)
 
     def _logs(self, request: web.Request, t: Target) -> web.Response:

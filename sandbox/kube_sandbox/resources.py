@@ -24,6 +24,7 @@ class ResourceType:
     verbs: tuple[str, ...] = tuple(VERBS)
     stored: bool = True  # False: create-only kinds answered at once, never stored (reviews), as their REST storage
     crd_schemas: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    crd_columns: dict[str, list[dict[str, Any]]] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def singular(self) -> str:
@@ -151,8 +152,44 @@ BUILTINS: list[ResourceType] = [
 _OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
+_AGE_COLUMN = {
+    "name": "Age",
+    "type": "date",
+    "jsonPath": ".metadata.creationTimestamp",
+    "description": "CreationTimestamp is a timestamp representing the server time when this object was created.",
+}
+# manifests/charts/base/files/crd-all.gen.yaml: the columns `kubectl get` shows for Istio's kinds
+_ISTIO_COLUMNS: dict[str, list[dict[str, Any]]] = {
+    "VirtualService": [
+        {
+            "name": "Gateways",
+            "type": "string",
+            "jsonPath": ".spec.gateways",
+            "description": "The names of gateways and sidecars that should apply these routes",
+        },
+        {
+            "name": "Hosts",
+            "type": "string",
+            "jsonPath": ".spec.hosts",
+            "description": "The destination hosts to which traffic is being sent",
+        },
+        _AGE_COLUMN,
+    ],
+    "DestinationRule": [
+        {
+            "name": "Host",
+            "type": "string",
+            "jsonPath": ".spec.host",
+            "description": "The name of a service from the service registry",
+        },
+        _AGE_COLUMN,
+    ],
+}
+
+
 def _istio_crd(kind: str, plural: str, short: tuple[str, ...], group: str = "networking.istio.io") -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "properties": {"spec": _OPEN, "status": _OPEN}}}
+    columns = {"additionalPrinterColumns": _ISTIO_COLUMNS[kind]} if kind in _ISTIO_COLUMNS else {}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -169,8 +206,22 @@ def _istio_crd(kind: str, plural: str, short: tuple[str, ...], group: str = "net
             },
             "scope": "Namespaced",
             "versions": [
-                {"name": "v1", "served": True, "storage": True, "schema": schema, "subresources": {"status": {}}},
-                {"name": "v1beta1", "served": True, "storage": False, "schema": schema, "subresources": {"status": {}}},
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": schema,
+                    "subresources": {"status": {}},
+                    **columns,
+                },
+                {
+                    "name": "v1beta1",
+                    "served": True,
+                    "storage": False,
+                    "schema": schema,
+                    "subresources": {"status": {}},
+                    **columns,
+                },
             ],
         },
     }
@@ -206,6 +257,7 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
         crd_schemas={
             v["name"]: _with_root_fields((v.get("schema") or {}).get("openAPIV3Schema", _OPEN)) for v in served
         },
+        crd_columns={v["name"]: list(v.get("additionalPrinterColumns") or []) for v in served},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -186,3 +187,49 @@ def test_kubectl_apply_prune_and_api_services(cluster: Running, namespace: str, 
     assert left.stdout.split() == ["configmap/kept"]
     apps = run(cluster, kubectl, "get", "apiservice", "v1.apps", "-o", "jsonpath={.status.conditions[0].status}")
     assert apps.stdout == "True", apps.stderr
+
+
+WIDGETS = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+      additionalPrinterColumns:
+        - {name: Size, type: integer, jsonPath: .spec.size}
+        - {name: Phase, type: string, jsonPath: .status.phase}
+        - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+"""
+
+
+def test_kubectl_get_prints_a_custom_resources_printer_columns(
+    cluster: Running, namespace: str, tmp_path: Path
+) -> None:
+    kubectl = shutil.which("kubectl") or "kubectl"
+    (tmp_path / "crd.yaml").write_text(WIDGETS)
+    assert run(cluster, kubectl, "apply", "-f", str(tmp_path / "crd.yaml")).returncode == 0
+    assert run(cluster, kubectl, "wait", "--for=condition=Established", "crd/widgets.example.com").returncode == 0
+    (tmp_path / "w.yaml").write_text(
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: small}\nspec: {size: 3}\n"
+    )
+    assert run(cluster, kubectl, "apply", "-n", namespace, "-f", str(tmp_path / "w.yaml")).returncode == 0
+    listed = run(cluster, kubectl, "get", "widgets", "-n", namespace)
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "SIZE", "PHASE", "AGE"]
+    assert row.split()[:2] == ["small", "3"] and re.fullmatch(r"\d+s", row.split()[-1])  # AGE as kubectl shows it
+    (tmp_path / "vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\n"
+        "spec: {hosts: [web], http: [{route: [{destination: {host: web}}]}]}\n"
+    )
+    assert run(cluster, kubectl, "apply", "-n", namespace, "-f", str(tmp_path / "vs.yaml")).returncode == 0
+    routes = run(cluster, kubectl, "get", "virtualservices", "-n", namespace).stdout.splitlines()
+    assert routes[0].split() == ["NAME", "GATEWAYS", "HOSTS", "AGE"]  # Istio's CRD declares these columns
+    assert routes[1].split()[:2] == ["web", '["web"]'] and re.fullmatch(r"\d+s", routes[1].split()[-1])
+    run(cluster, kubectl, "delete", "-f", str(tmp_path / "crd.yaml"))
