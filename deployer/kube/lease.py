@@ -131,7 +131,12 @@ class Lock:
             )
             self._version = taken["metadata"]["resourceVersion"]
         except ApiError as exc:
-            if exc.status == 409:
+            if exc.status == 409:  # someone wrote it between our read and our write: name them if we can
+                with contextlib.suppress(ApiError, TransientError):
+                    now = await self.api.read(LEASES, self.namespace, self.name)
+                    taker = (now.get("spec") or {}).get("holderIdentity")
+                    if taker not in (None, "", self.holder):
+                        return str(taker)
                 return "another deployer (it took the lease first)"
             raise DeployError(f"cannot take Lease {self.name}: {exc.message}", where=self.namespace) from None
         if expired and holder not in (None, "", self.holder):
