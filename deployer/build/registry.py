@@ -64,9 +64,9 @@ class Repository:
         return f"{self.registry}/{self.path}"
 
 
-def check_tag(tag: str) -> str:
+def check_tag(tag: str, *, where: str = "image tag") -> str:
     if not _TAG.match(tag):
-        raise DeployError(f"{tag!r} is not a valid image tag", where="image tag")
+        raise DeployError(f"{tag!r} is not a valid image tag", where=where)
     return tag
 
 

@@ -201,13 +201,13 @@ class Helm:
         except asyncio.CancelledError:
             await _stop(proc)
             raise
+        said = (stdout + stderr).decode(errors="replace")
         if proc.returncode != 0:
-            said = (stdout + stderr).decode(errors="replace")
             lines = [line for line in said.splitlines() if line.strip() and not line.startswith("level=")]
             raise DeployError(
                 f"helm {' '.join(command[:2])}: {' '.join(lines).removeprefix('Error: ')[:300]}", where=where
             )
-        return (stdout + stderr).decode(errors="replace")
+        return said
 
     def _chart(self, chart_dir: Path, chart_label: str) -> tuple[Any, dict[str, Any]]:
         """pyhelm3's Chart for a local directory, read from Chart.yaml without running `helm show`."""

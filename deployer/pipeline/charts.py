@@ -1,4 +1,5 @@
-"""Charts from OCI registries (`render.helm.chart: oci://HOST/PATH/NAME` with an exact `version`).
+"""Charts from registries: `render.helm.chart: oci://HOST/PATH/NAME` with an exact `version`, and the dependencies
+of a chart in the repository (oci:// registries and https:// chart repositories).
 
 The server pulls only from the registries server.yaml lists (`charts.registries`), with its credentials
 (`charts.authFile`), never anything a push names beyond that. The version is resolved to its manifest digest
@@ -8,6 +9,7 @@ first (one HEAD); a chart already pulled at that digest is reused from the cache
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -38,7 +40,8 @@ class ChartRegistries:
 
     async def dependencies(self, helm: Helm, chart_dir: Path, *, chart_label: str, scratch: Path) -> Path:
         """A chart in the repository whose Chart.yaml has dependencies: a copy of it (the repository is never
-        written) with charts/ built by helm from Chart.lock, each dependency from an allowed oci:// registry.
+        written) with charts/ built by helm from Chart.lock, each dependency from an allowed oci:// registry or
+        https:// chart repository.
         A chart whose charts/ already holds its dependencies is used as it is."""
         where = f"{chart_label.rstrip('/')}/Chart.yaml"
         try:
@@ -64,13 +67,7 @@ class ChartRegistries:
             host = self._dependency_host(repository, index=index, name=name, where=where)
             if not repository.startswith("oci://"):
                 repositories.setdefault(repository, f"dependency-{len(repositories)}")
-            if self.allowed is not None and host not in self.allowed:
-                listed = ", ".join(sorted(self.allowed)) or "none"
-                raise DeployError(
-                    f"dependencies[{index}] ({name}) may not come from {host}: server.yaml charts.registries "
-                    f"allows {listed}",
-                    where=where,
-                )
+            self._check_allowed(host, what=f"dependencies[{index}] ({name})", where=where)
             hosts.add(host)
         if not hosts:
             return chart_dir
@@ -85,6 +82,14 @@ class ChartRegistries:
             repositories=repositories,
         )
         return copy
+
+    def _check_allowed(self, host: str, *, what: str, where: str) -> None:
+        """One line unless server.yaml's charts.registries lists `host` (anything goes where no list is given)."""
+        if self.allowed is not None and host not in self.allowed:
+            listed = ", ".join(sorted(self.allowed)) or "none"
+            raise DeployError(
+                f"{what} may not come from {host}: server.yaml charts.registries allows {listed}", where=where
+            )
 
     def _dependency_host(self, repository: str, *, index: int, name: str, where: str) -> str:
         """The host a dependency comes from: an oci:// registry, or an https:// chart repository (plain http only
@@ -110,12 +115,7 @@ class ChartRegistries:
         if found is None:
             raise DeployError(f"{ref!r} is not an oci:// chart", where=f"{DEPLOY_FILE}: render.helm.chart")
         host, path = found.group(1), found.group(2)
-        if self.allowed is not None and host not in self.allowed:
-            listed = ", ".join(sorted(self.allowed)) or "none"
-            raise DeployError(
-                f"charts may not come from {host}: server.yaml charts.registries allows {listed}",
-                where=f"{DEPLOY_FILE}: render.helm.chart",
-            )
+        self._check_allowed(host, what="charts", where=f"{DEPLOY_FILE}: render.helm.chart")
         repository = Repository(host, path)
         digest = await self.registry.digest(repository, version.replace("+", "_"))  # OCI tags have no '+'
         if digest is None:
@@ -141,11 +141,9 @@ class ChartRegistries:
         if cached is None:
             return chart
         cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = cached.with_name(cached.name + ".new")
+        staging = Path(tempfile.mkdtemp(prefix=f"{cached.name}.", dir=cached.parent))  # one per push: two may pull it
+        shutil.move(str(chart), staging / "chart")
+        with contextlib.suppress(OSError):  # another push cached it meanwhile: theirs is the same digest
+            (staging / "chart").rename(cached)
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.move(str(chart), staging)
-        try:
-            staging.rename(cached)
-        except OSError:  # another push cached it meanwhile: theirs is the same digest
-            shutil.rmtree(staging, ignore_errors=True)
         return cached

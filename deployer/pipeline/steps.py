@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ from deployer.build import (
     resolve_commit,
     tree_size,
 )
+from deployer.build.registry import check_tag
 from deployer.canary.istio import IstioRouter, Reach, refuse_foreign
 from deployer.canary.objects import require_targets
 from deployer.canary.router import Routing
@@ -47,9 +47,6 @@ from deployer.render.values import layer_values
 if TYPE_CHECKING:
     from deployer.helm import Helm
     from deployer.pipeline.charts import ChartRegistries
-
-
-TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # distribution's reference grammar for a tag
 
 
 @dataclass(frozen=True)
@@ -340,8 +337,7 @@ async def prebuilt_image(
             "server allows set)",
             where=f"{DEPLOY_FILE}: image.tag",
         )
-    if not TAG.fullmatch(chosen):
-        raise DeployError(f"{chosen!r} is not an image tag", where=where)
+    check_tag(chosen, where=where)
     digest = await registry.digest(Repository.parse(config.image.repository), chosen)
     if digest is None:
         raise DeployError(f"{config.image.repository}:{chosen} is not in the registry", where=where)

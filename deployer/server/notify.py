@@ -66,7 +66,11 @@ def targets(config: ServerConfig) -> list[Target]:
     found = []
     for index, target in enumerate(config.notifications):
         where = f"server.yaml: notifications[{index}]"
-        url = target.url if target.url is not None else _read(target.url_from or SecretSource(), f"{where}.urlFrom")
+        if target.url is not None:
+            url = target.url
+        else:
+            assert target.url_from is not None  # the model allows exactly one of url and urlFrom
+            url = _read(target.url_from, f"{where}.urlFrom")
         if not url.startswith(("http://", "https://")):
             raise DeployError("the URL read is not an http(s) URL", where=f"{where}.urlFrom")
         key = _read(target.secret_from, f"{where}.secretFrom").encode() if target.secret_from else None
