@@ -20,7 +20,6 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -101,10 +100,10 @@ def _unb64(text: str) -> bytes:
 class Tokens:
     """Issues and checks the sandbox's tokens."""
 
-    def __init__(self, lookup: Lookup, *, key: bytes | None = None, admin_token: str | None = None) -> None:
+    def __init__(self, lookup: Lookup, *, key: bytes, admin_token: str) -> None:
         self.lookup = lookup
-        self.key = key or secrets.token_bytes(32)
-        self.admin_token = admin_token or secrets.token_urlsafe(32)
+        self.key = key  # made, and kept across restarts, by the sandbox (Sandbox._kept)
+        self.admin_token = admin_token
 
     def _sign(self, claims: dict[str, Any]) -> str:
         header = _b64(json.dumps({"alg": "HS256", "kid": "kube-sandbox"}, separators=(",", ":")).encode())

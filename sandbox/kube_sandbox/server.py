@@ -8,11 +8,12 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,7 +23,16 @@ from aiohttp import web
 
 from kube_sandbox import istio, istio_validation
 from kube_sandbox.api import Api, Controls
-from kube_sandbox.auth import BOOTSTRAP_BINDINGS, BOOTSTRAP_ROLES, ISSUER, RBAC, Auth, Authorizer, Tokens
+from kube_sandbox.auth import (
+    BOOTSTRAP_BINDINGS,
+    BOOTSTRAP_ROLES,
+    ISSUER,
+    MIN_EXPIRATION,
+    RBAC,
+    Auth,
+    Authorizer,
+    Tokens,
+)
 from kube_sandbox.autoscaler import Autoscaler
 from kube_sandbox.cluster import Cluster
 from kube_sandbox.containers import ContainerRuntime
@@ -194,24 +204,35 @@ class Sandbox:
         app.router.add_route("GET", "/sandbox/ports", self._ports)
         app.router.add_route("POST", "/sandbox/metrics", self._pod_metrics)
 
-    def _auth(self, mode: str) -> Auth:
-        """Tokens and RBAC. The signing key and the admin token are kept in the state directory (0600), so
-        tokens and kubeconfigs stay valid across a restart, as a cluster's service-account key does."""
-        key, admin = None, None
-        saved = self.state_dir / "auth.json" if self.state_dir else None
+    def _kept(self, name: str, make: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """Secrets kept across restarts in the state directory (0600): read if there, else made (and written)."""
+        saved = self.state_dir / name if self.state_dir else None
         if saved is not None and saved.exists():
-            found = json.loads(saved.read_text())
-            key, admin = bytes.fromhex(found["key"]), found["adminToken"]
-        tokens = Tokens(lambda g, p, ns, n: self.store.peek((g, p, ns, n)), key=key, admin_token=admin)
-        if saved is not None and not saved.exists():
+            found: dict[str, str] = json.loads(saved.read_text())
+            return found
+        made = make()
+        if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.touch(mode=0o600)
-            saved.write_text(json.dumps({"key": tokens.key.hex(), "adminToken": tokens.admin_token}))
+            saved.write_text(json.dumps(made))
+        return made
+
+    def _auth(self, mode: str) -> Auth:
+        """Tokens and RBAC. The signing key and the admin token are kept in the state directory, so tokens and
+        kubeconfigs stay valid across a restart, as a cluster's service-account key does."""
+        kept = self._kept(
+            "auth.json", lambda: {"key": secrets.token_bytes(32).hex(), "adminToken": secrets.token_urlsafe(32)}
+        )
+
+        def lookup(group: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+            return self.store.peek((group, plural, namespace, name))
+
+        tokens = Tokens(lookup, key=bytes.fromhex(kept["key"]), admin_token=kept["adminToken"])
 
         def items(group: str, plural: str, namespace: str | None) -> list[dict[str, Any]]:
             return self.store.every(group, plural) if namespace is None else self.store.scan(group, plural, namespace)
 
-        authorizer = Authorizer(items, lambda g, p, ns, n: self.store.peek((g, p, ns, n)))
+        authorizer = Authorizer(items, lookup)
         if mode == "rbac":  # the bootstrap policy kube-apiserver reconciles at every start
             for obj, plural in [(r, "clusterroles") for r in BOOTSTRAP_ROLES] + [
                 (b, "clusterrolebindings") for b in BOOTSTRAP_BINDINGS
@@ -224,23 +245,20 @@ class Sandbox:
         found = self.store.peek(("", "serviceaccounts", namespace, account))
         if found is None:
             raise ValueError(f"serviceaccount {namespace}/{account} not found")
-        token, _ = self.auth.tokens.bound(found, audiences=audiences or [ISSUER], expiration=max(seconds, 600))
+        token, _ = self.auth.tokens.bound(
+            found, audiences=audiences or [ISSUER], expiration=max(seconds, MIN_EXPIRATION)
+        )
         return token
 
     def _authority(self) -> Authority:
-        """The CA and serving certificate, kept in the state directory (0600) across restarts."""
-        saved = self.state_dir / "tls.json" if self.state_dir else None
-        if saved is not None and saved.exists():
-            found = json.loads(saved.read_text())
-            return Authority(*(found[k].encode() for k in ("ca", "cert", "key")))
-        made = make_authority()
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.touch(mode=0o600)
-            saved.write_text(
-                json.dumps({"ca": made.ca_pem.decode(), "cert": made.cert_pem.decode(), "key": made.key_pem.decode()})
-            )
-        return made
+        """The CA and serving certificate, kept in the state directory across restarts."""
+
+        def make() -> dict[str, str]:
+            made = make_authority()
+            return {"ca": made.ca_pem.decode(), "cert": made.cert_pem.decode(), "key": made.key_pem.decode()}
+
+        kept = self._kept("tls.json", make)
+        return Authority(*(kept[k].encode() for k in ("ca", "cert", "key")))
 
     def _install_istio(self) -> None:
         """Istio's part of the cluster: its objects (once), sidecar injection and istiod's validating webhook."""
