@@ -57,6 +57,26 @@ class CheckResult:
     ok: bool
     message: str = ""
     value: float | None = None
+    limit: str = ""  # what the value was held to, as people read it: `<= 0.01`, `HTTP 200`, `>= 2`
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "ok": self.ok, "message": self.message}
+        if self.value is not None:
+            data["value"] = self.value
+        if self.limit:
+            data["limit"] = self.limit
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckResult:
+        value = data.get("value")
+        return cls(
+            str(data["name"]),
+            bool(data["ok"]),
+            str(data.get("message", "")),
+            float(value) if value is not None else None,
+            str(data.get("limit") or ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -126,7 +146,7 @@ class Record:
                 {
                     "weight": r.weight,
                     "ok": r.ok,
-                    "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in r.checks],
+                    "checks": [c.to_json() for c in r.checks],
                 }
                 for r in self.rounds
             ],
@@ -169,7 +189,7 @@ class Record:
             rounds=tuple(
                 Round(
                     int(r["weight"]),
-                    tuple(CheckResult(str(c["name"]), bool(c["ok"]), str(c.get("message", ""))) for c in r["checks"]),
+                    tuple(CheckResult.from_json(c) for c in r["checks"]),
                 )
                 for r in data.get("rounds") or ()
             ),

@@ -34,24 +34,35 @@ def promql(check: PrometheusCheck, *, namespace: str, workload: str, template: s
     return text
 
 
+def _bounds(check: PrometheusCheck) -> str:
+    if check.min is not None and check.max is not None:
+        return f"{check.min:g} to {check.max:g}"
+    if check.min is not None:
+        return f">= {check.min:g}"
+    return f"<= {check.max:g}" if check.max is not None else ""
+
+
 def judge(name: str, check: PrometheusCheck, value: float | None, *, requests: float | None = None) -> CheckResult:
     """A query result against the check's bounds and its no-data policy (`requests`: the canary's requests in
     the window, asked only when there is no data)."""
+    limit = _bounds(check)
     if value is None:
         if check.no_data == "skip" and requests:
-            return CheckResult(name, True, f"no data (skipped: the canary had {requests:g} requests)")
+            return CheckResult(name, True, f"no data (skipped: the canary had {requests:g} requests)", limit=limit)
         if check.no_data == "skip":
-            return CheckResult(name, False, "no data, and the canary had no requests in the window: nothing to judge")
-        return CheckResult(name, False, "no data")
+            why = "no data, and the canary had no requests in the window: nothing to judge"
+            return CheckResult(name, False, why, limit=limit)
+        return CheckResult(name, False, "no data", limit=limit)
     if check.min is not None and value < check.min:
-        return CheckResult(name, False, f"{value:g} is below the minimum {check.min:g}", value)
+        return CheckResult(name, False, f"{value:g} is below the minimum {check.min:g}", value, limit)
     if check.max is not None and value > check.max:
-        return CheckResult(name, False, f"{value:g} is above the maximum {check.max:g}", value)
-    return CheckResult(name, True, f"{value:g}", value)
+        return CheckResult(name, False, f"{value:g} is above the maximum {check.max:g}", value, limit)
+    return CheckResult(name, True, f"{value:g}", value, limit)
 
 
 def judge_http(name: str, check: HttpCheck, status: int, first_line: str) -> CheckResult:
     """An HTTP answer against the expected status."""
     ok = status == check.status
     detail = f"HTTP {status}" + (f" ({first_line[:80]})" if first_line and not ok else "")
-    return CheckResult(name, ok, detail if ok else f"{detail}, expected {check.status}")
+    message = detail if ok else f"{detail}, expected {check.status}"
+    return CheckResult(name, ok, message, float(status), f"HTTP {check.status}")

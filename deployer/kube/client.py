@@ -84,6 +84,7 @@ POD_PROXY = replace(PODS, subresource="proxy")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 JOB_STATUS = replace(JOBS, subresource="status")
+RELEASES = Resource("deployer.dev", "v1alpha1", "releases", "Release")  # charts/deployer/crds
 
 
 class ApiError(DeployError):

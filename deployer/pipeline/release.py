@@ -221,6 +221,7 @@ async def _canary_rounds(run: Run, policy: CanaryPolicy, previous: Record, canar
         assert result.next_weight is not None
         run.held()
         await routes(run, run.objects, run.targets, result.next_weight)
+        await run.save()  # the step's weights, recorded (and shown in its Release object) as they are routed
         checks = await _watched(run, canaries, policy.interval)
         checks += await _readiness(run, canaries) + await configured_checks(run, policy, canaries)
         rounds.append(Round(result.next_weight, checks))
@@ -309,7 +310,7 @@ async def _readiness(run: Run, canaries: list[dict[str, Any]]) -> tuple[CheckRes
         message = f"{ready}/{wanted} pods ready"
         if floor is not None and floor < wanted:
             wanted, message = floor, f"{message} (the HPA's minimum is {floor})"
-        results.append(CheckResult(f"readiness {name}", ready >= wanted, message))
+        results.append(CheckResult(f"readiness {name}", ready >= wanted, message, float(ready), f">= {wanted} ready"))
     return tuple(results)
 
 

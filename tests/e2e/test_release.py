@@ -12,12 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from gitserver import server_config, start_server
 from kube_sandbox.testing import Running
 from kubernetes import client, watch
 from routes import vs_split
-from support import run_deployer, run_deployer_process
+from support import ROOT, run_deployer, run_deployer_process
 
 pytestmark = pytest.mark.cluster
 
@@ -592,3 +595,134 @@ def test_prune_never_deletes_a_cluster_scoped_object_even_one_an_earlier_release
     assert client.CoreV1Api(api).read_namespace(victim).status.phase == "Active"
     assert "pruned Namespace" not in out
     client.CoreV1Api(api).delete_namespace(victim)
+
+
+CRD = ROOT / "charts" / "deployer" / "crds" / "releases.deployer.dev.yaml"
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+
+
+@pytest.fixture
+def release_crd(api: client.ApiClient) -> None:
+    """The chart's Release CRD, installed (as `helm install` does from crds/) and served."""
+    body = yaml.safe_load(CRD.read_text())
+    try:
+        client.ApiextensionsV1Api(api).create_custom_resource_definition(body)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = client.ApiextensionsV1Api(api).read_custom_resource_definition("releases.deployer.dev")
+        if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the Release CRD was not established")
+
+
+def releases(api: client.ApiClient, namespace: str) -> dict[str, dict[str, Any]]:
+    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "deployer.dev", "v1alpha1", namespace, "releases"
+    )
+    return {item["metadata"]["name"]: item for item in listed["items"]}
+
+
+def kubectl(cluster: Running, *args: str) -> str:
+    done = subprocess.run(
+        [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_release_objects_follow_a_canary_and_kubectl_lists_them(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, release_crd: None
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    seen: list[tuple[str, str, str]] = []
+    done = threading.Event()
+
+    def follow() -> None:  # polled, as a person re-running kubectl get would see it; once more at the end
+        while True:
+            last = done.is_set()
+            item = releases(api, namespace).get("shop.test.v2")
+            if item is not None:
+                state = (item["status"]["result"], item["status"]["phase"], item["status"].get("weights", ""))
+                if not seen or seen[-1] != state:
+                    seen.append(state)
+            if last:
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    (app / "deploy.yaml").write_text(deploy_yaml(namespace, interval="1s"))
+    code, _, err = deploy(app, cluster, "v2")
+    done.set()
+    watcher.join(timeout=10)
+    assert code == 0, err
+    assert ("Pending", "canary", "80/20") in seen and ("Pending", "canary", "50/50") in seen, seen
+    assert seen.index(("Pending", "canary", "80/20")) < seen.index(("Pending", "canary", "50/50")), seen
+    assert seen[-1] == ("Deployed", "done", "100/0"), seen
+    objects = releases(api, namespace)
+    assert sorted(objects) == ["shop.test.v1", "shop.test.v2"]
+    v2 = objects["shop.test.v2"]
+    assert v2["spec"]["image"] == "127.0.0.1:5000/shop:v2"
+    assert v2["spec"]["revision"] == 2
+    assert [r["weight"] for r in v2["status"]["rounds"]] == [20, 50]
+    assert all(c["ok"] for r in v2["status"]["rounds"] for c in r["checks"])
+    table = kubectl(cluster, "get", "releases", "-n", namespace).splitlines()
+    assert table[0].split() == ["NAME", "REVISION", "COMMIT", "PHASE", "WEIGHTS", "RESULT", "AGE"]
+    rows = [line.split() for line in table[1:]]
+    assert [(r[0], r[1], r[-2]) for r in rows] == [("shop.test.v1", "1", "Deployed"), ("shop.test.v2", "2", "Deployed")]
+    assert "100/0" in table[2]
+    described = kubectl(cluster, "describe", "release", "shop.test.v2", "-n", namespace)
+    assert "Rounds:" in described and "Weight:" in described
+
+
+@pytest.mark.sandbox_only
+def test_a_rolled_back_release_object_says_why(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, release_crd: None
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    cluster.control("/sandbox/pods", {"image": "127.0.0.1:5000/shop:broken", "behaviour": "never-ready"})
+    assert deploy(app, cluster, "broken")[0] == 1
+    status = releases(api, namespace)["shop.test.v2"]["status"]
+    assert status["result"] == "RolledBack"
+    assert "never became ready" in status["reason"]
+    assert status["weights"] == "100/0"
+    wide = kubectl(cluster, "get", "release", "shop.test.v2", "-n", namespace, "-o", "wide").splitlines()
+    assert wide[0].split()[:8] == ["NAME", "REVISION", "COMMIT", "PHASE", "WEIGHTS", "RESULT", "PUSHER", "REASON"]
+
+
+def test_deployer_serve_makes_a_deleted_release_object_again(
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, release_crd: None, tmp_path: Path
+) -> None:
+    assert deploy(app, cluster, "v1")[0] == 0
+    assert deploy(app, cluster, "v2")[0] == 0
+    custom = client.CustomObjectsApi(api)
+    custom.delete_namespaced_custom_object("deployer.dev", "v1alpha1", namespace, "releases", "shop.test.v1")
+    stray = releases(api, namespace)["shop.test.v2"]
+    stray["metadata"] = {
+        "name": "shop.test.v7",
+        "labels": {**stray["metadata"]["labels"], "deployer.dev/revision": "7"},
+    }
+    custom.create_namespaced_custom_object("deployer.dev", "v1alpha1", namespace, "releases", stray)
+    config = server_config(
+        data=tmp_path / "data", kubeconfig=cluster.kubeconfig, registry="127.0.0.1:5000", bound={}, users={}
+    )
+    config["apps"] = {"shop": {"environments": {"test": namespace}}}
+    server = start_server(tmp_path / "server", config)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sorted(releases(api, namespace)) != ["shop.test.v1", "shop.test.v2"]:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    objects = releases(api, namespace)
+    assert sorted(objects) == ["shop.test.v1", "shop.test.v2"], "made again from its record; one with none deleted"
+    assert objects["shop.test.v1"]["status"]["result"] == "Deployed"
+    assert objects["shop.test.v1"]["spec"]["image"] == "127.0.0.1:5000/shop:v1"
