@@ -331,6 +331,18 @@ class Notification(StrictModel):
         )
 
 
+class WebConfig(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="The web view at /ui/ on the HTTP listener: releases, live canaries, promote, abort and "
+        "rollback for signed-in users (their tokens).",
+    )
+    session: Duration = Field(
+        default=43200.0,
+        description="How long a sign-in lasts (12h by default); removing a user's token ends their sessions.",
+    )
+
+
 class ServerConfig(StrictModel):
     """The whole of server.yaml."""
 
@@ -375,6 +387,7 @@ class ServerConfig(StrictModel):
     notifications: list[Notification] = Field(
         default_factory=list, description="Who hears about releases: webhooks and Slack-compatible targets."
     )
+    web: WebConfig = Field(default_factory=WebConfig)
 
     def policy(self, environment: str) -> EnvironmentPolicy:
         """The environment's own policy, else the '*' entry, else the defaults."""
@@ -443,6 +456,12 @@ def user_for_key(config: ServerConfig, key_type: str, key_data: str) -> str | No
 
 def _allowed(patterns: list[str], name: str) -> bool:
     return "*" in patterns or name in patterns
+
+
+def may_act(config: ServerConfig, *, user: str, app: str, environment: str) -> bool:
+    """Whether `user` may change what runs in `app`'s `environment` (push to it, promote, abort, roll back)."""
+    rights = config.users[user]
+    return _allowed(rights.apps, app) and _allowed(rights.environments, environment)
 
 
 def check_app(config: ServerConfig, *, user: str, app: str) -> None:

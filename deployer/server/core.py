@@ -37,9 +37,11 @@ from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, d
 from deployer.server.metrics import Metrics
 from deployer.server.notify import Notifier
 from deployer.server.notify import targets as notify_targets
+from deployer.server.web import Feeds
 
 log = logging.getLogger("deployer.server")
 SERVICES = ("git-receive-pack", "git-upload-pack")
+RESYNC = 60.0  # seconds between passes that bring Release objects in step with the records
 _HOOK = """#!/bin/sh
 # Installed by the deployer: hands the push to the server's pipeline and streams its progress.
 exec {python} -m deployer.server.hook
@@ -83,6 +85,9 @@ class DeployServer:
         self._pushers: dict[str, Pusher] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._hooks: asyncio.Server | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._mirrored: dict[tuple[str, str], Records] = {}
+        self.feeds = Feeds()  # each environment's release log, for the web view
 
     async def start(self) -> None:
         """Listen for hooks, then bring releases left mid-flight by an earlier server to a consistent end."""
@@ -96,6 +101,7 @@ class DeployServer:
         self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
         self.socket.chmod(0o600)
         await self.recover()
+        self._resync = asyncio.create_task(self._resync_loop())
 
     @property
     def in_flight(self) -> int:
@@ -103,6 +109,8 @@ class DeployServer:
         return sum(1 for task in self._background if not task.done())
 
     async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
         if self._hooks is not None:
             self._hooks.close()
             await self._hooks.wait_closed()
@@ -139,6 +147,32 @@ class DeployServer:
         for item in done:
             log.info("recovered %s (rolled back)", item)
         return done
+
+    async def resync(self) -> int:
+        """Every environment's Release objects brought in step with its records; returns how many changed."""
+        changed = 0
+        for app, policy in self.config.apps.items():
+            for environment, namespace in policy.environments.items():
+                key = (app, environment)
+                if key not in self._mirrored:  # kept: a cluster without the CRD is found out once
+                    self._mirrored[key] = Records(
+                        self.services.api, namespace=namespace, app=app, environment=environment
+                    )
+                try:
+                    changed += await self._mirrored[key].resync()
+                except (DeployError, TransientError, OSError) as exc:
+                    log.warning("Release objects of %s/%s: %s", app, environment, exc)
+        return changed
+
+    async def _resync_loop(self) -> None:
+        while True:
+            if changed := await self.resync():
+                log.info("Release objects: %d brought in step with the records", changed)
+            await asyncio.sleep(RESYNC)
+
+    def environment(self, app: str, environment: str) -> operations.Environment:
+        """An environment server.yaml binds (the caller checked that it does)."""
+        return operations.Environment(app, environment, self.config.apps[app].environments[environment])
 
     # --- what transports use ------------------------------------------------------------------------------
 
@@ -308,7 +342,11 @@ class DeployServer:
             "pusher": push.user,
         }
 
+        feed = self.feeds(push.app, target.environment)
+        feed.restart()
+
         def sink(event: Event) -> None:
+            feed.publish(event)
             weight = int(event.data.get("canary_weight") or 0)
             if weight > 0:
                 traffic.set()

@@ -23,6 +23,7 @@ from deployer.config.server import user_for_token
 from deployer.errors import DeployError
 from deployer.server.core import SERVICES, DeployServer
 from deployer.server.throttle import Throttle
+from deployer.server.web import WebView
 
 log = logging.getLogger("deployer.server.http")
 _CHUNK = 64 * 1024
@@ -57,6 +58,8 @@ class GitHttp:
 
     def app(self) -> web.Application:
         app = web.Application()
+        if self.server.config.web.enabled:  # first: POST /ui/signin would otherwise match /{repo}/{service}
+            WebView(self.server, self.throttle).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/{repo}/info/refs", self.git)
