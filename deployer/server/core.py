@@ -174,6 +174,27 @@ class DeployServer:
         """An environment server.yaml binds (the caller checked that it does)."""
         return operations.Environment(app, environment, self.config.apps[app].environments[environment])
 
+    async def branch_follows(self, app: str, record: Record) -> str | None:
+        """After a rollback the server ran: the branch the restored release came from points at its commit
+        again, so that git says what is live (the next push of that branch releases as any push does). Returns
+        the branch moved, or None where there is none to move (a release of the CLI's, a commit not here)."""
+        repo = self.repos / f"{app}.git"
+        if not record.branch or not record.commit or not repo.exists():
+            return None
+        ref = f"refs/heads/{record.branch}"
+        now = await ref_value(repo, ref)
+        if now == record.commit:
+            return None
+        try:
+            await git(
+                repo, "update-ref", "-m", f"deployer: rollback, revision {record.revision}", ref, record.commit, now
+            )
+        except DeployError as exc:
+            log.warning("%s: %s not moved to %s: %s", app, ref, record.commit[:12], exc)
+            return None
+        log.info("%s: %s moved to %s (revision %d, a rollback)", app, ref, record.commit[:12], record.revision)
+        return record.branch
+
     # --- what transports use ------------------------------------------------------------------------------
 
     async def git_environment(self, *, service: str, path: str, user: str) -> tuple[Path, dict[str, str]]:

@@ -546,6 +546,8 @@ class WebView:
                 ports = await ops.ports_of(self.server.services.api, env, sink=sink)
                 record = await ops.rollback(ports, env=env, to=revision, sink=sink)
                 sink(Event("rollback", f"rolled back: revision {record.revision} runs {record.image}"))
+                if branch := await self.server.branch_follows(env.app, record):
+                    sink(Event("rollback", f"branch {branch} moved to {record.commit[:12]}: git says what is live"))
             except (DeployError, TransientError) as exc:
                 sink(Event("rollback", f"rollback failed: {exc}", kind="warning"))
 

@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from gitserver import App, GitServer, make_app, new_token, push, server_config, start_server, token_entry
@@ -94,6 +95,15 @@ def test_a_push_needs_nothing_beyond_the_charts_role_and_a_right_taken_away_is_o
         assert pushed.code == 0, pushed
         assert any("canary" in line and "50%" in line for line in pushed.remote), pushed.remote
         assert server.ref("refs/heads/main", app.name) == app.head()
+        # the Release objects, written on the chart's Role alone (its CRD installed by helm from crds/)
+        listed = client.CustomObjectsApi(rbac_cluster.api()).list_namespaced_custom_object(
+            "deployer.dev", "v1alpha1", app.staging, "releases"
+        )
+        shown = {r["metadata"]["name"]: (r["spec"]["commit"], r["status"]["result"]) for r in listed["items"]}
+        assert shown == {
+            f"{app.name}.staging.v1": (ANY, "Deployed"),
+            f"{app.name}.staging.v2": (app.head(), "Deployed"),
+        }
 
         # the cluster's admin takes away the right to read pods: the next release cannot watch its rollout
         rbac = client.RbacAuthorizationV1Api(rbac_cluster.api())

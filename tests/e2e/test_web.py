@@ -196,6 +196,17 @@ def test_a_canary_watched_live_then_promoted_and_another_aborted_in_the_browser(
         assert primary_image(site) == promoted["image"], "the aborted version is not what runs"
         assert vs_weights(site) == (100, 0)
         expect(page.locator("#history tbody tr")).to_have_count(3)
+
+        # and back to the first release, with its button in the history
+        first = history_json(site.kubeconfig, site.app.staging, app=site.app.name)[0]
+        page.get_by_role("button", name="Roll back to 1").click()
+        expect(page.locator(".said")).to_contain_text("Rollback started")
+        expect(page.locator("#live")).to_have_text("4", timeout=60_000)
+        expect(page.locator("#log")).to_contain_text("rolled back: revision 4 runs")
+        assert primary_image(site) == first["image"]
+        assert live(site)["rollback_of"] == 1
+        expect(page.locator("#log")).to_contain_text(f"branch main moved to {first['commit'][:12]}")
+        assert site.server.ref("refs/heads/main", site.app.name) == first["commit"], "git says what is live"
         browser.close()
 
 
