@@ -272,8 +272,13 @@ class WebView:
             undefined=jinja2.StrictUndefined,
         )
         self._actions: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self._closing.set()  # event streams end: a stopping server waits for no open page
 
     def add_routes(self, app: web.Application) -> None:
+        app.on_shutdown.append(self._shutdown)
         app.router.add_get("/", self.root)
         app.router.add_get("/ui/", self.overview)
         app.router.add_get("/ui/signin", self.signin_page)
@@ -465,7 +470,7 @@ class WebView:
         sent: dict[str, Any] | None = None
         quiet = time.monotonic()
         try:
-            while True:
+            while not self._closing.is_set():
                 try:
                     state = await self._state(app, environment)
                 except (DeployError, TransientError, OSError):

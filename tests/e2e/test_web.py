@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,3 +250,11 @@ def test_sign_in_rights_and_csrf(site: Site) -> None:
     assert own is not None
     assert alice.post(f"{site.base}/ui/signout", data={"csrf": own[1]}, timeout=10).status_code == 200
     assert "Sign in" in alice.get(f"{site.base}/ui/", timeout=10).text
+
+    # a page left open (its event stream) does not hold a stopping server
+    bob_stream = bob.get(f"{site.env_page()}/events", stream=True, timeout=10)
+    assert bob_stream.status_code == 200
+    assert next(bob_stream.iter_lines()) == b"event: state"
+    started = time.monotonic()
+    assert site.server.stop() == 0
+    assert time.monotonic() - started < 10
