@@ -124,6 +124,11 @@ class AppPolicy(StrictModel):
     environments: Annotated[dict[Name, Name], Field(min_length=1)] = Field(
         description="ENVIRONMENT: NAMESPACE for each environment of the app; deploy.yaml must name the same."
     )
+    clusters: dict[Name, Name] = Field(
+        default_factory=dict,
+        description="ENVIRONMENT: CLUSTER for environments that live on a cluster of `clusters` rather than the "
+        "default `cluster`; its releases, lock and records are there.",
+    )
     cluster_scoped: list[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")]] = Field(
         default_factory=list,
         description="Cluster-scoped kinds this app's releases may create (none by default), e.g. "
@@ -142,17 +147,24 @@ class AppPolicy(StrictModel):
 
     @model_validator(mode="after")
     def _one_namespace_each(self) -> Self:
-        seen: dict[str, str] = {}
+        for environment in self.clusters:
+            if environment not in self.environments:
+                raise ValueError(f"clusters.{environment}: no such environment in 'environments'")
+        seen: dict[tuple[str | None, str], str] = {}
         for environment, namespace in self.environments.items():
-            if seen.setdefault(namespace, environment) != environment:
+            where = (self.clusters.get(environment), namespace)
+            if seen.setdefault(where, environment) != environment:
+                cluster = f" of cluster {where[0]!r}" if where[0] else ""
                 raise ValueError(
-                    f"namespace {namespace!r} is bound to both {seen[namespace]!r} and {environment!r}: "
+                    f"namespace {namespace!r}{cluster} is bound to both {seen[where]!r} and {environment!r}: "
                     "one environment per namespace, so that its rules cannot be escaped by another name"
                 )
         return self
 
-    def environment_of(self, namespace: str) -> str | None:
-        return next((e for e, n in self.environments.items() if n == namespace), None)
+    def environment_of(self, namespace: str, cluster: str | None = None) -> str | None:
+        return next(
+            (e for e, n in self.environments.items() if n == namespace and self.clusters.get(e) == cluster), None
+        )
 
 
 class CanaryDefaults(StrictModel):
@@ -266,6 +278,11 @@ class Limits(StrictModel):
         description="The longest a client address that sent wrong tokens waits (answered 429 meanwhile, whatever "
         "its token): how long a real user behind the same address can be kept out.",
     )
+    resync: Duration = Field(
+        default=60.0,
+        description="How often the server brings Release objects in step with the records and tries again to "
+        "recover environments whose cluster did not answer (a release it could not end, a recovery at start).",
+    )
 
 
 NotificationEvent = Literal["started", "step", "promoted", "released", "rolled-back", "failed", "recovered"]
@@ -356,7 +373,13 @@ class ServerConfig(StrictModel):
     )
     data_dir: str = Field(description="The bare repositories and the SSH host key (created once, kept) live here.")
     listen: Listen = Field(default_factory=Listen)
-    cluster: ClusterConfig
+    cluster: ClusterConfig | None = Field(
+        default=None, description="The default cluster: environments that `apps.APP.clusters` does not place."
+    )
+    clusters: dict[Name, ClusterConfig] = Field(
+        default_factory=dict,
+        description="Other clusters by name ({kubeconfig, context} or {inCluster: true}), for `apps.APP.clusters`.",
+    )
     registry: RegistryConfig
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
     charts: ChartsConfig = Field(default_factory=ChartsConfig)
@@ -388,6 +411,27 @@ class ServerConfig(StrictModel):
         default_factory=list, description="Who hears about releases: webhooks and Slack-compatible targets."
     )
     web: WebConfig = Field(default_factory=WebConfig)
+
+    @model_validator(mode="after")
+    def _clusters_known(self) -> Self:
+        for app, policy in self.apps.items():
+            for environment in policy.environments:
+                cluster = policy.clusters.get(environment)
+                if cluster is not None and cluster not in self.clusters:
+                    known = ", ".join(sorted(self.clusters)) or "none"
+                    raise ValueError(
+                        f"apps.{app}.clusters.{environment}: no cluster {cluster!r} in 'clusters' (it has: {known})"
+                    )
+                if cluster is None and self.cluster is None:
+                    raise ValueError(
+                        f"apps.{app}.environments.{environment}: no cluster: give 'cluster' (the default) or "
+                        f"apps.{app}.clusters.{environment}"
+                    )
+        return self
+
+    def cluster_of(self, app: str, environment: str) -> str | None:
+        """The name of the cluster `app`'s `environment` lives on (None: the default `cluster`)."""
+        return self.apps[app].clusters.get(environment)
 
     def policy(self, environment: str) -> EnvironmentPolicy:
         """The environment's own policy, else the '*' entry, else the defaults."""
@@ -493,7 +537,7 @@ def check_environment(
             where="deploy.yaml",
         )
     if env.namespace != bound[environment]:
-        owner = server.apps[app].environment_of(env.namespace)
+        owner = server.apps[app].environment_of(env.namespace, server.cluster_of(app, environment))
         extra = f", which is {owner}'s" if owner else ""
         raise DeployError(
             f"environments.{environment}.namespace: {env.namespace!r} is refused: the server binds {environment} "

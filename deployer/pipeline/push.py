@@ -22,7 +22,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +139,22 @@ class Services:
     """What the server lends a push: the cluster, the builder and registry, helm."""
 
     server: ServerConfig
-    api: KubeClient
+    api: KubeClient  # the default cluster's (server.yaml cluster); `on` gives an environment's own
     build: BuildSettings
     helm: Helm | None = None
     renders: RenderPool | None = None  # Jinja renders off the event loop, with limits
     charts: ChartRegistries | None = None  # where oci:// charts may come from (server.yaml charts)
     # (repository, ref) -> the commit a release just made live there, until git has moved the ref to it
     settling: dict[tuple[str, str], str] = field(default_factory=dict)
+    clusters: dict[str, KubeClient] = field(default_factory=dict)  # server.yaml clusters, by name
+
+    def on(self, app: str, environment: str) -> Services:
+        """These services with the API of the cluster `app`'s `environment` lives on."""
+        name = self.server.cluster_of(app, environment)
+        return self if name is None else replace(self, api=self.clusters[name])
 
 
-LiveBranches = Callable[[str], Awaitable[list[str]]]
+LiveBranches = Callable[[str, bool], Awaitable[list[str]]]  # (branch, deleting) -> environments live from it
 SETTLE_WAIT = 10.0  # seconds git may take to move a ref after its pre-receive hook answered
 
 
@@ -192,7 +198,7 @@ async def _plan_update(
     claimed = environments_for_branch(current, update.branch) if current else []
     check_claims(server, claimed, user=push.user, branch=update.branch, commit=update.old)
     if live is not None and update.old != ZERO:
-        released = [e for e in await live(update.branch) if e not in claimed]
+        released = [e for e in await live(update.branch, update.new == ZERO) if e not in claimed]
         check_claims(server, released, user=push.user, branch=update.branch, commit=update.old, source="live")
         claimed = [*claimed, *released]
     if update.new == ZERO:

@@ -27,10 +27,10 @@ from typing import Any
 
 from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
-from deployer.config.server import ServerConfig, check_app
+from deployer.config.server import ServerConfig, check_app, may_act
 from deployer.errors import DeployError, RolledBack, TransientError
 from deployer.events import Event, Record, Status
-from deployer.kube.client import ApiError
+from deployer.kube.client import ApiError, KubeClient
 from deployer.kube.records import Records, pending_environments
 from deployer.pipeline import operations
 from deployer.pipeline.push import Deploy, Outcome, Push, RefUpdate, Services, deploy, plan, scan
@@ -41,7 +41,6 @@ from deployer.server.web import Feeds
 
 log = logging.getLogger("deployer.server")
 SERVICES = ("git-receive-pack", "git-upload-pack")
-RESYNC = 60.0  # seconds between passes that bring Release objects in step with the records
 _HOOK = """#!/bin/sh
 # Installed by the deployer: hands the push to the server's pipeline and streams its progress.
 exec {python} -m deployer.server.hook
@@ -87,6 +86,9 @@ class DeployServer:
         self._hooks: asyncio.Server | None = None
         self._resync: asyncio.Task[None] | None = None
         self._mirrored: dict[tuple[str, str], Records] = {}
+        self._unrecovered: set[tuple[str, str]] = set()  # environments whose cluster did not answer recovery
+        self._recovering: dict[tuple[str, str], asyncio.Task[list[str]]] = {}
+        self._unanswered: set[tuple[str, str]] = set()  # environments whose Release objects could not be synced
         self.feeds = Feeds()  # each environment's release log, for the web view
 
     async def start(self) -> None:
@@ -111,6 +113,8 @@ class DeployServer:
     async def stop(self) -> None:
         if self._resync is not None:
             self._resync.cancel()
+        for recovering in self._recovering.values():
+            recovering.cancel()
         if self._hooks is not None:
             self._hooks.close()
             await self._hooks.wait_closed()
@@ -121,29 +125,39 @@ class DeployServer:
         self.socket.unlink(missing_ok=True)
         self.socket.parent.rmdir()
 
-    async def recover(self) -> list[str]:
-        """Releases a dead server left pending, in every namespace the config allows, rolled back."""
+    def api(self, app: str, environment: str) -> KubeClient:
+        """The API of the cluster `app`'s `environment` lives on."""
+        return self.services.on(app, environment).api
+
+    async def recover(self, only: set[tuple[str, str]] | None = None) -> list[str]:
+        """Releases a dead server left pending, in every environment the config binds (or `only` these),
+        rolled back. An environment whose cluster does not answer is tried again later (`_unrecovered`)."""
         done = []
         for app, policy in self.config.apps.items():
-            for namespace in policy.environments.values():
+            for environment, namespace in policy.environments.items():
+                if only is not None and (app, environment) not in only:
+                    continue
+                api = self.api(app, environment)
                 try:
-                    for environment in await pending_environments(self.services.api, namespace=namespace, app=app):
-                        env = operations.Environment(app=app, environment=environment, namespace=namespace)
-                        sink = self._log(app, environment)
-                        ports = await operations.ports_of(self.services.api, env, sink=sink)
+                    for pending in await pending_environments(api, namespace=namespace, app=app):
+                        env = operations.Environment(app=app, environment=pending, namespace=namespace)
+                        sink = self._log(app, pending)
+                        ports = await operations.ports_of(api, env, sink=sink)
                         revisions = await operations.recover(ports, env=env, sink=sink)
-                        done += [f"{app}/{environment} revision {r}" for r in revisions]
+                        done += [f"{app}/{pending} revision {r}" for r in revisions]
                         for revision in revisions:
                             self.notifier.notify(
                                 "recovered",
                                 app=app,
-                                environment=environment,
+                                environment=pending,
                                 namespace=namespace,
                                 revision=revision,
                                 message=f"revision {revision}, left mid-flight by a server that stopped, recovered",
                             )
+                    self._unrecovered.discard((app, environment))
                 except (DeployError, ApiError, TransientError, OSError) as exc:
-                    log.warning("recover %s in %s: %s", app, namespace, exc)
+                    self._unrecovered.add((app, environment))
+                    log.warning("recover %s/%s in %s: %s (tried again later)", app, environment, namespace, exc)
         for item in done:
             log.info("recovered %s (rolled back)", item)
         return done
@@ -156,19 +170,28 @@ class DeployServer:
                 key = (app, environment)
                 if key not in self._mirrored:  # kept: a cluster without the CRD is found out once
                     self._mirrored[key] = Records(
-                        self.services.api, namespace=namespace, app=app, environment=environment
+                        self.api(app, environment), namespace=namespace, app=app, environment=environment
                     )
                 try:
                     changed += await self._mirrored[key].resync()
                 except (DeployError, TransientError, OSError) as exc:
-                    log.warning("Release objects of %s/%s: %s", app, environment, exc)
+                    if key not in self._unanswered:  # once per outage, not at every pass
+                        log.warning("Release objects of %s/%s: %s", app, environment, exc)
+                    self._unanswered.add(key)
+                    continue
+                if key in self._unanswered:
+                    self._unanswered.discard(key)
+                    log.info("Release objects of %s/%s: the cluster answers again", app, environment)
         return changed
 
     async def _resync_loop(self) -> None:
         while True:
             if changed := await self.resync():
                 log.info("Release objects: %d brought in step with the records", changed)
-            await asyncio.sleep(RESYNC)
+            await asyncio.sleep(self.config.limits.resync)
+            for key in list(self._unrecovered):  # each in its own task: one may wait for its lock a while
+                if key not in self._recovering or self._recovering[key].done():
+                    self._recovering[key] = asyncio.create_task(self.recover(only={key}))
 
     def environment(self, app: str, environment: str) -> operations.Environment:
         """An environment server.yaml binds (the caller checked that it does)."""
@@ -291,12 +314,16 @@ class DeployServer:
         if preferred or candidates:
             await git(push.repo, "symbolic-ref", "HEAD", (preferred or candidates)[0])
 
-    async def _live_branches(self, app: str, branch: str) -> list[str]:
-        """The environments of `app` whose live release was pushed from `branch` (their records say so). A
-        record that cannot be read refuses the push: rights cannot be checked against what is not seen."""
+    async def _live_branches(self, app: str, branch: str, *, user: str, deleting: bool) -> list[str]:
+        """The environments of `app` whose live release was pushed from `branch` (their records say so), of
+        those where it matters: where `user` may not deploy (a rights check), and all when the branch is being
+        deleted. A record that cannot be read refuses the push: what is not seen cannot be checked. (So a
+        cluster that does not answer holds back only the pushes it could matter to.)"""
         found = []
         for environment, namespace in self.config.apps[app].environments.items():
-            records = Records(self.services.api, namespace=namespace, app=app, environment=environment)
+            if not deleting and may_act(self.config, user=user, app=app, environment=environment):
+                continue  # a user who may deploy there may change the branch it runs from
+            records = Records(self.api(app, environment), namespace=namespace, app=app, environment=environment)
             try:
                 history = await records.history()
             except (ApiError, TransientError, OSError) as exc:
@@ -323,7 +350,10 @@ class DeployServer:
 
         try:
             target, outcomes = await plan(
-                push, self.config, emit, live=lambda branch: self._live_branches(push.app, branch)
+                push,
+                self.config,
+                emit,
+                live=lambda branch, deleting: self._live_branches(push.app, branch, user=push.user, deleting=deleting),
             )
             await scan(push, emit)
             if target is None:
@@ -428,7 +458,7 @@ class DeployServer:
         record: Record | None = None
         error: DeployError | None = None
         try:
-            record = await deploy(push, target, self.services, sink)
+            record = await deploy(push, target, self.services.on(push.app, target.environment), sink)
             result = "released"
         except DeployError as exc:
             error = exc
@@ -450,6 +480,10 @@ class DeployServer:
             said = f"revision {revision} is live" if record is not None else (error.message if error else result)
             reason = error.message if error is not None else None
             self.notifier.notify(result, revision=revision, reason=reason, message=said, **about)
+        if error is not None and result != "dry-run":
+            # a release that could not end (its cluster stopped answering) may be left pending: the next pass
+            # of the resync loop recovers it; one that ended leaves nothing pending, and costs one list
+            self._unrecovered.add((push.app, target.environment))
         if error is not None and not push.parsed.follow:
             await self._put_back(push, target.update)
         return result, record, error

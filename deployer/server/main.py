@@ -31,8 +31,13 @@ log = logging.getLogger("deployer.server")
 def services(config: ServerConfig) -> Services:
     """The cluster, the builder and the registry client, as the operator configured them."""
     data = Path(config.data_dir).resolve()
-    cluster = config.cluster
-    api = connect(Path(cluster.kubeconfig) if cluster.kubeconfig else None, cluster.context)
+    clusters = {
+        name: connect(Path(c.kubeconfig) if c.kubeconfig else None, c.context) for name, c in config.clusters.items()
+    }
+    if config.cluster is not None:
+        api = connect(Path(config.cluster.kubeconfig) if config.cluster.kubeconfig else None, config.cluster.context)
+    else:  # every environment names its cluster (server.yaml is checked for it): this one is never asked
+        api = next(iter(clusters.values()))
     registry = config.registry
     auth = Path(registry.auth_file) if registry.auth_file else None
     build = BuildSettings(
@@ -63,7 +68,7 @@ def services(config: ServerConfig) -> Services:
         cache=data / "charts",
         auth_file=chart_auth,
     )
-    return Services(server=config, api=api, build=build, helm=helm, renders=renders, charts=charts)
+    return Services(server=config, api=api, build=build, helm=helm, renders=renders, charts=charts, clusters=clusters)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -119,6 +124,7 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
         if runner is not None:
             await runner.cleanup()
         await server.stop()
-        await server.services.api.close()
+        for api in {server.services.api, *server.services.clusters.values()}:
+            await api.close()
         if server.services.renders is not None:
             server.services.renders.kill()  # no render outlives the server

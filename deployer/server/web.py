@@ -158,7 +158,7 @@ class Histories:
             if cached is not None and time.monotonic() - cached[0] < FRESH:
                 return cached[1]
             env = self.server.environment(app, environment)
-            records = await ops.records_of(self.server.services.api, env).history()
+            records = await ops.records_of(self.server.api(app, environment), env).history()
             self._cache[key] = (time.monotonic(), records)
             return records
 
@@ -528,7 +528,8 @@ class WebView:
                 revision = int(form.get("revision", ""))
                 self._start_rollback(env, revision, user)
             else:
-                revision = await ops.request(ops.records_of(self.server.services.api, env), env=env, what=action)
+                api = self.server.api(app, environment)
+                revision = await ops.request(ops.records_of(api, env), env=env, what=action)
         except ValueError:
             return await self.environment(request, error="No revision to roll back to was given.", status=400)
         except (DeployError, TransientError) as exc:
@@ -548,7 +549,7 @@ class WebView:
         async def run() -> None:
             sink(Event("rollback", f"{user} asked for revision {revision} again"))
             try:
-                ports = await ops.ports_of(self.server.services.api, env, sink=sink)
+                ports = await ops.ports_of(self.server.api(env.app, env.environment), env, sink=sink)
                 record = await ops.rollback(ports, env=env, to=revision, sink=sink)
                 sink(Event("rollback", f"rolled back: revision {record.revision} runs {record.image}"))
                 if branch := await self.server.branch_follows(env.app, record):

@@ -224,3 +224,36 @@ def test_notifications_and_chart_registries_reach_the_server_config() -> None:
     assert {"name": "notifications", "secret": {"secretName": "deployer-notifications", "defaultMode": 0o400}} in pod[
         "volumes"
     ]
+
+
+def test_environments_on_another_cluster_mount_its_kubeconfig_and_get_no_role_here() -> None:
+    done = helm(
+        "template",
+        "deployer",
+        str(CHART),
+        "-n",
+        "deployer",
+        "--set",
+        "apps.hello.environments.staging=hello-staging",
+        "--set",
+        "apps.hello.environments.prod=hello",
+        "--set",
+        "apps.hello.clusters.prod=prod-eu",
+        "--set",
+        "clusters.prod-eu.kubeconfigSecret=deployer-prod-eu",
+        "--set",
+        "clusters.prod-eu.context=prod",
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    server = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"]
+    config = parse_server_config(server, source="s")
+    assert config.cluster_of("hello", "prod") == "prod-eu" and config.cluster_of("hello", "staging") is None
+    assert config.clusters["prod-eu"].kubeconfig == "/etc/deployer/clusters/prod-eu/kubeconfig"
+    assert config.clusters["prod-eu"].context == "prod"
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"hello-staging"}
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "cluster-prod-eu")
+    assert volume["secret"]["secretName"] == "deployer-prod-eu" and volume["secret"]["defaultMode"] == 0o400
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "cluster-prod-eu", "mountPath": "/etc/deployer/clusters/prod-eu", "readOnly": True} in mounts

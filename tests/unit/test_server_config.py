@@ -221,3 +221,29 @@ def test_route_grants_name_gateways_with_their_namespace() -> None:
     with pytest.raises(DeployError, match="name it as NAMESPACE/NAME"):
         parse_server_config(granted.replace("istio-system/public", "public"), source="server.yaml")
     assert parse_server_config(SERVER, source="server.yaml").apps["hello"].routes.hosts == []
+
+
+def test_environments_on_other_clusters_are_bound_by_name() -> None:
+    placed = SERVER.replace(
+        "  hello: {environments: {staging: hello-staging, prod: hello-prod}}",
+        "  hello: {environments: {staging: hello, prod: hello}, clusters: {prod: prod-eu}}",
+    ).replace("registry: {", "clusters: {prod-eu: {kubeconfig: /etc/deployer/prod-eu}}\nregistry: {")
+    config = parse_server_config(placed, source="server.yaml")
+    assert (config.cluster_of("hello", "staging"), config.cluster_of("hello", "prod")) == (None, "prod-eu")
+    assert config.apps["hello"].environment_of("hello", "prod-eu") == "prod", "one namespace name, two clusters"
+    unknown = placed.replace("clusters: {prod: prod-eu}", "clusters: {prod: prod-us}")
+    with pytest.raises(DeployError, match=r"apps.hello.clusters.prod: no cluster 'prod-us' in 'clusters' \(it has: "):
+        parse_server_config(unknown, source="server.yaml")
+    stray = placed.replace("clusters: {prod: prod-eu}", "clusters: {qa: prod-eu}")
+    with pytest.raises(DeployError, match="clusters.qa: no such environment in 'environments'"):
+        parse_server_config(stray, source="server.yaml")
+    same = placed.replace("clusters: {prod: prod-eu}", "clusters: {}")
+    with pytest.raises(DeployError, match="namespace 'hello' is bound to both 'staging' and 'prod'"):
+        parse_server_config(same, source="server.yaml")
+    nowhere = placed.replace("cluster: {inCluster: true}\n", "")
+    with pytest.raises(DeployError, match="apps.hello.environments.staging: no cluster: give 'cluster'"):
+        parse_server_config(nowhere, source="server.yaml")
+    everywhere = nowhere.replace("clusters: {prod: prod-eu}", "clusters: {prod: prod-eu, staging: prod-eu}").replace(
+        "{staging: hello, prod: hello}", "{staging: hello-staging, prod: hello}"
+    )
+    assert parse_server_config(everywhere, source="server.yaml").cluster is None

@@ -32,7 +32,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $all := list -}}
 {{- range $app, $spec := .Values.apps -}}
 {{- range $environment, $namespace := $spec.environments -}}
+{{- if not (hasKey ($spec.clusters | default dict) $environment) -}}{{/* another cluster's: its RBAC is set there */}}
 {{- $all = append $all $namespace -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $all | uniq | sortAlpha | toJson -}}
