@@ -116,6 +116,7 @@ class Record:
     canary: bool = True  # whether this release routed a canary: replays split traffic only where it did
     gateways: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
+    provider: str = "istio"  # the router its routes were written with
     grace: float = 5.0
     rounds: tuple[Round, ...] = ()
     values_digest: str = ""
@@ -140,7 +141,7 @@ class Record:
             "branch": self.branch,
             "started": self.started,
             "canary": self.canary,
-            "routing": {"gateways": list(self.gateways), "hosts": list(self.hosts)},
+            "routing": {"gateways": list(self.gateways), "hosts": list(self.hosts), "provider": self.provider},
             "grace": self.grace,
             "rounds": [
                 {
@@ -185,6 +186,7 @@ class Record:
             canary=bool(data.get("canary", True)),
             gateways=tuple(routing.get("gateways") or ()),
             hosts=tuple(routing.get("hosts") or ()),
+            provider=str(routing.get("provider") or "istio"),
             grace=float(data.get("grace", 5.0)),
             rounds=tuple(
                 Round(

@@ -16,6 +16,7 @@ class Routing:
 
     gateways: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
+    provider: str = "istio"  # or gateway-api: which API the routes are written in
 
 
 class Router(Protocol):

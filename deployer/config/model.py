@@ -244,9 +244,15 @@ class CanaryPolicy(StrictModel):
     interval: Duration = 30.0
     threshold: Annotated[int, Field(ge=1)] = 2
     checks: list[Check] = Field(default_factory=list)
+    provider: Literal["istio", "gateway-api"] = Field(
+        default="istio",
+        description="How traffic is split: Istio VirtualServices, or Gateway API HTTPRoutes (gateway.networking.k8s.io"
+        "/v1: the Service as a GAMMA parent for the mesh, `gateways` as Gateway parents), for any implementation.",
+    )
     gateways: list[GatewayRef] = Field(
         default_factory=list,
-        description="Istio Gateways whose traffic follows the canary's weights too (the mesh always does).",
+        description="Gateways (NAMESPACE/NAME; Istio's, or Gateway API's with provider gateway-api) whose traffic "
+        "follows the canary's weights too (the mesh always does).",
     )
     hosts: list[HostName] = Field(
         default_factory=list, description="Hosts the canary's routes serve besides the Service's own name."

@@ -14,7 +14,7 @@ from deployer.kube.records import Records
 from deployer.pipeline.ports import History, Ports, cluster_ports
 from deployer.pipeline.release import ReleaseOptions, allowed_cluster_kinds
 from deployer.pipeline.steps import Rendered
-from deployer.pipeline.traffic import Run, istio_router, prune, remove_canary, without_canary
+from deployer.pipeline.traffic import Run, prune, remove_canary, router_for, without_canary
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ async def _replay(ports: Ports, env: Environment, record: Record, *, sink: Event
     )
     targets = canary_targets(objects) if record.canary else []
     ports.cluster.cluster_scoped = allowed_cluster_kinds(objects)  # stored manifests passed render's check
-    routing = Routing(record.gateways, record.hosts)
-    router = await istio_router(ports.cluster, routing=routing, app=env.app, environment=env.environment)
+    routing = Routing(record.gateways, record.hosts, record.provider)
+    router = await router_for(ports.cluster, routing=routing, app=env.app, environment=env.environment)
     return Run(
         ports.cluster,
         ports.records,

@@ -33,12 +33,12 @@ from deployer.pipeline.ports import JobRunner, Ports
 from deployer.pipeline.steps import ImageRef, Rendered
 from deployer.pipeline.traffic import (
     Run,
-    istio_router,
     live_deployment,
     prune,
     remove_canary,
     require_router,
     rollout,
+    router_for,
     routes,
     serve_stable,
     start_canary,
@@ -98,10 +98,10 @@ async def release(
         )
         has_workloads = any(o["kind"] == "Deployment" for o in objects)
         targets = require_targets(objects) if policy.enabled and has_workloads else []
-        routing = Routing(tuple(policy.gateways), tuple(policy.hosts))
-        router = await istio_router(cluster, routing=routing, app=rendered.app, environment=rendered.environment)
+        routing = Routing(tuple(policy.gateways), tuple(policy.hosts), policy.provider)
+        router = await router_for(cluster, routing=routing, app=rendered.app, environment=rendered.environment)
         if targets:
-            require_router(router).check(objects, targets)
+            require_router(router, routing).check(objects, targets)
         record = Record(
             revision=history[-1].revision + 1 if history else 1,
             commit=image.commit or image.tag,
@@ -113,6 +113,7 @@ async def release(
             canary=bool(targets),  # replays (rollback, recover) must split traffic only where this release did
             gateways=routing.gateways,
             hosts=routing.hosts,
+            provider=routing.provider,
             grace=policy.grace,
             values_digest=rendered.values_digest,
         )

@@ -25,6 +25,7 @@ from deployer.build import (
     tree_size,
 )
 from deployer.build.registry import check_tag
+from deployer.canary.gateway import GatewayRouter, refuse_foreign_routes
 from deployer.canary.istio import IstioRouter, Reach, refuse_foreign
 from deployer.canary.objects import require_targets
 from deployer.canary.router import Routing
@@ -191,6 +192,7 @@ def check_reach(
     for item in objects:
         try:
             refuse_foreign([item.obj], Routing(), namespace=namespace, reach=reach)
+            refuse_foreign_routes([item.obj], namespace=namespace, reach=reach)
         except DeployError as exc:
             raise DeployError(exc.message, where=item.source) from None
 
@@ -200,7 +202,9 @@ def check_routing(objects: list[dict[str, Any]], policy: CanaryPolicy) -> None:
     as the canary's copies, and routing objects the router can adopt or leave alone."""
     if policy.enabled and any(o["kind"] == "Deployment" for o in objects):
         targets = require_targets(objects)
-        IstioRouter(routing=Routing(tuple(policy.gateways), tuple(policy.hosts))).check(objects, targets)
+        routing = Routing(tuple(policy.gateways), tuple(policy.hosts), policy.provider)
+        router = GatewayRouter(routing=routing) if policy.provider == "gateway-api" else IstioRouter(routing=routing)
+        router.check(objects, targets)
 
 
 async def _chart(

@@ -9,6 +9,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from deployer.canary.analysis import Rollout, rollout_status
+from deployer.canary.gateway import API_VERSION as GATEWAY_API_VERSION
+from deployer.canary.gateway import KIND as HTTP_ROUTE
+from deployer.canary.gateway import GatewayRouter
 from deployer.canary.istio import GROUP, KIND, VERSIONS, IstioRouter
 from deployer.canary.objects import (
     CanaryTarget,
@@ -66,16 +69,26 @@ class Run:
         await self.records.save(self.record)
 
 
-async def istio_router(cluster: Cluster, *, routing: Routing, app: str, environment: str) -> Router | None:
-    """The Istio router for the networking.istio.io version the cluster serves (v1, else v1beta1); None if
-    it serves neither."""
+async def router_for(cluster: Cluster, *, routing: Routing, app: str, environment: str) -> Router | None:
+    """The router the environment asks for, in the API version the cluster serves: Istio's networking.istio.io
+    (v1, else v1beta1) or the Gateway API's gateway.networking.k8s.io/v1; None if the cluster serves neither."""
+    labels = owner_labels(app=app, environment=environment)
+    if routing.provider == "gateway-api":
+        served = await cluster.serves(GATEWAY_API_VERSION, HTTP_ROUTE)
+        return GatewayRouter(GATEWAY_API_VERSION, routing, labels) if served else None
     for version in VERSIONS:
         if await cluster.serves(f"{GROUP}/{version}", KIND):
-            return IstioRouter(f"{GROUP}/{version}", routing, owner_labels(app=app, environment=environment))
+            return IstioRouter(f"{GROUP}/{version}", routing, labels)
     return None
 
 
-def require_router(router: Router | None) -> Router:
+def require_router(router: Router | None, routing: Routing) -> Router:
+    if router is None and routing.provider == "gateway-api":
+        raise DeployError(
+            f"the cluster serves no {HTTP_ROUTE} in {GATEWAY_API_VERSION}: canary.provider gateway-api needs the "
+            "Gateway API CRDs and an implementation; install them, or use provider istio",
+            where="cluster",
+        )
     if router is None:
         raise DeployError(
             f"the cluster serves no {KIND} in {GROUP} ({' or '.join(VERSIONS)}): a canary needs Istio; install "

@@ -169,6 +169,25 @@ class Cluster:
         for crd in PREINSTALLED_CRDS:
             if self.store.get((*CRD, "", crd["metadata"]["name"])) is None:
                 self.create(self.rt(CRD[0], "v1", CRD[1]), "v1", "", copy.deepcopy(crd), manager="sandbox")
+        # istiod makes its GatewayClass once the Gateway API CRDs exist (istio/istio pilot/pkg/config/kube/gateway
+        # gatewayclass.go): Gateways of class istio are served by the sandbox's gateway (mesh.py)
+        if self.store.get(("gateway.networking.k8s.io", "gatewayclasses", "", "istio")) is None:
+            gateway_class = {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "GatewayClass",
+                "metadata": {"name": "istio"},
+                "spec": {
+                    "controllerName": "istio.io/gateway-controller",
+                    "description": "The default Istio GatewayClass",
+                },
+            }
+            self.create(
+                self.rt("gateway.networking.k8s.io", "v1", "gatewayclasses"),
+                "v1",
+                "",
+                gateway_class,
+                manager="pilot-discovery",
+            )
         for name in ("default", "kube-system", "kube-public"):
             if self.store.get(("", "namespaces", "", name)) is None:
                 self.create(self.rt("", "v1", "namespaces"), "v1", "", {"metadata": {"name": name}}, manager="sandbox")

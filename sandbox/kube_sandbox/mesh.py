@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kube_sandbox import istio
+from kube_sandbox import gateway_api, istio
 from kube_sandbox.injection import has_sidecar, namespace_injected
 from kube_sandbox.istio import Destination, NoRoute, Request
 from kube_sandbox.pods import ready, target_port
@@ -105,6 +105,12 @@ class Mesh:
             vs, gateway = bound[0]
             target = istio.http_destination(config, vs, request, proxy_namespace=istio.ROOT_NAMESPACE, gateway=gateway)
             return self._upstream(target, request.port, GATEWAY)
+        try:
+            routed = gateway_api.gateway_backend(config, request)
+        except gateway_api.Refused as exc:
+            raise NoRoute(exc.status, exc.body, "NR") from None
+        if routed is not None:
+            return self._upstream(routed, request.port, GATEWAY)
         for match, target in istio.ingress_routes(config, request.host):
             if istio.matches([match] if match else None, request, istio.INGRESS_GATEWAY):
                 return self._upstream(target, request.port, GATEWAY)
@@ -128,7 +134,18 @@ class Mesh:
         elif vs is not None:
             target = istio.http_destination(config, vs, request, proxy_namespace=source.namespace, gateway=None)
         elif service is not None and svc is not None:
-            target = Destination(*service, None, None)
+            try:  # GAMMA: HTTPRoutes whose parent is the Service
+                routed = gateway_api.mesh_backend(
+                    config,
+                    client_namespace=source.namespace,
+                    service=service[0],
+                    namespace=service[1],
+                    port=request.port,
+                    request=request,
+                )
+            except gateway_api.Refused as exc:
+                raise NoRoute(exc.status, exc.body, "NR") from None
+            target = routed or Destination(*service, None, None)
         else:
             raise NoRoute(404, "", "NR")
         if target is None:

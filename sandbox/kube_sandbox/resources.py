@@ -1,8 +1,11 @@
-"""The resource types the sandbox serves: built-ins, Istio's networking CRDs, and CRDs applied at runtime."""
+"""The resource types the sandbox serves: built-ins, Istio's networking CRDs, the Gateway API's, and CRDs applied at
+runtime."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -227,11 +230,19 @@ def _istio_crd(kind: str, plural: str, short: tuple[str, ...], group: str = "net
     }
 
 
+def _gateway_api_crds() -> list[dict[str, Any]]:
+    """The Gateway API's standard CRDs as released (scripts/gateway_api_crds.py): GatewayClass, Gateway,
+    HTTPRoute, ReferenceGrant. A cluster with Istio has them once its operator applies standard-install.yaml."""
+    data = json.loads((Path(__file__).parent / "gateway_api_crds.json").read_text(encoding="utf-8"))
+    return list(data["crds"])
+
+
 PREINSTALLED_CRDS = [
     _istio_crd("VirtualService", "virtualservices", ("vs",)),
     _istio_crd("DestinationRule", "destinationrules", ("dr",)),
     _istio_crd("Gateway", "gateways", ("gw",)),
     _istio_crd("PeerAuthentication", "peerauthentications", ("pa",), group="security.istio.io"),
+    *_gateway_api_crds(),
 ]
 
 

@@ -6,6 +6,8 @@ unknown fields are otherwise dropped (with a warning under Warn, the default); s
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,8 +62,13 @@ def _types(schema: dict[str, Any]) -> list[str]:
     return [t for t in (kinds or []) if t != "null"]
 
 
-def decode(value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool) -> Any:
-    """Check types and find unknown fields below `path`; with `prune`, return the value without them."""
+def decode(
+    value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool, defaults: bool = False
+) -> Any:
+    """Check types and find unknown fields below `path`; with `prune`, return the value without them; with
+    `defaults` (a CRD's structural schema), fill each missing property that declares a default, as the
+    apiserver's structural defaulting does after pruning (apiextensions-apiserver pkg/apiserver/schema/defaulting
+    algorithm.go: a default applies where the property is absent, and is itself defaulted below)."""
     schema = k8s.resolve(schema)
     if schema is None or value is None:
         return value
@@ -80,19 +87,32 @@ def decode(value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *
         for key, item in value.items():
             sub = f"{path}.{key}" if path else key
             if props is not None and key in props:
-                result[key] = decode(item, props[key], sub, out, prune=prune)
+                result[key] = decode(item, props[key], sub, out, prune=prune, defaults=defaults)
             elif isinstance(extra, dict):
-                result[key] = decode(item, extra, sub, out, prune=prune)
+                result[key] = decode(item, extra, sub, out, prune=prune, defaults=defaults)
             elif props is None and extra is None:
                 result[key] = item
             else:
                 out.unknown.append(sub)
                 if not prune:
                     result[key] = item
+        _default(result, props if defaults else None, path, out, prune=prune)
         return result
     if isinstance(value, list):
-        return [decode(item, schema.get("items"), f"{path}[{i}]", out, prune=prune) for i, item in enumerate(value)]
+        return [
+            decode(item, schema.get("items"), f"{path}[{i}]", out, prune=prune, defaults=defaults)
+            for i, item in enumerate(value)
+        ]
     return value
+
+
+def _default(result: dict[str, Any], props: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool) -> None:
+    """Each missing property that declares a default gets it, itself decoded and defaulted (None: no defaults)."""
+    for key, sub_schema in (props or {}).items():
+        default = (k8s.resolve(sub_schema) or {}).get("default")
+        if key not in result and default is not None:
+            sub = f"{path}.{key}" if path else key
+            result[key] = decode(copy.deepcopy(default), sub_schema, sub, out, prune=prune, defaults=True)
 
 
 def _go_type(wanted: str) -> str:
@@ -116,7 +136,7 @@ def admit_decoding(
     else:
         schema = rt.crd_schemas.get(version)
     result = Decoded()
-    pruned = decode(obj, schema, "", result, prune=mode != "Strict")
+    pruned = decode(obj, schema, "", result, prune=mode != "Strict", defaults=not rt.builtin)
     result.unknown = [u for u in result.unknown if u not in ("apiVersion", "kind")]
     if result.type_errors:
         path, wanted, value = result.type_errors[0]
@@ -273,11 +293,110 @@ def _service_causes(spec: dict[str, Any], old: dict[str, Any] | None) -> list[Ca
     return causes
 
 
+def _shown(value: Any) -> str:
+    return (
+        json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def _value_causes(value: Any, schema: dict[str, Any], path: str) -> list[Cause]:
+    """The OpenAPI value constraints of one node, with apiextensions-apiserver's messages (validation.go turns
+    kube-openapi's errors into field errors: Required, NotSupported, TooLong, TooMany, Invalid)."""
+    causes: list[Cause] = []
+    if "enum" in schema and value not in schema["enum"]:
+        supported = ", ".join(_shown(v) for v in schema["enum"])
+        causes.append(
+            ("FieldValueNotSupported", path, f"Unsupported value: {_shown(value)}: supported values: {supported}")
+        )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_shown(value)}: {path} in body should be greater than or equal to "
+                    f"{schema['minimum']}",
+                )
+            )
+        if "maximum" in schema and value > schema["maximum"]:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_shown(value)}: {path} in body should be less than or equal to "
+                    f"{schema['maximum']}",
+                )
+            )
+    if isinstance(value, str):
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            causes.append(("FieldValueTooLong", path, f"Too long: may not be more than {schema['maxLength']} bytes"))
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_shown(value)}: {path} in body should be at least {schema['minLength']} "
+                    "chars long",
+                )
+            )
+        if "pattern" in schema and re.search(str(schema["pattern"]), value) is None:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_shown(value)}: {path} in body should match '{schema['pattern']}'",
+                )
+            )
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            causes.append(
+                ("FieldValueTooMany", path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items")
+            )
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {len(value)}: {path} in body should have at least {schema['minItems']} items",
+                )
+            )
+    return causes
+
+
+def schema_causes(value: Any, schema: dict[str, Any] | None, path: str = "") -> list[Cause]:
+    """A custom resource against its CRD's structural schema (below metadata): required properties and value
+    constraints. CEL rules (x-kubernetes-validations) are not evaluated."""
+    schema = k8s.resolve(schema)
+    if schema is None or value is None:
+        return []
+    causes = _value_causes(value, schema, path) if path else []
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        props = schema.get("properties") or {}
+        for name in schema.get("required") or []:
+            if name not in value:
+                causes.append(("FieldValueRequired", f"{path}.{name}" if path else name, "Required value"))
+        for key, item in value.items():
+            if not path and key in ("apiVersion", "kind", "metadata"):
+                continue
+            sub = props.get(key) or (
+                schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None
+            )
+            causes += schema_causes(item, sub, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            causes += schema_causes(item, schema.get("items"), f"{path}[{index}]")
+    return causes
+
+
 def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """Semantic validation (422) for the kinds the deployer and its tests use."""
+    """Semantic validation (422) for the kinds the deployer and its tests use; a custom resource against its
+    CRD's schema."""
     spec = obj.get("spec") or {}
     causes: list[Cause] = []
-    if rt.kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
+    if not rt.builtin:
+        version = str(obj.get("apiVersion", "")).rpartition("/")[2]
+        causes = schema_causes(obj, rt.crd_schemas.get(version) or rt.crd_schemas.get(rt.versions[0]))
+    elif rt.kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
         causes = _workload_causes(rt.kind, spec, old)
     elif rt.kind == "Pod":
         causes = _pod_spec_causes(spec, "spec")

@@ -1,4 +1,4 @@
-"""The deployer's weighted route in a VirtualService, as the canary tests read it."""
+"""The deployer's weighted route in a VirtualService or an HTTPRoute, as the canary tests read it."""
 
 from __future__ import annotations
 
@@ -19,3 +19,21 @@ def routed(virtual_service: dict[str, Any]) -> dict[str, Any]:
 
 def vs_split(virtual_service: dict[str, Any]) -> list[int]:
     return split(routed(virtual_service)["route"])
+
+
+def httproute_split(route: dict[str, Any]) -> list[int]:
+    """[stable, canary] percent of the deployer's weighted rule of an HTTPRoute (past the rule that pins the
+    canary for checks); one backendRef is all stable."""
+    rule = next(r for r in route["spec"]["rules"] if r.get("name") != "deployer-canary-pin")
+    refs = rule["backendRefs"]
+    if len(refs) == 1:
+        return [100, 0]
+    total = sum(int(r.get("weight", 1)) for r in refs)
+    canary = sum(int(r.get("weight", 1)) for r in refs if r["name"].endswith("-canary"))
+    return [100 - round(100 * canary / total), round(100 * canary / total)]
+
+
+ROUTES = {  # provider -> (group, version, plural, the split it states)
+    "istio": ("networking.istio.io", "v1", "virtualservices", vs_split),
+    "gateway-api": ("gateway.networking.k8s.io", "v1", "httproutes", httproute_split),
+}

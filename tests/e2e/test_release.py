@@ -19,7 +19,7 @@ import yaml
 from gitserver import server_config, start_server
 from kube_sandbox.testing import Running
 from kubernetes import client, watch
-from routes import vs_split
+from routes import ROUTES
 from support import ROOT, run_deployer, run_deployer_process
 
 pytestmark = pytest.mark.cluster
@@ -37,9 +37,16 @@ environments:
 
 
 def deploy_yaml(
-    namespace: str, *, steps: str = "[20, 50]", interval: str = "300ms", threshold: int = 2, grace: str = "0s"
+    namespace: str,
+    *,
+    steps: str = "[20, 50]",
+    interval: str = "300ms",
+    threshold: int = 2,
+    grace: str = "0s",
+    provider: str = "istio",
 ) -> str:
-    return DEPLOY.format(namespace=namespace, steps=steps, interval=interval, threshold=threshold, grace=grace)
+    text = DEPLOY.format(namespace=namespace, steps=steps, interval=interval, threshold=threshold, grace=grace)
+    return text.replace("canary: {steps", f"canary: {{provider: {provider}, steps") if provider != "istio" else text
 
 
 TEMPLATES = {
@@ -68,10 +75,16 @@ spec:
 
 
 @pytest.fixture
-def app(tmp_path: Path, namespace: str) -> Path:
+def provider() -> str:
+    """The traffic router; the tests that route traffic run with each (parametrized by name)."""
+    return "istio"
+
+
+@pytest.fixture
+def app(tmp_path: Path, namespace: str, provider: str) -> Path:
     repo = tmp_path / "shop"
     (repo / "templates").mkdir(parents=True)
-    (repo / "deploy.yaml").write_text(deploy_yaml(namespace))
+    (repo / "deploy.yaml").write_text(deploy_yaml(namespace, provider=provider))
     (repo / "Dockerfile").write_text("FROM scratch\n")
     for name, text in TEMPLATES.items():
         (repo / "templates" / name).write_text(text)
@@ -120,29 +133,31 @@ def start_deploy(app: Path, cluster: Running, version: str) -> subprocess.Popen[
     )
 
 
-def vs_weights(api: client.ApiClient, namespace: str) -> tuple[int, int]:
-    vs = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        "networking.istio.io", "v1", namespace, "virtualservices", "shop"
-    )
-    stable, canary = vs_split(vs)
+def vs_weights(api: client.ApiClient, namespace: str, provider: str = "istio") -> tuple[int, int]:
+    group, version, plural, split = ROUTES[provider]
+    route = client.CustomObjectsApi(api).get_namespaced_custom_object(group, version, namespace, plural, "shop")
+    stable, canary = split(route)
     return stable, canary
 
 
-def record_weights(api: client.ApiClient, namespace: str) -> tuple[list[tuple[int, int]], Callable[[], None]]:
+def record_weights(
+    api: client.ApiClient, namespace: str, provider: str = "istio"
+) -> tuple[list[tuple[int, int]], Callable[[], None]]:
+    group, version, plural, split = ROUTES[provider]
     seen: list[tuple[int, int]] = []
     stop = threading.Event()
 
     def follow() -> None:
         stream = watch.Watch().stream(
             client.CustomObjectsApi(api).list_namespaced_custom_object,
-            "networking.istio.io",
-            "v1",
+            group,
+            version,
             namespace,
-            "virtualservices",
+            plural,
             timeout_seconds=30,
         )
         for event in stream:
-            stable, canary = vs_split(event["object"])
+            stable, canary = split(event["object"])
             pair = (stable, canary)
             if not seen or seen[-1] != pair:
                 seen.append(pair)
@@ -159,13 +174,14 @@ def image_of(api: client.ApiClient, namespace: str, name: str) -> str:
     return str(deployment.spec.template.spec.containers[0].image)
 
 
+@pytest.mark.parametrize("provider", ["istio", "gateway-api"])
 def test_first_release_applies_without_canary_and_routes_all_to_stable(
-    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, provider: str
 ) -> None:
     code, out, err = deploy(app, cluster, "v1")
     assert code == 0, err
     assert "first release: applying 2 objects without a canary" in out
-    assert vs_weights(api, namespace) == (100, 0)
+    assert vs_weights(api, namespace, provider) == (100, 0)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
     stable = apps.read_namespaced_deployment("shop-primary", namespace)
@@ -179,11 +195,12 @@ def test_first_release_applies_without_canary_and_routes_all_to_stable(
     ] == [("1", "deployed")]
 
 
+@pytest.mark.parametrize("provider", ["istio", "gateway-api"])
 def test_a_good_canary_walks_the_weights_and_is_promoted(
-    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, provider: str
 ) -> None:
     assert deploy(app, cluster, "v1")[0] == 0
-    seen, stop = record_weights(api, namespace)
+    seen, stop = record_weights(api, namespace, provider)
     code, out, err = deploy(app, cluster, "v2")
     stop()
     assert code == 0, err
@@ -194,9 +211,10 @@ def test_a_good_canary_walks_the_weights_and_is_promoted(
     assert "promoting: the new version becomes stable" in out
 
 
+@pytest.mark.parametrize("provider", ["istio", "gateway-api"])
 @pytest.mark.sandbox_only
 def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
-    cluster: Running, api: client.ApiClient, namespace: str, app: Path
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, provider: str
 ) -> None:
     assert deploy(app, cluster, "v1")[0] == 0
     apps = client.AppsV1Api(api)
@@ -212,7 +230,7 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_stable_untouched(
     assert after.metadata.generation == before.metadata.generation
     assert image_of(api, namespace, "shop-primary") == "127.0.0.1:5000/shop:v1"
     assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["shop-primary"]
-    assert vs_weights(api, namespace) == (100, 0)
+    assert vs_weights(api, namespace, provider) == (100, 0)
     statuses = {
         r.metadata.labels["deployer.dev/revision"]: r.metadata.labels["deployer.dev/status"]
         for r in client.CoreV1Api(api).list_namespaced_secret(namespace, label_selector="owner=deployer").items
@@ -257,10 +275,16 @@ def test_history_status_and_rollback_to_an_earlier_revision(
 
 @pytest.mark.sandbox_only
 @pytest.mark.parametrize(
-    "boundary", ["revision 2 of shop", "weights stable 80% / canary 20%", "promoting: the new version becomes stable"]
+    ("boundary", "provider"),
+    [
+        ("revision 2 of shop", "istio"),
+        ("weights stable 80% / canary 20%", "istio"),
+        ("promoting: the new version becomes stable", "istio"),
+        ("weights stable 80% / canary 20%", "gateway-api"),
+    ],
 )
 def test_kill_9_at_a_phase_boundary_then_recover_ends_consistent(
-    cluster: Running, api: client.ApiClient, namespace: str, app: Path, boundary: str
+    cluster: Running, api: client.ApiClient, namespace: str, app: Path, boundary: str, provider: str
 ) -> None:
     assert deploy(app, cluster, "v1")[0] == 0
     proc = start_deploy(app, cluster, "v2")
@@ -275,7 +299,7 @@ def test_kill_9_at_a_phase_boundary_then_recover_ends_consistent(
     code, out, err = operation(app, cluster, "recover")
     assert code == 0, err
     assert "recovered 1 release(s): [2]" in out
-    assert vs_weights(api, namespace) == (100, 0)
+    assert vs_weights(api, namespace, provider) == (100, 0)
     assert [d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items] == [
         "shop-primary"
     ]

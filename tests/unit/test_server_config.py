@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deployer.config import parse_deploy_config
@@ -235,13 +237,13 @@ def test_environments_on_other_clusters_are_bound_by_name() -> None:
     with pytest.raises(DeployError, match=r"apps.hello.clusters.prod: no cluster 'prod-us' in 'clusters' \(it has: "):
         parse_server_config(unknown, source="server.yaml")
     stray = placed.replace("clusters: {prod: prod-eu}", "clusters: {qa: prod-eu}")
-    with pytest.raises(DeployError, match="clusters.qa: no such environment in 'environments'"):
+    with pytest.raises(DeployError, match=re.escape("clusters.qa: no such environment in 'environments'")):
         parse_server_config(stray, source="server.yaml")
     same = placed.replace("clusters: {prod: prod-eu}", "clusters: {}")
     with pytest.raises(DeployError, match="namespace 'hello' is bound to both 'staging' and 'prod'"):
         parse_server_config(same, source="server.yaml")
     nowhere = placed.replace("cluster: {inCluster: true}\n", "")
-    with pytest.raises(DeployError, match="apps.hello.environments.staging: no cluster: give 'cluster'"):
+    with pytest.raises(DeployError, match=re.escape("apps.hello.environments.staging: no cluster: give 'cluster'")):
         parse_server_config(nowhere, source="server.yaml")
     everywhere = nowhere.replace("clusters: {prod: prod-eu}", "clusters: {prod: prod-eu, staging: prod-eu}").replace(
         "{staging: hello, prod: hello}", "{staging: hello-staging, prod: hello}"

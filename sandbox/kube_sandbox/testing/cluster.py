@@ -89,14 +89,21 @@ class Running:
         time.sleep(self.info()["propagationDelay"] + 0.3 if self.sandbox else 5.0)
 
     def send(
-        self, host: str, count: int, *, source: str | None = None, sidecar: bool = True, path: str = "/"
+        self,
+        host: str,
+        count: int,
+        *,
+        source: str | None = None,
+        sidecar: bool = True,
+        path: str = "/",
+        headers: dict[str, str] | None = None,
     ) -> list[tuple[int, str]]:
-        """`count` requests for `host`: through the ingress gateway, or from a pod of `source` (NAMESPACE[/LABELS])
-        with or without its sidecar. A connection reset reads (0, "reset")."""
+        """`count` requests for `host` (with `headers`): through the ingress gateway, or from a pod of `source`
+        (NAMESPACE[/LABELS]) with or without its sidecar. A connection reset reads (0, "reset")."""
         from kube_sandbox.traffic import client_headers  # noqa: PLC0415
 
         base = self.info()["clients" if source else "gateway"]
-        headers = {"Host": host, **client_headers(source, sidecar=sidecar)}
+        headers = {**(headers or {}), "Host": host, **client_headers(source, sidecar=sidecar)}
         return asyncio.run(_requests(f"{base}{path}", headers, count))
 
     def stop(self) -> None:
