@@ -164,17 +164,26 @@ class Helm:
         registry_config: Path | None = None,
         cache: Path | None = None,
         repositories: dict[str, str] | None = None,
+        credentials: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         """`helm dependency build` in `chart_dir`: its charts/ from Chart.lock (helm checks the lock's digest
         against Chart.yaml), pulled into helm's content cache under `cache` (by digest) when one is given. Chart
-        repositories (URL -> name) are added to a repository config of this build's own, never the user's."""
+        repositories (URL -> name) are added to a repository config of this build's own, never the user's, with
+        their (user, password) from `credentials` (URL -> pair) where given: the password on helm's stdin."""
         own = chart_dir.parent / ".helm"
         common = ["--repository-config", str(own / "repositories.yaml"), "--repository-cache", str(own / "cache")]
         env = {**os.environ}
         if cache is not None:
             env["HELM_CACHE_HOME"] = str(cache)
         for url, name in (repositories or {}).items():
-            await self._run_plain(["repo", "add", name, url, *common], env=env, where=f"{chart_label}/Chart.yaml")
+            login = (credentials or {}).get(url)
+            auth = ["--username", login[0], "--password-stdin"] if login else []
+            await self._run_plain(
+                ["repo", "add", name, url, *common, *auth],
+                env=env,
+                where=f"{chart_label}/Chart.yaml",
+                stdin=login[1].encode() if login else None,
+            )
         command = ["dependency", "build", str(chart_dir), "--skip-refresh", *common]
         if plain_http:
             command.append("--plain-http")
@@ -182,19 +191,22 @@ class Helm:
             command += ["--registry-config", str(registry_config)]
         await self._run_plain(command, env=env, where=f"{chart_label.rstrip('/')}/Chart.yaml")
 
-    async def _run_plain(self, command: list[str], *, env: dict[str, str] | None = None, where: str) -> str:
+    async def _run_plain(
+        self, command: list[str], *, env: dict[str, str] | None = None, where: str, stdin: bytes | None = None
+    ) -> str:
         """helm COMMAND with a timeout, its stdout and stderr together (helm 4 reports some results on stderr); a
         failure is one DeployError with helm's own words."""
         proc = await asyncio.create_subprocess_exec(
             self.executable,
             *command,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             env=env,
         )
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+            stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout=self.timeout)
         except TimeoutError:
             await _stop(proc)
             raise DeployError(f"helm {' '.join(command[:2])} took longer than {self.timeout:g}s", where=where) from None

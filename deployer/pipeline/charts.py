@@ -2,7 +2,8 @@
 of a chart in the repository (oci:// registries and https:// chart repositories).
 
 The server pulls only from the registries server.yaml lists (`charts.registries`), with its credentials
-(`charts.authFile`), never anything a push names beyond that. The version is resolved to its manifest digest
+(`charts.authFile`, a docker config.json: for oci:// registries and https:// chart repositories alike, by host),
+never anything a push names beyond that. The version is resolved to its manifest digest
 first (one HEAD); a chart already pulled at that digest is reused from the cache under the data directory
 (`charts/sha256-<hex>`), otherwise helm pulls it and the digest helm reports must be the one resolved.
 """
@@ -80,6 +81,11 @@ class ChartRegistries:
             registry_config=self.auth_file,
             cache=self.cache / "helm" if self.cache is not None else None,
             repositories=repositories,
+            credentials={
+                url: login
+                for url in repositories
+                if (login := self.registry.credentials.get(urlsplit(url).netloc)) is not None
+            },
         )
         return copy
 

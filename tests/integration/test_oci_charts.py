@@ -3,10 +3,13 @@ the repository does; a version the registry lacks, or a chart without its versio
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -15,6 +18,11 @@ from pathlib import Path
 
 import pytest
 from support import EXAMPLES, Registry, edit, run_deployer, start_registry
+
+from deployer.build.registry import RegistryClient
+from deployer.errors import DeployError
+from deployer.helm import Helm
+from deployer.pipeline.charts import ChartRegistries
 
 pytestmark = pytest.mark.skipif(not shutil.which("docker-registry"), reason="docker-registry: make setup")
 HELM = shutil.which("helm") or "helm"
@@ -179,3 +187,71 @@ def test_a_dependency_that_is_neither_registry_nor_chart_repository_is_one_line(
         "error: charts/hello/Chart.yaml: dependencies[0] (redis): 'http://charts.example.com' is not an oci:// "
         "registry or an https:// chart repository; vendor it in charts/ otherwise"
     )
+
+
+def test_a_chart_repository_behind_basic_auth_is_reached_with_the_servers_credentials_for_its_host(
+    example: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """charts.authFile (a docker config.json) gives https:// chart repositories their credentials by host, as it
+    gives oci:// registries theirs; without them, one line with helm's own words."""
+    login = base64.b64encode(b"ci:s3cret-repo-password").decode()  # pragma: allowlist secret
+    root = tmp_path / "repository"
+    for name, text in COMMON.items():
+        (root / "src" / "common" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "src" / "common" / name).write_text(text)
+    (root / "site").mkdir()
+    helm("package", root / "src" / "common", "-d", root / "site")
+
+    class Guarded(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != f"Basic {login}":
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="charts"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Guarded, directory=str(root / "site")))
+    host = f"127.0.0.1:{server.server_address[1]}"
+    helm("repo", "index", root / "site", "--url", f"http://{host}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chart = example("hello") / "charts" / "hello"
+        with (chart / "Chart.yaml").open("a") as meta:
+            meta.write(f"dependencies:\n  - {{name: common, version: 0.1.0, repository: 'http://{host}'}}\n")
+        home = tmp_path / "home"  # the developer's own helm, logged in to the repository
+        env = {"HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache")}
+        helm(
+            "repo",
+            "add",
+            "library",
+            f"http://{host}",
+            "--username",
+            "ci",
+            "--password",
+            "s3cret-repo-password",
+            env=env,
+        )
+        helm("dependency", "update", chart, env=env)
+        shutil.rmtree(chart / "charts")
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps({"auths": {host: {"auth": login}}}))
+
+        def build(registries: ChartRegistries) -> Path:
+            scratch = Path(tempfile.mkdtemp(dir=tmp_path))
+            return asyncio.run(
+                registries.dependencies(Helm(timeout=60), chart, chart_label="charts/hello", scratch=scratch)
+            )
+
+        built = build(ChartRegistries(registry=RegistryClient(auth_file=auth), auth_file=auth))
+        assert [p.name for p in (built / "charts").iterdir()] == ["common-0.1.0.tgz"]
+        with pytest.raises(DeployError) as refused:
+            build(ChartRegistries(registry=RegistryClient()))
+        assert refused.value.where == "charts/hello/Chart.yaml"
+        assert refused.value.message.startswith("helm repo add: ") and "401" in refused.value.message
+        assert "s3cret" not in refused.value.message
+    finally:
+        server.shutdown()
