@@ -24,6 +24,7 @@ from deployer.kube.client import LEASES, ApiError, KubeClient
 log = logging.getLogger(__name__)
 
 _serial = itertools.count(1)
+_held: set[str] = set()  # the identities this process holds now (a Lock between its enter and its exit)
 
 
 def _now() -> datetime.datetime:
@@ -41,10 +42,13 @@ def holder_identity() -> str:
 
 
 def _dead_here(holder: str) -> bool:
-    """A holder on this host whose process is gone (it was killed) holds nothing any more."""
+    """A holder on this host whose process is gone (it was killed) holds nothing any more; nor does one of this
+    very process whose Lock has exited (it could not delete the lease: its cluster did not answer then)."""
     host, _, pid = holder.partition("#")[0].rpartition("-")
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    if int(pid) == os.getpid():
+        return holder not in _held
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -122,7 +126,8 @@ class Lock:
             )
             < _now()
         )
-        expired = expired or (holder is not None and _dead_here(str(holder)))
+        gone = holder is not None and not expired and _dead_here(str(holder))
+        expired = expired or gone
         if holder not in (None, "", self.holder) and not expired:
             return str(holder)
         try:
@@ -140,10 +145,19 @@ class Lock:
                 return "another deployer (it took the lease first)"
             raise DeployError(f"cannot take Lease {self.name}: {exc.message}", where=self.namespace) from None
         if expired and holder not in (None, "", self.holder):
-            self.sink(Event("lock", f"took over the expired lease of {holder}"))
+            how = "the lease of" if gone else "the expired lease of"
+            self.sink(Event("lock", f"took over {how} {holder}{', which holds nothing any more' if gone else ''}"))
         return None
 
     async def __aenter__(self) -> Lock:
+        _held.add(self.holder)  # before the lease can bear it: no one here may take it for a dead holder's
+        try:
+            return await self._acquire()
+        except BaseException:
+            _held.discard(self.holder)
+            raise
+
+    async def _acquire(self) -> Lock:
         deadline = asyncio.get_running_loop().time() + self.timeout
         told, what = False, None
         while (holder := await self._try()) is not None:
@@ -200,6 +214,7 @@ class Lock:
             )
 
     async def __aexit__(self, *exc: object) -> None:
+        _held.discard(self.holder)  # from now on, a lease left with this identity is a dead holder's
         if self._renewer:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
