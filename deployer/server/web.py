@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deployer.server.web")
 COOKIE = "deployer_session"
 FRESH = 1.0  # seconds a read of an environment's records is shared by every page and stream
+UNANSWERED = 10.0  # seconds a cluster that did not answer is not asked again for pages
 HEARTBEAT = 15.0
 LOG_LINES = 500
 STATIC = Path(__file__).parent / "static"
@@ -144,11 +145,14 @@ class Feeds:
 
 
 class Histories:
-    """Records read through a short cache: any number of viewers cost one read per environment per FRESH."""
+    """Records read through a short cache: any number of viewers cost one read per environment per FRESH; a
+    cluster that did not answer (after the client's retries) is not asked again for UNANSWERED seconds, so a
+    page with an environment on it stays quick."""
 
     def __init__(self, server: DeployServer) -> None:
         self.server = server
         self._cache: dict[tuple[str, str], tuple[float, list[Record]]] = {}
+        self._failed: dict[tuple[str, str], tuple[float, Exception]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def __call__(self, app: str, environment: str) -> list[Record]:
@@ -157,8 +161,16 @@ class Histories:
             cached = self._cache.get(key)
             if cached is not None and time.monotonic() - cached[0] < FRESH:
                 return cached[1]
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < UNANSWERED:
+                raise failed[1]
             env = self.server.environment(app, environment)
-            records = await ops.records_of(self.server.api(app, environment), env).history()
+            try:
+                records = await ops.records_of(self.server.api(app, environment), env).history()
+            except (DeployError, TransientError, OSError) as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(key, None)
             self._cache[key] = (time.monotonic(), records)
             return records
 
@@ -383,10 +395,13 @@ class WebView:
         user = self._user(request)
         if user is None:
             self._signin_redirect(request)
-        rows = []
-        for app in self._visible(user):
-            for environment, namespace in self.config.apps[app].environments.items():
-                rows.append(await self._row(app, environment, namespace))
+        rows = await asyncio.gather(  # at once: a cluster that does not answer costs the page one wait
+            *(
+                self._row(app, environment, namespace)
+                for app in self._visible(user)
+                for environment, namespace in self.config.apps[app].environments.items()
+            )
+        )
         return self._page("overview.html", rows=rows, **self._common(request, user))
 
     async def _row(self, app: str, environment: str, namespace: str) -> dict[str, Any]:
@@ -397,6 +412,7 @@ class WebView:
             "error": "",
             "live": None,
             "last": None,
+            "cluster": self.config.cluster_of(app, environment) or "default" if self.config.clusters else "",
         }
         try:
             records = await self.histories(app, environment)

@@ -5,6 +5,7 @@ line and staging goes on working, and prod's release left mid-flight is recovere
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from gitserver import (
     App,
     GitServer,
@@ -121,6 +123,17 @@ def test_each_environment_lands_on_its_own_cluster_and_a_stopped_one_fails_only_
     assert server.ref("refs/heads/main", app.name) == head
     status, page = server.get("/healthz")
     assert status == 200, page
+    # the web view: each environment on its cluster; the one away is one line in its own row
+    web = requests.Session()
+    base = f"http://127.0.0.1:{server.http_port}"
+    overview = web.post(f"{base}/ui/signin", data={"token": server.tokens["alice"], "next": "/ui/"}, timeout=30)
+    assert overview.status_code == 200, overview.text
+    rows = {
+        env: re.sub(r"\s+", " ", row)
+        for env, row in re.findall(r'<tr data-env="[^"/]+/(\w+)">(.*?)</tr>', overview.text, flags=re.S)
+    }
+    assert f"{app.name}-prod on prod-eu" in rows["prod"] and "records not readable" in rows["prod"]
+    assert f"{app.name}-staging on default" in rows["staging"] and head[:12] in rows["staging"]
 
 
 def test_a_release_its_cluster_left_mid_flight_is_recovered_once_the_cluster_is_back(two: Two) -> None:
