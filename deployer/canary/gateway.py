@@ -10,8 +10,9 @@ Two kinds of parent (kubernetes-sigs/gateway-api apis/v1/shared_types.go ParentR
 An HTTPRoute the chart renders whose rules send to the Service (one backendRef per rule, as for Istio) is
 adopted: everything in it is kept and only those rules' backendRefs change. A backendRef to a Service needs a
 port (the CRD's CEL rule), so the deployer's own routes send to the Service's HTTP port (named `http`, else its
-first); rules the deployer writes match every path (PathPrefix /), and a rule pinned by PIN_HEADER, first,
-sends checks to the canary whatever the weights.
+first); rules the deployer writes match every path (PathPrefix /), and for each weighted rule a rule with its
+matches and PIN_HEADER (one more header match: it wins by the spec's precedence) sends checks to the canary
+whatever the weights.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ API_VERSION = f"{GROUP}/v1"
 KIND = "HTTPRoute"
 PIN_RULE = "deployer-canary-pin"
 ROUTE = "deployer"
-EVERY_PATH = [{"path": {"type": "PathPrefix", "value": "/"}}]
+EVERY_PATH: list[dict[str, Any]] = [{"path": {"type": "PathPrefix", "value": "/"}}]
 
 
 def _backend_is(ref: dict[str, Any], service: str, namespace: str, route_namespace: str) -> bool:
@@ -185,7 +186,7 @@ class GatewayRouter:
     def weights(self, live: dict[str, Any], target: CanaryTarget) -> tuple[int, int] | None:
         namespace = live["metadata"].get("namespace") or target.namespace
         for rule in (live.get("spec") or {}).get("rules") or []:
-            if rule.get("name") == PIN_RULE:
+            if str(rule.get("name", "")).startswith(PIN_RULE):
                 continue
             refs = rule.get("backendRefs") or []
             if not any(_backend_is(r, target.service, target.namespace, namespace) for r in refs):
@@ -208,11 +209,17 @@ def _split(stable: dict[str, Any], target: CanaryTarget, weight: int | None) -> 
     return [{**stable, "weight": 100 - weight}, {**canary, "weight": weight}]
 
 
-def _pinned(stable: dict[str, Any], target: CanaryTarget) -> dict[str, Any]:
+def _pinned(
+    stable: dict[str, Any], target: CanaryTarget, matches: list[dict[str, Any]] | None = None, index: int = 0
+) -> dict[str, Any]:
+    """The rule that sends requests carrying PIN_HEADER to the canary: the weighted rule's own matches with the
+    header added, so that by the spec's precedence (one more header match) it wins wherever that rule would."""
+    pin = {"type": "Exact", "name": PIN_HEADER, "value": "true"}
     return {
-        "name": PIN_RULE,
+        "name": PIN_RULE if index == 0 else f"{PIN_RULE}-{index + 1}",
         "matches": [
-            {"path": EVERY_PATH[0]["path"], "headers": [{"type": "Exact", "name": PIN_HEADER, "value": "true"}]}
+            {**m, "headers": [*(h for h in m.get("headers") or [] if h.get("name") != PIN_HEADER), pin]}
+            for m in (matches or EVERY_PATH)
         ],
         "backendRefs": [{**stable, "name": target.canary_service}],
     }
@@ -228,8 +235,8 @@ def _weighted(route: dict[str, Any], target: CanaryTarget, weight: int | None) -
         refs = rule.get("backendRefs") or []
         if len(refs) == 1 and _backend_is(refs[0], target.service, target.namespace, namespace):
             stable = {k: v for k, v in refs[0].items() if k != "weight"}
-            if weight is not None and not pins:
-                pins.append(_pinned(stable, target))
+            if weight is not None:
+                pins.append(_pinned(stable, target, rule.get("matches"), len(pins)))
             rule["backendRefs"] = _split(stable, target, weight)
     if pins:
         out["spec"]["rules"] = [*pins, *rules]

@@ -24,7 +24,7 @@ def vs_split(virtual_service: dict[str, Any]) -> list[int]:
 def httproute_split(route: dict[str, Any]) -> list[int]:
     """[stable, canary] percent of the deployer's weighted rule of an HTTPRoute (past the rule that pins the
     canary for checks); one backendRef is all stable."""
-    rule = next(r for r in route["spec"]["rules"] if r.get("name") != "deployer-canary-pin")
+    rule = next(r for r in route["spec"]["rules"] if not str(r.get("name", "")).startswith("deployer-canary-pin"))
     refs = rule["backendRefs"]
     if len(refs) == 1:
         return [100, 0]

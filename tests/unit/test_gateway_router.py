@@ -88,6 +88,26 @@ def test_a_charts_route_is_adopted_and_only_its_rule_to_the_service_changes() ->
     assert rules[1] == gamma["spec"]["rules"][0], "the rule to another Service is untouched"
     assert [(b["name"], b["weight"]) for b in rules[2]["backendRefs"]] == [("web", 90), ("web-canary", 10)]
     assert router.weights(adopted, TARGET) == (90, 10)
+    # a rule to the Service with its own match: the pin has the same match and the header, so it wins there
+    api_rule = {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+        "backendRefs": [{"name": "web", "port": 80}],
+    }
+    both = chart_route(
+        parentRefs=[{"group": "", "kind": "Service", "name": "web"}],
+        rules=[api_rule, {"backendRefs": [{"name": "web", "port": 80}]}],
+    )
+    [pinned] = router.routes([SERVICE, both], [TARGET], 10)
+    pins = [r for r in pinned["spec"]["rules"] if r.get("name", "").startswith(PIN_RULE)]
+    assert [p["name"] for p in pins] == [PIN_RULE, f"{PIN_RULE}-2"]
+    assert pins[0]["matches"] == [
+        {
+            "path": {"type": "PathPrefix", "value": "/api"},
+            "headers": [{"type": "Exact", "name": PIN_HEADER, "value": "true"}],
+        }
+    ]
+    assert all(b["name"] == "web-canary" for p in pins for b in p["backendRefs"])
+    assert router.weights(pinned, TARGET) == (90, 10)
     # a gateway-only route is adopted too, and the mesh gets the deployer's own
     names = sorted(r["metadata"]["name"] for r in router.routes([SERVICE, chart_route()], [TARGET], 10))
     assert names == ["public", "web"]
