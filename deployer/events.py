@@ -28,6 +28,13 @@ def discard(event: Event) -> None:
     """A sink for callers that do not listen."""
 
 
+def line(event: Event) -> str:
+    """An event as one line of a push's output (each a `remote:` line) and of the web view's release log."""
+    prefix = "warning: " if event.kind == "warning" else ""
+    text = f"  {event.message}" if event.kind == "output" else f"{prefix}{event.message}"
+    return f"{event.step:>8}  {text}"
+
+
 class Status(StrEnum):
     """A release record's status (stored as its value)."""
 
@@ -201,3 +208,8 @@ class Record:
             restored=data.get("restored"),
             rollback_of=int(data["rollback_of"]) if data.get("rollback_of") is not None else None,
         )
+
+
+def live_release(history: list[Record]) -> Record | None:
+    """The release that serves now: the newest deployed one of a history (oldest first)."""
+    return next((r for r in reversed(history) if r.status is Status.DEPLOYED), None)

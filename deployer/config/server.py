@@ -225,13 +225,16 @@ class RegistryConfig(StrictModel):
     auth_file: str | None = None
 
 
+RegistryHost = Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]
+
+
 class ChartsConfig(StrictModel):
     """Where oci:// charts may come from: the only registries a push's chart is pulled from."""
 
-    registries: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+    registries: list[RegistryHost] = Field(
         default_factory=list, description="Registry hosts (HOST or HOST:PORT); none by default."
     )
-    insecure: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+    insecure: list[RegistryHost] = Field(
         default_factory=list, description="Those reached over plain http (loopback registries always are)."
     )
     auth_file: str | None = Field(default=None, description="Credentials for them, as a docker config.json.")
@@ -502,17 +505,21 @@ def _allowed(patterns: list[str], name: str) -> bool:
     return "*" in patterns or name in patterns
 
 
+def may_push(config: ServerConfig, *, user: str, app: str) -> bool:
+    """Whether `user` may push `app` (and see its releases in the web view)."""
+    return _allowed(config.users[user].apps, app)
+
+
 def may_act(config: ServerConfig, *, user: str, app: str, environment: str) -> bool:
     """Whether `user` may change what runs in `app`'s `environment` (push to it, promote, abort, roll back)."""
-    rights = config.users[user]
-    return _allowed(rights.apps, app) and _allowed(rights.environments, environment)
+    return may_push(config, user=user, app=app) and _allowed(config.users[user].environments, environment)
 
 
 def check_app(config: ServerConfig, *, user: str, app: str) -> None:
     """The repository may be pushed at all: a known app, and a user allowed to push it."""
     if app not in config.apps:
         raise DeployError(f"unknown app {app!r}: the server deploys {', '.join(sorted(config.apps))}", where="server")
-    if not _allowed(config.users[user].apps, app):
+    if not may_push(config, user=user, app=app):
         raise DeployError(f"user {user!r} may not push app {app!r}", where="server")
 
 

@@ -38,13 +38,32 @@ def _name(app: str, environment: str, revision: int) -> str:
     return f"deployer.{app}.{environment}.v{revision}"
 
 
+def release_name(app: str, environment: str, revision: int) -> str:
+    """The Release object's name: APP.ENVIRONMENT.vREVISION (app and environment are DNS labels, so no two
+    environments' names meet)."""
+    return f"{app}.{environment}.v{revision}"
+
+
+def _selector(app: str, environment: str) -> str:
+    """The records of one environment, and their Release objects (both carry these labels)."""
+    return f"owner=deployer,deployer.dev/app={app},deployer.dev/environment={environment}"
+
+
+def _labels(app: str, environment: str, revision: int) -> dict[str, str]:
+    return {
+        "owner": "deployer",
+        "deployer.dev/app": app,
+        "deployer.dev/environment": environment,
+        "deployer.dev/revision": str(revision),
+    }
+
+
 def _time(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def release_object(record: Record, *, namespace: str, app: str, environment: str) -> dict[str, Any]:
-    """The Release object that shows `record` (its name: APP.ENVIRONMENT.vREVISION; app and environment are
-    DNS labels, so no two environments' names meet)."""
+    """The Release object that shows `record`."""
     spec: dict[str, Any] = {
         "app": app,
         "environment": environment,
@@ -78,16 +97,14 @@ def release_object(record: Record, *, namespace: str, app: str, environment: str
             }
             for r in record.rounds
         ]
-    labels = {
-        "owner": "deployer",
-        "deployer.dev/app": app,
-        "deployer.dev/environment": environment,
-        "deployer.dev/revision": str(record.revision),
-    }
     return {
         "apiVersion": RELEASES.api_version,
         "kind": RELEASES.kind,
-        "metadata": {"name": f"{app}.{environment}.v{record.revision}", "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": release_name(app, environment, record.revision),
+            "namespace": namespace,
+            "labels": _labels(app, environment, record.revision),
+        },
         "spec": spec,
         "status": status,
     }
@@ -145,8 +162,8 @@ class Mirror:
         deleted. Returns how many it changed."""
         if self.off is not None:
             return 0
-        selector = f"owner=deployer,deployer.dev/app={self.app},deployer.dev/environment={self.environment}"
         try:
+            selector = _selector(self.app, self.environment)
             listed = (await self.api.list(RELEASES, self.namespace, labels=selector)).get("items") or []
         except ApiError as exc:
             self._failed(exc)
@@ -181,7 +198,7 @@ class Records:
 
     @property
     def selector(self) -> str:
-        return f"owner=deployer,deployer.dev/app={self.app},deployer.dev/environment={self.environment}"
+        return _selector(self.app, self.environment)
 
     async def history(self) -> list[Record]:
         """Every stored release, oldest first."""
@@ -198,13 +215,7 @@ class Records:
         When the release has ended, the oldest records beyond `keep` are dropped."""
         revision = record.revision
         name = _name(self.app, self.environment, revision)
-        labels = {
-            "owner": "deployer",
-            "deployer.dev/app": self.app,
-            "deployer.dev/environment": self.environment,
-            "deployer.dev/revision": str(revision),
-            "deployer.dev/status": record.status.value,
-        }
+        labels = {**_labels(self.app, self.environment, revision), "deployer.dev/status": record.status.value}
         payload = base64.b64encode(gzip.compress(json.dumps(record.to_json(), sort_keys=True).encode())).decode()
         data = {"release": base64.b64encode(payload.encode()).decode()}
         patch: dict[str, Any] = {"metadata": {"labels": labels}, "data": data}
@@ -236,7 +247,7 @@ class Records:
             await self.api.delete(SECRETS, self.namespace, _name(self.app, self.environment, old))
             if self.mirror.off is None:
                 with contextlib.suppress(ApiError):  # a mirror's delete never fails the release
-                    await self.api.delete(RELEASES, self.namespace, f"{self.app}.{self.environment}.v{old}")
+                    await self.api.delete(RELEASES, self.namespace, release_name(self.app, self.environment, old))
 
     async def request(self, revision: int, what: str) -> None:
         """Ask the running release of `revision` to `promote` or `abort` (it reads this at every round)."""

@@ -26,7 +26,7 @@ from deployer.canary.objects import (
 from deployer.canary.router import Routing
 from deployer.config.model import CanaryPolicy, Job, check_windows
 from deployer.errors import DeployError, RolledBack, TransientError
-from deployer.events import CheckResult, Event, EventSink, Phase, Record, Round, Status, discard
+from deployer.events import CheckResult, Event, EventSink, Phase, Record, Round, Status, discard, live_release
 from deployer.kube.lease import LockLost
 from deployer.pipeline.checks import configured_checks
 from deployer.pipeline.ports import JobRunner, Ports
@@ -87,7 +87,7 @@ async def release(
         if options.precondition is not None:
             await options.precondition()
         history = await records.history()
-        previous = next((r for r in reversed(history) if r.status is Status.DEPLOYED), None)
+        previous = live_release(history)
         objects = owned_by_release(rendered.manifests, app=rendered.app, environment=rendered.environment)
         hooks, objects = split_pre_deploy(objects)
         labels = objects[0]["metadata"]["labels"] if objects else {}

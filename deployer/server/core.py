@@ -29,7 +29,7 @@ from deployer.build.source import ZERO, git, ref_value
 from deployer.config.model import DNS1123_LABEL
 from deployer.config.server import ServerConfig, check_app, may_act
 from deployer.errors import DeployError, RolledBack, TransientError
-from deployer.events import Event, Record, Status
+from deployer.events import Event, Record, line, live_release
 from deployer.kube.client import ApiError, KubeClient
 from deployer.kube.records import Records, pending_environments
 from deployer.pipeline import operations
@@ -332,7 +332,7 @@ class DeployServer:
                     f"({' '.join(str(exc).split())[:120]}); push again once the cluster answers",
                     where="server",
                 ) from None
-            live = next((r for r in reversed(history) if r.status is Status.DEPLOYED), None)
+            live = live_release(history)
             if live is not None and live.branch == branch:
                 found.append(environment)
         return found
@@ -343,9 +343,7 @@ class DeployServer:
         outcomes: list[Outcome] = []
 
         def emit(event: Event) -> None:
-            prefix = "warning: " if event.kind == "warning" else ""
-            text = f"  {event.message}" if event.kind == "output" else f"{prefix}{event.message}"
-            say(f"{event.step:>8}  {text}")
+            say(line(event))
             log.info("%s %s [%s] %s", push.app, push.user, event.step, event.message)
 
         try:
@@ -480,10 +478,10 @@ class DeployServer:
             said = f"revision {revision} is live" if record is not None else (error.message if error else result)
             reason = error.message if error is not None else None
             self.notifier.notify(result, revision=revision, reason=reason, message=said, **about)
-        if error is not None and result != "dry-run":
-            # a release that could not end (its cluster stopped answering) may be left pending: the next pass
-            # of the resync loop recovers it; one that ended leaves nothing pending, and costs one list
-            self._unrecovered.add((push.app, target.environment))
+            if error is not None:
+                # a release that could not end (its cluster stopped answering) may be left pending: the next
+                # pass of the resync loop recovers it; one that ended leaves nothing pending, and costs one list
+                self._unrecovered.add((push.app, target.environment))
         if error is not None and not push.parsed.follow:
             await self._put_back(push, target.update)
         return result, record, error
@@ -523,5 +521,5 @@ def _table(say: Callable[[str], None], outcomes: list[Outcome]) -> None:
 
 def _error(say: Callable[[str], None], exc: DeployError) -> None:
     say(f"error: {exc}")
-    for line in exc.details:
-        say(f"  | {line}")
+    for detail in exc.details:
+        say(f"  | {detail}")

@@ -31,9 +31,9 @@ import jinja2
 from aiohttp import web
 
 from deployer.build.source import git
-from deployer.config.server import ServerConfig, may_act, user_for_token
+from deployer.config.server import ServerConfig, may_act, may_push, user_for_token
 from deployer.errors import DeployError, TransientError
-from deployer.events import Event, Record, Status
+from deployer.events import Event, Record, Status, line, live_release
 from deployer.pipeline import operations as ops
 from deployer.server.throttle import Throttle
 
@@ -125,12 +125,11 @@ class Feed:
     listeners: set[asyncio.Queue[str]] = field(default_factory=set)
 
     def publish(self, event: Event) -> None:
-        prefix = "warning: " if event.kind == "warning" else ""
-        line = f"{event.step:>8}  {'  ' if event.kind == 'output' else ''}{prefix}{event.message}"
-        self.lines.append(line)
+        said = line(event)
+        self.lines.append(said)
         for queue in self.listeners:
             with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(line)
+                queue.put_nowait(said)
 
     def restart(self) -> None:
         self.lines.clear()
@@ -220,7 +219,7 @@ def _digest(image: str) -> str:
 def state_of(records: list[Record]) -> dict[str, Any]:
     """What an environment page shows live, as JSON (records without manifests or values)."""
     last = records[-1] if records else None
-    live = next((r for r in reversed(records) if r.status is Status.DEPLOYED), None)
+    live = live_release(records)
     state: dict[str, Any] = {
         "live": live.revision if live else None,
         "history": [
@@ -324,8 +323,7 @@ class WebView:
         return origin is None or urlsplit(origin).netloc == request.host
 
     def _visible(self, user: str) -> list[str]:
-        apps = self.config.users[user].apps
-        return [a for a in sorted(self.config.apps) if "*" in apps or a in apps]
+        return [a for a in sorted(self.config.apps) if may_push(self.config, user=user, app=a)]
 
     def _known(self, request: web.Request, user: str) -> tuple[str, str]:
         app, environment = request.match_info["app"], request.match_info["environment"]
@@ -417,8 +415,8 @@ class WebView:
         try:
             records = await self.histories(app, environment)
         except (DeployError, TransientError, OSError) as exc:
-            return {**row, "error": f"records not readable: {' '.join(str(exc).split())[:160]}"}
-        live = next((r for r in reversed(records) if r.status is Status.DEPLOYED), None)
+            return {**row, "error": _unreadable(exc)}
+        live = live_release(records)
         last = records[-1] if records else None
         if live is not None:
             commit = await self.commits(app, live.commit)
@@ -450,7 +448,7 @@ class WebView:
         try:
             state = await self._state(app, environment)
         except (DeployError, TransientError, OSError) as exc:
-            state, error = state_of([]), error or f"records not readable: {' '.join(str(exc).split())[:160]}"
+            state, error = state_of([]), error or _unreadable(exc)
         return self._page(
             "environment.html",
             status=status,
@@ -466,10 +464,10 @@ class WebView:
         )
 
     async def _state(self, app: str, environment: str) -> dict[str, Any]:
-        state = state_of(await self.histories(app, environment))
-        if "release" in state:
-            sha = next(r.commit for r in reversed(await self.histories(app, environment)))
-            state["release"]["subject"] = (await self.commits(app, sha)).subject
+        records = await self.histories(app, environment)
+        state = state_of(records)
+        if records:
+            state["release"]["subject"] = (await self.commits(app, records[-1].commit)).subject
         return state
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -576,6 +574,10 @@ class WebView:
         task = asyncio.create_task(run())
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
+
+
+def _unreadable(exc: Exception) -> str:
+    return f"records not readable: {' '.join(str(exc).split())[:160]}"
 
 
 def _local(target: str) -> str:

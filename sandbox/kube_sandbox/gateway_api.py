@@ -23,7 +23,7 @@ import re
 import urllib.parse
 from typing import Any
 
-from kube_sandbox.istio import Config, Destination, Request
+from kube_sandbox.istio import Config, Destination, Request, host_matches
 
 GROUP = "gateway.networking.k8s.io"
 CONTROLLER = "istio.io/gateway-controller"
@@ -38,21 +38,15 @@ class Refused(Exception):
         self.status, self.body = status, body
 
 
-def _hostname_matches(pattern: str, host: str) -> bool:
-    """A Gateway API hostname: exact, or `*.suffix` for one or more labels before the suffix."""
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return pattern == host
-
-
 def _intersects(route_hostnames: list[str], listener: str | None, host: str) -> str | None:
     """The hostname through which a route serves `host` on a listener (None: it does not): the route's matching
-    hostname, else the listener's, else the request's own."""
-    if listener and not _hostname_matches(listener, host):
+    hostname, else the listener's, else the request's own. Matching as Istio's hosts: exact, or `*.suffix` for
+    one or more labels before the suffix (a Gateway API hostname is never a bare `*`)."""
+    if listener and not host_matches(listener, host):
         return None
     if not route_hostnames:
         return listener or host
-    found = [h for h in route_hostnames if _hostname_matches(h, host)]
+    found = [h for h in route_hostnames if host_matches(h, host)]
     return max(found, key=lambda h: (not h.startswith("*."), len(h))) if found else None
 
 

@@ -30,11 +30,15 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
 
 
-def rendered(*values: str) -> list[dict[str, Any]]:
-    args = [arg for v in values for arg in ("-f", str(ROOT / "environments" / f"{v}.yaml"))]
+def template(*args: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart into namespace deployer, with `args` (values files, --set...)."""
     done = helm("template", "deployer", str(CHART), "-n", "deployer", *args)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def rendered(*values: str) -> list[dict[str, Any]]:
+    return template(*(arg for v in values for arg in ("-f", str(ROOT / "environments" / f"{v}.yaml"))))
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
@@ -194,12 +198,7 @@ def test_no_cluster_wide_rights_and_no_wildcards(environment: str) -> None:
 
 def test_notifications_and_chart_registries_reach_the_server_config() -> None:
     target = {"name": "chat", "kind": "slack", "urlFrom": {"file": "/etc/deployer/notifications/slack-url"}}
-    done = helm(
-        "template",
-        "deployer",
-        str(CHART),
-        "-n",
-        "deployer",
+    docs = template(
         "-f",
         str(ROOT / "environments" / "staging.yaml"),
         "--set-json",
@@ -209,8 +208,6 @@ def test_notifications_and_chart_registries_reach_the_server_config() -> None:
         "--set-json",
         'charts={"registries": ["registry.example.com"]}',
     )
-    assert done.returncode == 0, done.stderr
-    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     config = parse_server_config(config_map["data"]["server.yaml"], source="server.yaml")
     assert [(n.name, n.kind, n.url_from.file if n.url_from else None) for n in config.notifications] == [
@@ -227,12 +224,7 @@ def test_notifications_and_chart_registries_reach_the_server_config() -> None:
 
 
 def test_environments_on_another_cluster_mount_its_kubeconfig_and_get_no_role_here() -> None:
-    done = helm(
-        "template",
-        "deployer",
-        str(CHART),
-        "-n",
-        "deployer",
+    docs = template(
         "--set",
         "apps.hello.environments.staging=hello-staging",
         "--set",
@@ -244,8 +236,6 @@ def test_environments_on_another_cluster_mount_its_kubeconfig_and_get_no_role_he
         "--set",
         "clusters.prod-eu.context=prod",
     )
-    assert done.returncode == 0, done.stderr
-    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     server = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"]
     config = parse_server_config(server, source="s")
     assert config.cluster_of("hello", "prod") == "prod-eu" and config.cluster_of("hello", "staging") is None
