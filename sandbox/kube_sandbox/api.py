@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -412,6 +413,8 @@ class Api:
         if t.subresource == "scale":
             return _json(_scale(obj))
         if t.subresource == "log":
+            if request.query.get("follow") in ("true", "1"):
+                return await self._follow(request, t)
             return self._logs(request, t)
         if not t.rt.builtin and not t.subresource and tables.wants_table(request.headers.get("Accept", "")):
             columns = t.rt.crd_columns.get(t.version, [])
@@ -435,6 +438,39 @@ class Api:
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         return web.Response(body=data, content_type="text/plain")
+
+    async def _follow(self, request: web.Request, t: Target) -> web.StreamResponse:
+        """log?follow=true: what the container printed so far, then more as it prints, until it has ended (the
+        pod Succeeded or Failed, or is gone), as the kubelet's log stream does."""
+        pods = self.cluster.rt("", "v1", "pods")
+        namespace, name = t.namespace or "", t.name or ""
+        container = request.query.get("container")
+        try:
+            if self.pods is None:
+                raise ValueError("this sandbox runs no containers")
+            data = self.pods.logs(namespace, name, container, previous=False, tail=None)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        sent = 0
+        while True:
+            if len(data) > sent:
+                await response.write(data[sent:])
+                sent = len(data)
+            pod = self.cluster.store.get(self.cluster.key(pods, namespace, name))
+            ended = pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            if ended:
+                break
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(ValueError):
+                data = self.pods.logs(namespace, name, container, previous=False, tail=None)
+        with contextlib.suppress(ValueError):  # what it printed last, before the pod's status said it ended
+            data = self.pods.logs(namespace, name, container, previous=False, tail=None)
+            if len(data) > sent:
+                await response.write(data[sent:])
+        await response.write_eof()
+        return response
 
     async def _proxy(self, request: web.Request, namespace: str, target: str, rest: str) -> web.StreamResponse:
         """pods/[scheme:]NAME[:PORT]/proxy/PATH: the request, forwarded to the pod as the apiserver does."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         choices=("open", "rbac"),
         default="open",
         help="open: any token is the admin (default); rbac: tokens are checked and RBAC decides, as kube-apiserver",
+    )
+    serve.add_argument(
+        "--process",
+        action="append",
+        default=[],
+        metavar="IMAGE=COMMAND",
+        help="simulated pods of IMAGE that run to completion (Job pods) run COMMAND on this host with the "
+        "container's args and env (its output is the log, its exit code the container's); repeatable",
     )
     traffic = commands.add_parser(
         "traffic", help="send steady load through the ingress gateway, or from a pod in the mesh (--from)"
@@ -119,6 +128,17 @@ def _traffic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _processes(given: list[str]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, tuple[str, ...]] = {}
+    for text in given:
+        image, _, command = text.partition("=")
+        argv = tuple(shlex.split(command))
+        if not image or not argv:
+            raise CommandError("expected IMAGE=COMMAND (a command line, split as a shell would)", where="--process")
+        found[image] = argv
+    return found
+
+
 def _serve(args: argparse.Namespace) -> int:
     from kube_sandbox import serve  # noqa: PLC0415 - the server and its controllers, only when asked for
     from kube_sandbox.engine import EngineError  # noqa: PLC0415
@@ -137,6 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
                 propagation_delay=args.propagation_delay,
                 hpa_sync_period=args.hpa_sync_period,
                 auth=args.auth,
+                processes=_processes(args.process),
             )
         )
     except OSError as exc:

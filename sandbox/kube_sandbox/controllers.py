@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
+import contextlib
 import hashlib
 import json
 import logging
@@ -57,6 +59,11 @@ def template_hash(template: dict[str, Any]) -> str:
 
 
 ROOT_CA = "kube-root-ca.crt"
+
+
+def _epoch(stamp: str) -> float:
+    """An RFC 3339 time as the apiserver writes it (seconds, UTC) → seconds since the epoch."""
+    return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 class Controllers:
@@ -564,6 +571,7 @@ class Controllers:
             return
         status = dict(job.get("status") or {})
         if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions") or []):
+            self._job_ttl(job)
             return
         pods = self._owned("pods", namespace, job)
         phases = [(p.get("status") or {}).get("phase") for p in pods]
@@ -571,6 +579,8 @@ class Controllers:
         active = len(pods) - succeeded - failed
         spec = job["spec"]
         status.setdefault("startTime", now())
+        if self._job_deadline(job, pods, status, succeeded=succeeded, failed=failed):
+            return
         if succeeded >= spec.get("completions", 1):
             stamp = now()
             status.update(
@@ -634,6 +644,70 @@ class Controllers:
                 status["succeeded"] = succeeded
         status["ready"] = sum(1 for p in pods if pod_ready(p))
         self._status("jobs", job, status)
+
+    def _job_deadline(
+        self, job: dict[str, Any], pods: list[dict[str, Any]], status: dict[str, Any], *, succeeded: int, failed: int
+    ) -> bool:
+        """pkg/controller/job/job_controller.go: past activeDeadlineSeconds the Job fails (FailureTarget, then
+        Failed, reason DeadlineExceeded) and its active pods are deleted. True when it did."""
+        spec, meta = job["spec"], job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline is None or succeeded >= spec.get("completions", 1):
+            return False
+        left = _epoch(status["startTime"]) + deadline - time.time()
+        if left > 0:
+            self.later(left + 0.01, "jobs", namespace, name)
+            return False
+        stamp = now()
+        message = "Job was active longer than specified deadline"
+        status["conditions"] = [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": "DeadlineExceeded",
+                "message": message,
+                "lastProbeTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+            for kind in ("FailureTarget", "Failed")
+        ]
+        status.pop("active", None)
+        if failed:
+            status["failed"] = failed
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                self.cluster.delete(self.rt("pods"), "v1", namespace, pod["metadata"]["name"])
+        self.events.record("Job", job, "Warning", "DeadlineExceeded", message, "job-controller")
+        status["ready"] = 0
+        self._status("jobs", job, status)
+        return True
+
+    def _job_ttl(self, job: dict[str, Any]) -> None:
+        """pkg/controller/ttlafterfinished: a finished Job with ttlSecondsAfterFinished is deleted that long after
+        it finished (completionTime, or the Failed condition's time), in the foreground, on its uid."""
+        ttl = job["spec"].get("ttlSecondsAfterFinished")
+        if ttl is None:
+            return
+        status = job.get("status") or {}
+        finished = status.get("completionTime") or next(
+            (c.get("lastTransitionTime") for c in status.get("conditions") or [] if c["type"] == "Failed"), None
+        )
+        if finished is None:
+            return
+        meta = job["metadata"]
+        left = _epoch(finished) + ttl - time.time()
+        if left > 0:
+            self.later(left + 0.01, "jobs", meta["namespace"], meta["name"])
+            return
+        with contextlib.suppress(ApiError):  # gone or replaced meanwhile: nothing of this Job to delete
+            self.cluster.delete(
+                self.rt("jobs"),
+                "v1",
+                meta["namespace"],
+                meta["name"],
+                options={"propagationPolicy": "Foreground", "preconditions": {"uid": meta["uid"]}},
+            )
 
     def namespace(self, namespace: str, name: str) -> None:
         ns = self.cluster.store.get(("", "namespaces", "", name))

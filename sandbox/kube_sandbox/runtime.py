@@ -2,11 +2,21 @@
 
 The default, `SimulatedRuntime`, runs nothing: a pod becomes Ready after a short delay, a Job's pod
 Succeeds after it, and images can be told to crash, never become ready, become unready later, or fail.
+
+Whoever starts the sandbox may also map an image to a host command (`processes`, `kube-sandbox serve --process
+IMAGE=COMMAND`): a pod of that image that runs to completion (restartPolicy Never or OnFailure, a Job's pod) runs
+the command on the host with the container's args and env values appended and set, as a kubelet runs the image's
+entrypoint; its output is the container's log (followed as it grows), its exit code the container's, and deleting
+the pod kills it. That is how tests stand in for images that cannot run here (a kaniko executor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +58,28 @@ class _Run:
     after: float
 
 
+LOG_CAP = 4 * 2**20  # bytes of a process's output kept (its last ones)
+
+
+@dataclass
+class _Process:
+    started: float
+    output: bytearray = field(default_factory=bytearray)
+    pid: int | None = None
+    code: int | None = None
+    finished: float | None = None
+    task: asyncio.Task[None] | None = None
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of args: known variables replaced, $$ escapes, unknown ones kept."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
+
+
 @dataclass
 class SimulatedRuntime:
     """Pods that need no containers: deterministic timings, behaviour chosen per image."""
@@ -55,8 +87,10 @@ class SimulatedRuntime:
     ready_delay: float = 0.2
     crash_backoff: float = 1.0
     behaviours: dict[str, tuple[str, float]] = field(default_factory=dict)
+    processes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # image -> host command (see above)
     on_change: Callable[[str, str], None] = lambda namespace, name: None
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
+    _procs: dict[tuple[str, str], _Process] = field(default_factory=dict)
 
     def bind(self, on_change: Callable[[str, str], None]) -> None:
         self.on_change = on_change
@@ -71,17 +105,76 @@ class SimulatedRuntime:
 
     def forget(self, namespace: str, name: str) -> None:
         self._runs.pop((namespace, name), None)
+        process = self._procs.pop((namespace, name), None)
+        if process is not None:
+            self._kill(process)
 
     async def start(self) -> None:
         """Nothing to start: no containers run."""
 
     async def stop(self) -> None:
         self._runs.clear()
+        for process in self._procs.values():
+            self._kill(process)
+        tasks = [p.task for p in self._procs.values() if p.task is not None]
+        self._procs.clear()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    @staticmethod
+    def _kill(process: _Process) -> None:
+        if process.pid is not None and process.code is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def _spawn(self, key: tuple[str, str], command: tuple[str, ...], container: dict[str, Any]) -> _Process:
+        process = _Process(time.time())
+        env = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
+        argv = [*command, *(_expand(str(a), env) for a in container.get("args") or [])]
+
+        async def run() -> None:
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env={**os.environ, **env},
+                    start_new_session=True,  # its own process group: deleting the pod kills all of it
+                )
+            except OSError as exc:
+                process.output += f"exec {argv[0]}: {exc.strerror}\n".encode()
+                process.code, process.finished = 128, time.time()
+                self.on_change(*key)
+                return
+            process.pid = child.pid
+            assert child.stdout is not None
+            async for line in child.stdout:
+                process.output += line
+                if len(process.output) > LOG_CAP:
+                    del process.output[: len(process.output) - LOG_CAP]
+            code = await child.wait()
+            process.code, process.finished = (128 - code if code < 0 else code), time.time()  # a signal: 128+N
+            self.on_change(*key)
+
+        process.task = asyncio.get_running_loop().create_task(run())
+        return process
+
+    def finished(self, namespace: str, name: str) -> bool:
+        """Whether the pod's process (if it runs one) has ended: a followed log ends then."""
+        process = self._procs.get((namespace, name))
+        return process is None or process.code is not None
 
     def address(self, namespace: str, name: str) -> str | None:
         return None  # a simulated pod serves nothing: proxying to it is refused as by a dead pod
 
     def logs(self, namespace: str, name: str, container: str | None, *, previous: bool, tail: int | None) -> bytes:
+        process = self._procs.get((namespace, name))
+        if process is not None:
+            data = bytes(process.output)
+            if tail is not None:
+                data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+            return data
         run = self._runs.get((namespace, name))
         if run is None:
             raise ValueError(f'pod "{name}" is not running yet')
@@ -100,12 +193,20 @@ class SimulatedRuntime:
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(time.time(), behaviour, after)
+        finishing = spec.get("restartPolicy", "Always") != "Always"
+        mapped = next((c for c in spec.get("containers") or [] if c.get("image") in self.processes), None)
+        if mapped is not None and finishing:
+            process = self._procs.get(key)
+            if process is None:
+                process = self._procs[key] = self._spawn(key, self.processes[mapped["image"]], mapped)
+            if process.code is None:
+                return self._running(pod, run, ready=True)
+            return self._finished(pod, run, failed=process.code != 0, code=process.code, at=process.finished)
         now = time.time()
         elapsed = now - run.started
         if elapsed < self.ready_delay:
             self._wake(*key, self.ready_delay - elapsed)
             return self._pending(pod, run)
-        finishing = spec.get("restartPolicy", "Always") != "Always"
         if finishing:
             return self._finished(pod, run, failed=behaviour in ("fail", "crash"))
         if behaviour == "crash":
@@ -183,15 +284,17 @@ class SimulatedRuntime:
         status["containerStatuses"] = self._containers(pod, waiting, ready=False, restarts=restarts + 1, last=last)
         return status
 
-    def _finished(self, pod: dict[str, Any], run: _Run, *, failed: bool) -> dict[str, Any]:
+    def _finished(
+        self, pod: dict[str, Any], run: _Run, *, failed: bool, code: int | None = None, at: float | None = None
+    ) -> dict[str, Any]:
         status = self._base(pod, run, "Failed" if failed else "Succeeded", ready=False, reason="PodCompleted")
-        code = 1 if failed else 0
+        code = code if code is not None else (1 if failed else 0)
         state = {
             "terminated": {
                 "exitCode": code,
                 "reason": "Error" if failed else "Completed",
                 "startedAt": stamp(run.started),
-                "finishedAt": stamp(run.started + self.ready_delay),
+                "finishedAt": stamp(at if at is not None else run.started + self.ready_delay),
             }
         }
         status["containerStatuses"] = self._containers(pod, state, ready=False)

@@ -117,6 +117,7 @@ class Sandbox:
         scrape_interval: str = "15s",
         hpa_sync_period: float = 15.0,
         auth: str = "open",
+        processes: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}")
@@ -127,7 +128,9 @@ class Sandbox:
         self.kubeconfig_path = kubeconfig_path
         self.store = Store(history=history, state_dir=state_dir)
         self.cluster = Cluster(self.store)
-        self.simulated = SimulatedRuntime(ready_delay=ready_delay, crash_backoff=crash_backoff)
+        self.simulated = SimulatedRuntime(
+            ready_delay=ready_delay, crash_backoff=crash_backoff, processes=dict(processes or {})
+        )
         self.containers: ContainerRuntime | None = None
         self.runtime: PodRuntime = self.simulated
         self._scratch: Path | None = None

@@ -229,3 +229,56 @@ def test_scale_subresource(api: client.ApiClient, namespace: str) -> None:
         lambda: apps.read_namespaced_deployment_scale("sc", namespace).status.replicas == 3,
         what="3 replicas in the scale status",
     )
+
+
+@pytest.mark.sandbox_only
+def test_job_deadline_ttl_and_a_process_pod_with_its_log_followed(sandbox_factory: Any, tmp_path: Any) -> None:
+    """A pod of a mapped image runs its command on the host (args appended, env values set); its log can be
+    followed as it grows; past activeDeadlineSeconds its Job fails (DeadlineExceeded) and the pod (and process)
+    are gone; a finished Job with ttlSecondsAfterFinished is deleted that long after it finished."""
+    marker = tmp_path / "ran"
+    script = 'echo "hello $GREETING"; echo "args: $*"; touch ' + str(marker) + '; sleep "$1"; echo "done after $1"'
+    running = sandbox_factory(processes={"tool:1": ("sh", "-c", script, "tool")})
+    api = running.api()
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="jobs")))
+
+    def tool(name: str, seconds: str, **spec: Any) -> dict[str, Any]:
+        container = {"name": "t", "image": "tool:1", "args": [seconds], "env": [{"name": "GREETING", "value": "hi"}]}
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                **spec,
+                "backoffLimit": 0,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
+            },
+        }
+
+    # runs to its end; its log followed while it runs; deleted 1s after it succeeded
+    batch.create_namespaced_job("jobs", tool("quick", "1", ttlSecondsAfterFinished=1))
+    pod = wait_for(lambda: core.list_namespaced_pod("jobs", label_selector="job-name=quick").items, what="its pod")[0]
+    wait_for(lambda: core.read_namespaced_pod(pod.metadata.name, "jobs").status.phase == "Running", what="running")
+    started = time.monotonic()
+    followed = core.read_namespaced_pod_log(pod.metadata.name, "jobs", follow=True, _preload_content=False)
+    text = followed.data.decode()
+    assert text.splitlines() == ["hello hi", "args: 1", "done after 1"], text
+    assert time.monotonic() - started > 0.5, "the stream stayed open until the process ended"
+    assert marker.exists()
+    done = wait_for(lambda: (j := batch.read_namespaced_job("quick", "jobs")).status.succeeded and j, what="done")
+    assert done.status.completion_time is not None
+    wait_for(lambda: not batch.list_namespaced_job("jobs").items, timeout=10, what="the TTL to delete the Job")
+    wait_for(lambda: not core.list_namespaced_pod("jobs").items, timeout=10, what="its pod to go with it")
+
+    # past its deadline: failed, DeadlineExceeded, its pod and process gone
+    batch.create_namespaced_job("jobs", tool("slow", "60", activeDeadlineSeconds=2))
+    failed = wait_for(
+        lambda: (j := batch.read_namespaced_job("slow", "jobs")).status.conditions and j, timeout=10, what="deadline"
+    )
+    assert {(c.type, c.reason) for c in failed.status.conditions} == {
+        ("FailureTarget", "DeadlineExceeded"),
+        ("Failed", "DeadlineExceeded"),
+    }
+    assert failed.status.conditions[-1].message == "Job was active longer than specified deadline"
+    wait_for(lambda: not core.list_namespaced_pod("jobs", label_selector="job-name=slow").items, what="pod deleted")
+    events = core.list_namespaced_event("jobs", field_selector="involvedObject.name=slow").items
+    assert "DeadlineExceeded" in {e.reason for e in events}
