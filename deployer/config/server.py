@@ -76,10 +76,20 @@ HostPort = Annotated[str, AfterValidator(_host_port)]
 Glob = Annotated[str, Field(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")]
 
 
+class ListenTls(StrictModel):
+    cert_file: str = Field(description="PEM certificate chain the HTTP listener presents.")
+    key_file: str = Field(description="Its PEM private key.")
+
+
 class Listen(StrictModel):
     ssh: HostPort | None = Field(default="127.0.0.1:2222", description="SSH remote; null turns it off.")
     http: HostPort | None = Field(default="127.0.0.1:8080", description="Smart HTTP, /healthz and /metrics.")
     ssh_user: str = Field(default="git", description="The user name in ssh://USER@HOST/APP.git.")
+    tls: ListenTls | None = Field(
+        default=None,
+        description="Serve the HTTP listener over TLS (https): kaniko build Jobs fetch their context only over "
+        "https, so a kaniko builder whose contextUrl points at this server needs it (or an https ingress).",
+    )
 
 
 class User(StrictModel):
@@ -240,8 +250,58 @@ class ChartsConfig(StrictModel):
     auth_file: str | None = Field(default=None, description="Credentials for them, as a docker config.json.")
 
 
+class BuildCache(StrictModel):
+    repository: str = Field(
+        description="Where kaniko keeps cached layers (its --cache-repo), e.g. registry.example.com/cache."
+    )
+
+
+class BuildResources(StrictModel):
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], str] = Field(default_factory=dict)
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], str] = Field(default_factory=dict)
+
+
+KANIKO_FIELDS = ("namespace", "cluster", "image", "context_url", "context_ca", "registry_secret", "cache", "resources")
+
+
 class BuilderConfig(StrictModel):
-    kind: Literal["auto", "buildah", "docker"] = "auto"
+    kind: Literal["auto", "buildah", "docker", "kaniko"] = Field(
+        default="auto",
+        description="`auto` (buildah, else docker), `buildah`, `docker`, or `kaniko`: every build a Job in the "
+        "cluster (namespace), its context fetched from this server (contextUrl), no privileges in this server.",
+    )
+    namespace: Name | None = Field(default=None, description="kaniko: the namespace build Jobs run in.")
+    cluster: Name | None = Field(
+        default=None, description="kaniko: the cluster (of `clusters`) build Jobs run on; default: `cluster`."
+    )
+    image: str | None = Field(default=None, description="kaniko: the executor image (default: a pinned release).")
+    context_url: Annotated[str, Field(pattern=r"^https://[^\s/?#]+(/[^\s?#]*)?$")] | None = Field(
+        default=None,
+        description="kaniko: this server's https URL as build Jobs reach it (kaniko fetches a context only over "
+        "https); each build fetches its commit's context once from CONTEXTURL/build-context/TOKEN.tar.gz.",
+    )
+    context_ca: Name | None = Field(
+        default=None,
+        description="kaniko: a ConfigMap in the build namespace whose `ca.crt` signed contextUrl's certificate "
+        "(added to kaniko's roots); not needed for a publicly trusted certificate.",
+    )
+    registry_secret: Name | None = Field(
+        default=None,
+        description="kaniko: a kubernetes.io/dockerconfigjson Secret in the build namespace with the registry's "
+        "push credentials (mounted as kaniko's /kaniko/.docker/config.json).",
+    )
+    cache: BuildCache | None = Field(default=None, description="kaniko: layer cache in the registry.")
+    resources: BuildResources | None = Field(
+        default=None,
+        description="kaniko: the build container's requests and limits (default: requests cpu 500m, memory 512Mi; "
+        "limits from cpus and memoryMb).",
+    )
+    max_concurrent: Annotated[int, Field(ge=1)] = Field(
+        default=4, description="kaniko: builds running at once (as Jobs); further pushes wait for a slot."
+    )
+    ttl: Duration = Field(
+        default=600.0, description="kaniko: a finished build Job and its pod are deleted this long after it ends."
+    )
     storage: str | None = Field(default=None, description="buildah storage root (default: DATA_DIR/containers).")
     max_context_mb: Annotated[int, Field(ge=1)] = 200
     isolation: Literal["oci", "chroot"] = Field(
@@ -261,6 +321,20 @@ class BuilderConfig(StrictModel):
     max_image_mb: Annotated[int, Field(ge=1)] = Field(
         default=4096, description="The largest image a push may build (all its layers); over it, nothing is pushed."
     )
+
+    @model_validator(mode="after")
+    def _kaniko(self) -> Self:
+        if self.kind == "kaniko":
+            for needed in ("namespace", "context_url"):
+                if getattr(self, needed) is None:
+                    key = "contextUrl" if needed == "context_url" else needed
+                    raise ValueError(f"builder.{key} is needed with kind: kaniko")
+            return self
+        for name in KANIKO_FIELDS:
+            if getattr(self, name) is not None:
+                key = re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
+                raise ValueError(f"builder.{key} is for kind: kaniko (this builder is {self.kind!r})")
+        return self
 
 
 class Limits(StrictModel):
@@ -417,6 +491,14 @@ class ServerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _clusters_known(self) -> Self:
+        if self.builder.kind == "kaniko":
+            if self.builder.cluster is not None and self.builder.cluster not in self.clusters:
+                known = ", ".join(sorted(self.clusters)) or "none"
+                raise ValueError(
+                    f"builder.cluster: no cluster {self.builder.cluster!r} in 'clusters' (it has: {known})"
+                )
+            if self.builder.cluster is None and self.cluster is None:
+                raise ValueError("builder.cluster: kaniko Jobs need a cluster: give 'cluster' or builder.cluster")
         for app, policy in self.apps.items():
             for environment in policy.environments:
                 cluster = policy.clusters.get(environment)

@@ -512,6 +512,25 @@ class KubeClient:
         path = resource.path(namespace, name)
         return str(await call(self.request, "GET", path, params={"tailLines": str(tail)}, accept="*/*", raw=True))
 
+    async def stream_log(
+        self, resource: Resource, namespace: str, name: str, *, seconds: float
+    ) -> AsyncGenerator[str, None]:
+        """Each line a container prints, as it prints it (log?follow=true), until it ends or `seconds` pass. A
+        stream that is cut just ends: the caller decides what a lost log means (for a build: nothing; its Job's
+        status is the signal)."""
+        wait = aiohttp.ClientTimeout(total=seconds, sock_connect=10)
+        params = {"follow": "true"}
+        async with self._open("GET", resource.path(namespace, name), params=params, timeout=wait, accept="*/*") as got:
+            pending = b""
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async for chunk in got.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.decode(errors="replace").rstrip("\r")
+            if pending:
+                yield pending.decode(errors="replace").rstrip("\r")
+
     async def proxy(
         self, resource: Resource, namespace: str, target: str, path: str, *, timeout: float
     ) -> tuple[int, str]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from deployer.build.kaniko import BuildContexts
 from deployer.build.scan import scan_push
 from deployer.build.source import ZERO, export_commit, is_ancestor, read_at, ref_value
 from deployer.canary.istio import Reach
@@ -147,6 +148,7 @@ class Services:
     # (repository, ref) -> the commit a release just made live there, until git has moved the ref to it
     settling: dict[tuple[str, str], str] = field(default_factory=dict)
     clusters: dict[str, KubeClient] = field(default_factory=dict)  # server.yaml clusters, by name
+    contexts: BuildContexts | None = None  # kaniko builds' one-time contexts, served on the HTTP listener
 
     def on(self, app: str, environment: str) -> Services:
         """These services with the API of the cluster `app`'s `environment` lives on."""

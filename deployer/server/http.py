@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from deployer.build.kaniko import CONTEXT_PATH
 from deployer.config.server import user_for_token
 from deployer.errors import DeployError
 from deployer.server.core import SERVICES, DeployServer
@@ -62,12 +63,23 @@ class GitHttp:
             WebView(self.server, self.throttle).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get(CONTEXT_PATH + "{token}.tar.gz", self.build_context)
         app.router.add_get("/{repo}/info/refs", self.git)
         app.router.add_post("/{repo}/{service}", self.git)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "releasesInFlight": self.server.in_flight})
+
+    async def build_context(self, request: web.Request) -> web.StreamResponse:
+        """A kaniko build Job's context: its one-time token is the credential (fetched once, by its build)."""
+        contexts = self.server.services.contexts
+        found = contexts.take(request.match_info["token"]) if contexts is not None else None
+        if found is None:
+            return web.Response(status=404, text="no such build context (each is fetched once, by its own build)\n")
+        path, what = found
+        log.info("build context of %s fetched by %s", what, request.remote)
+        return web.FileResponse(path, headers={"Content-Type": "application/gzip", "Cache-Control": "no-store"})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.server.metrics.exposition(), content_type="text/plain", charset="utf-8")

@@ -7,16 +7,18 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from deployer.build import BuildahBuilder, BuildLimits, BuildUser, RegistryClient, choose_builder
+from deployer.build import BuildahBuilder, Builder, BuildLimits, BuildUser, RegistryClient, choose_builder
+from deployer.build.kaniko import KANIKO_IMAGE, BuildContexts, KanikoBuilder, KanikoSettings
 from deployer.config.server import ServerConfig
 from deployer.errors import DeployError
 from deployer.helm import Helm
-from deployer.kube import connect
+from deployer.kube import KubeClient, KubeJobRunner, connect
 from deployer.pipeline.charts import ChartRegistries
 from deployer.pipeline.push import Services
 from deployer.pipeline.steps import BuildSettings
@@ -40,12 +42,17 @@ def services(config: ServerConfig) -> Services:
         api = next(iter(clusters.values()))
     registry = config.registry
     auth = Path(registry.auth_file) if registry.auth_file else None
-    build = BuildSettings(
-        builder=choose_builder(
+    contexts = None
+    if config.builder.kind == "kaniko":
+        builder, contexts = _kaniko(config, data, clusters[config.builder.cluster] if config.builder.cluster else api)
+    else:
+        builder = choose_builder(
             config.builder.kind,
             storage=Path(config.builder.storage or data / "containers"),
             user=BuildUser.lookup(config.builder.run_as) if config.builder.run_as else None,
-        ),
+        )
+    build = BuildSettings(
+        builder=builder,
         registry=RegistryClient(insecure=frozenset([registry.host] if registry.insecure else []), auth_file=auth),
         max_context_bytes=config.builder.max_context_mb * 2**20,
         auth_file=auth,
@@ -68,7 +75,56 @@ def services(config: ServerConfig) -> Services:
         cache=data / "charts",
         auth_file=chart_auth,
     )
-    return Services(server=config, api=api, build=build, helm=helm, renders=renders, charts=charts, clusters=clusters)
+    return Services(
+        server=config,
+        api=api,
+        build=build,
+        helm=helm,
+        renders=renders,
+        charts=charts,
+        clusters=clusters,
+        contexts=contexts,
+    )
+
+
+def _kaniko(config: ServerConfig, data: Path, api: KubeClient) -> tuple[Builder, BuildContexts]:
+    """server.yaml builder (kind: kaniko): each build a Job on `api`'s cluster, its context served by this server."""
+    b = config.builder
+    assert b.namespace is not None and b.context_url is not None  # the model requires them with kind: kaniko
+    resources = b.resources
+    settings = KanikoSettings(
+        namespace=b.namespace,
+        image=b.image or KANIKO_IMAGE,
+        registry_secret=b.registry_secret,
+        cache_repository=b.cache.repository if b.cache else None,
+        context_ca=b.context_ca,
+        requests={str(k): v for k, v in resources.requests.items()}
+        if resources and resources.requests
+        else {"cpu": "500m", "memory": "512Mi"},
+        limits={str(k): v for k, v in resources.limits.items()}
+        if resources and resources.limits
+        else {"cpu": f"{b.cpus:g}", "memory": f"{b.memory_mb}Mi"},
+        timeout=b.timeout,
+        ttl=b.ttl,
+        max_concurrent=b.max_concurrent,
+    )
+    contexts = BuildContexts(data / "build-contexts", base_url=b.context_url, lifetime=b.timeout + 60)
+    contexts.clear_directory()
+    return KanikoBuilder(
+        runner=KubeJobRunner(api), namespace=b.namespace, settings=settings, contexts=contexts
+    ), contexts
+
+
+def _tls(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.listen.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.listen.tls.cert_file, config.listen.tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise DeployError(f"cannot load the certificate and key: {why}", where="listen.tls") from None
+    return context
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -93,7 +149,7 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
             host, port = _split(config.listen.http)
             runner = web.AppRunner(GitHttp(server).app(), access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=_tls(config))
             try:
                 await site.start()
             except OSError as exc:
@@ -101,7 +157,8 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
                     f"cannot listen on {config.listen.http}: {exc.strerror}", where="listen.http"
                 ) from None
             bound = runner.addresses[0][1]
-            announce(f"http: http://{host}:{bound}/APP.git  (/healthz, /metrics)")
+            scheme = "https" if config.listen.tls else "http"
+            announce(f"http: {scheme}://{host}:{bound}/APP.git  (/healthz, /metrics)")
         if config.listen.ssh:
             host, port = _split(config.listen.ssh)
             try:
@@ -128,3 +185,5 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
             await api.close()
         if server.services.renders is not None:
             server.services.renders.kill()  # no render outlives the server
+        if server.services.contexts is not None:
+            server.services.contexts.clear()

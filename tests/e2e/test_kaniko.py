@@ -1,6 +1,8 @@
-"""The kaniko build path on the sandbox: the Job is created with the right args, and its end is followed.
+"""The kaniko build path on the sandbox (as `deployer build --builder kaniko` runs it): the Job is created with
+the right args, followed to its end, and deleted once it succeeded; a failed one fails the build with its log.
 
-The real kaniko image cannot run on these machines; the sandbox's simulated pods stand in for it.
+The real kaniko image cannot run on these machines; the sandbox's simulated pods stand in for it (a push through
+`deployer serve` that really builds in a Job is tests/e2e/test_kaniko_server.py).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kube_sandbox.testing import Running
@@ -34,26 +37,38 @@ def request() -> BuildRequest:
     )
 
 
-async def build(cluster: Running, namespace: str, sink: Callable[[Event], None]) -> None:
+class Capturing(KubeJobRunner):
+    """The cluster's runner, keeping the Job it was given (a succeeded build's Job is deleted afterwards)."""
+
+    job: dict[str, Any] | None = None
+
+    async def run_job(self, job: dict[str, Any], **options: Any) -> tuple[bool, str, tuple[str, ...]]:
+        self.job = job
+        return await super().run_job(job, **options)
+
+
+async def build(cluster: Running, namespace: str, sink: Callable[[Event], None]) -> dict[str, Any] | None:
     async with connect(cluster.kubeconfig) as api:
+        runner = Capturing(api)
         builder = KanikoBuilder(
-            runner=KubeJobRunner(api),
+            runner=runner,
             namespace=namespace,
             timeout=30,
             context_uri="git://deployer.deployer.svc:8080/hello.git#{commit}",
         )
         await builder.build_and_push(request(), sink)
+        return runner.job
 
 
-def test_kaniko_job_is_created_with_the_right_args_and_followed(
+def test_kaniko_job_is_created_with_the_right_args_followed_and_deleted(
     cluster: Running, api: client.ApiClient, namespace: str
 ) -> None:
     events: list[Event] = []
-    asyncio.run(build(cluster, namespace, events.append))
-    (job,) = client.BatchV1Api(api).list_namespaced_job(namespace).items
-    container = job.spec.template.spec.containers[0]
-    assert container.image == KANIKO_IMAGE
-    assert container.args == [
+    job = asyncio.run(build(cluster, namespace, events.append))
+    assert job is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == KANIKO_IMAGE
+    assert container["args"] == [
         f"--context=git://deployer.deployer.svc:8080/hello.git#{SHA}",
         "--dockerfile=docker/Dockerfile",
         f"--destination=127.0.0.1:5000/hello:{SHA}",
@@ -66,12 +81,12 @@ def test_kaniko_job_is_created_with_the_right_args_and_followed(
         "--insecure",
         "--skip-tls-verify",
     ]
-    assert container.env[0].value_from.secret_key_ref.name == "deployer-build-args"
-    assert job.spec.template.spec.restart_policy == "Never"
-    assert job.status.succeeded == 1
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "deployer-build-args"
     messages = [e.message for e in events]
     assert any(m.endswith("succeeded (CompletionsReached)") for m in messages), messages
     assert not any("s3cr3t-token" in m for m in messages)
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert [j for j in jobs if not j.metadata.deletion_timestamp] == [], "a succeeded build's Job is deleted"
 
 
 @pytest.mark.sandbox_only
@@ -85,5 +100,7 @@ def test_a_failed_kaniko_job_fails_the_build_with_its_logs(
     finally:
         cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "ready"})
     assert str(info.value).startswith("build: the kaniko build Job build-")
-    assert str(info.value).endswith("failed: BackoffLimitExceeded")
-    assert info.value.details, "the Job's logs (or why there are none) come with the error"
+    assert "failed (BackoffLimitExceeded); last 1 lines of its log below" in str(info.value)
+    assert info.value.details == ("[sandbox] simulated container failed: exit code 1",)
+    (job,) = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert job.status.failed == 1, "a failed build's Job is kept (until its TTL) to be looked at"
