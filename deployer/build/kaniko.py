@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import json
 import re
 import secrets
 import shlex
@@ -97,17 +98,10 @@ def job_name(image: str) -> str:
 
 
 def kaniko_job(
-    request: BuildRequest,
-    *,
-    context_uri: str,
-    image: str = KANIKO_IMAGE,
-    registry_secret: str | None = None,
-    settings: KanikoSettings | None = None,
-    dockerfile: str | None = None,
+    request: BuildRequest, *, context_uri: str, settings: KanikoSettings, dockerfile: str | None = None
 ) -> dict[str, Any]:
-    """The Job that builds `request` with kaniko from `context_uri` (the deployer's one-time context URL, or e.g.
-    git://host/app.git#<commit> from the CLI) and pushes it; `dockerfile` is its path inside that context."""
-    settings = settings or KanikoSettings(namespace="", image=image, registry_secret=registry_secret)
+    """The Job that builds `request` with kaniko from `context_uri` (the deployer's one-time context URL) and
+    pushes it; `dockerfile` is its path inside that context (default: `request.dockerfile` within its context)."""
     tag = request.image.rsplit(":", 1)[1]
     if dockerfile is None:
         path = request.dockerfile
@@ -121,6 +115,7 @@ def kaniko_job(
         "--cache=true",
         "--snapshot-mode=redo",
         "--reproducible",
+        "--log-format=json",  # one JSON object per log line (pkg/logging): read back as its message, no colours
     ]
     if settings.cache_repository:
         args.append(f"--cache-repo={settings.cache_repository}")
@@ -220,7 +215,7 @@ def _pack(request: BuildRequest, target: Path) -> str:
 
     with (
         target.open("wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped,
         tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for path, name in entries():
@@ -283,35 +278,20 @@ class BuildContexts:
             self._contexts.pop(key).path.unlink(missing_ok=True)
 
 
-_STEP_LINE = re.compile(rf"^(?:INFO\[\d+\]\s+|\S+\s+INFO\s+)?((?:{_STEP_WORDS})\b.*)$")
+_STEP_LINE = re.compile(rf"^((?:{_STEP_WORDS})\b.*)$")  # kaniko logs each instruction (pkg/executor/build.go)
 
 
 class KanikoBuilder:
-    """kaniko in the cluster. With `contexts`, each build's context is the deployer's one-time URL for it (the
-    server); without, `context_uri` is a template with {commit}, e.g. git://deployer/app.git#{commit} (the CLI)."""
+    """kaniko in the cluster: each build a Job in `settings.namespace`, its context `contexts`' one-time URL."""
 
     name = "kaniko"
 
-    def __init__(
-        self,
-        *,
-        runner: JobRunner,
-        namespace: str,
-        context_uri: str = "",
-        timeout: float = 3600.0,
-        image: str = KANIKO_IMAGE,
-        registry_secret: str | None = None,
-        settings: KanikoSettings | None = None,
-        contexts: BuildContexts | None = None,
-    ) -> None:
+    def __init__(self, *, runner: JobRunner, settings: KanikoSettings, contexts: BuildContexts) -> None:
         self.runner = runner
-        self.settings = settings or KanikoSettings(
-            namespace=namespace, image=image, registry_secret=registry_secret, timeout=timeout
-        )
-        self.namespace = self.settings.namespace
-        self.context_uri = context_uri
+        self.settings = settings
+        self.namespace = settings.namespace
         self.contexts = contexts
-        self.slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self.slots = asyncio.Semaphore(settings.max_concurrent)
         self.running = 0
 
     async def build_and_push(self, request: BuildRequest, sink: EventSink) -> None:
@@ -331,16 +311,11 @@ class KanikoBuilder:
                 self.running -= 1
 
     async def _build(self, request: BuildRequest, sink: EventSink) -> None:
-        commit = request.image.rsplit(":", 1)[1]
-        token = None
-        if self.contexts is not None:
-            token, uri, dockerfile = await self.contexts.publish(request, what=request.image)
-            job = kaniko_job(request, context_uri=uri, settings=self.settings, dockerfile=dockerfile)
-        else:
-            job = kaniko_job(request, context_uri=self.context_uri.format(commit=commit), settings=self.settings)
+        token, uri, dockerfile = await self.contexts.publish(request, what=request.image)
+        job = kaniko_job(request, context_uri=uri, settings=self.settings, dockerfile=dockerfile)
         name = job["metadata"]["name"]
         shown = " ".join(
-            shlex.quote(request.masked(a) if token is None else request.masked(a).replace(token, "***"))
+            shlex.quote(request.masked(a).replace(token, "***"))
             for a in job["spec"]["template"]["spec"]["containers"][0]["args"]
         )
         sink(Event("build", f"kaniko Job {self.namespace}/{name}: executor {shown}", data={"job": name}))
@@ -352,8 +327,7 @@ class KanikoBuilder:
                 )
             )
         finally:
-            if token is not None and self.contexts is not None:
-                self.contexts.drop(token)
+            self.contexts.drop(token)
         if outcome.succeeded:
             with contextlib.suppress(DeployError):  # its TTL deletes it anyway
                 await self.runner.delete_job(name, namespace=self.namespace)
@@ -383,9 +357,9 @@ class _Lines:
     step: str | None = None
 
     def __call__(self, raw: str) -> None:
-        line = self.request.masked(raw)
+        line = self.request.masked(_message(raw))
         self.tail = [*self.tail[-(TAIL - 1) :], line]
-        if match := _STEP_LINE.match(line):
+        if raw.startswith("{") and (match := _STEP_LINE.match(line)):
             self.step = match.group(1)
         self.count += 1
         if self.count <= OUTPUT_CAP:
@@ -394,3 +368,18 @@ class _Lines:
             self.sink(
                 Event("build", f"(build output capped at {OUTPUT_CAP} lines; the rest is not shown)", kind="warning")
             )
+
+
+def _message(line: str) -> str:
+    """kaniko's own log lines (--log-format=json) as their message, a warning or error saying so; anything else
+    (what RUN steps print) as it is."""
+    if not line.startswith("{"):
+        return line
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(entry, dict) or not isinstance(entry.get("msg"), str):
+        return line
+    level = entry.get("level")
+    return entry["msg"] if level in ("info", "debug", "trace", None) else f"{level}: {entry['msg']}"

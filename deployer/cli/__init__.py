@@ -346,8 +346,7 @@ def _rich_printer(console: Any = None) -> Callable[[Event], None]:
 
 
 async def _build(args: argparse.Namespace) -> int:
-    from deployer.build import Builder, KanikoBuilder, RegistryClient, choose_builder  # noqa: PLC0415
-    from deployer.config import load_deploy_config  # noqa: PLC0415
+    from deployer.build import RegistryClient, choose_builder  # noqa: PLC0415
     from deployer.pipeline import BuildSettings, build_image  # noqa: PLC0415
 
     secrets = {}
@@ -355,19 +354,7 @@ async def _build(args: argparse.Namespace) -> int:
         if name not in os.environ:
             raise DeployError(f"environment variable {name} is not set", where=f"--secret-build-arg {name}")
         secrets[name] = os.environ[name]
-    cluster = None
-    if args.builder == "kaniko":
-        from deployer.kube import KubeJobRunner, connect  # noqa: PLC0415 - the cluster client loads only when needed
-
-        app = load_deploy_config(_repo(args.repo)).app if (args.repo / "deploy.yaml").exists() else "app"
-        cluster = connect(args.kubeconfig, args.kube_context)
-        builder: Builder = KanikoBuilder(
-            runner=KubeJobRunner(cluster),
-            namespace=args.namespace,
-            context_uri=args.kaniko_source.replace("{app}", app),
-        )
-    else:
-        builder = choose_builder(args.builder, storage=_state_dir() / "containers")
+    builder = choose_builder(args.builder, storage=_state_dir() / "containers")
     settings = BuildSettings(
         builder=builder,
         registry=RegistryClient(insecure=frozenset(args.insecure_registry), auth_file=args.authfile),
@@ -375,11 +362,7 @@ async def _build(args: argparse.Namespace) -> int:
         secret_args=secrets,
         auth_file=args.authfile,
     )
-    try:
-        image = await build_image(repo=args.repo, ref=args.commit, settings=settings, sink=_printer(args.output))
-    finally:
-        if cluster is not None:
-            await cluster.close()
+    image = await build_image(repo=args.repo, ref=args.commit, settings=settings, sink=_printer(args.output))
     if args.output == "text":
         print(f"image: {image.ref}")
     return 0

@@ -110,9 +110,7 @@ def _kaniko(config: ServerConfig, data: Path, api: KubeClient) -> tuple[Builder,
     )
     contexts = BuildContexts(data / "build-contexts", base_url=b.context_url, lifetime=b.timeout + 60)
     contexts.clear_directory()
-    return KanikoBuilder(
-        runner=KubeJobRunner(api), namespace=b.namespace, settings=settings, contexts=contexts
-    ), contexts
+    return KanikoBuilder(runner=KubeJobRunner(api), settings=settings, contexts=contexts), contexts
 
 
 def _tls(config: ServerConfig) -> ssl.SSLContext | None:

@@ -6,8 +6,9 @@ container's args appended). It does what the deployer relies on kaniko for, the 
 - the context is fetched as kaniko fetches an https:// context (pkg/buildcontext/https.go): one GET, anything but
   200 fails with "HTTPSTar bad status from server", then the gzipped tar is unpacked;
 - the Dockerfile is built and the image pushed with the registry's API (buildah here; kaniko does both itself);
-- it logs as kaniko does (logrus text: `INFO[0003] RUN mkdir ...` for each instruction), ends with exit status 1
-  and "error building image: ..." when a step fails.
+- it logs as kaniko does with --log-format=json (pkg/logging: logrus' JSON formatter, one object per line; the
+  instruction as each begins, pkg/executor/build.go), what RUN steps print as it is, and ends with exit status 1
+  and an error entry when a step fails.
 For the tests' sake it also tries its context URL a second time and every earlier build's URL (kept in
 --record), and prints what the deployer answered: each context can be fetched once, by its own build.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import ssl
 import sys
@@ -30,12 +32,12 @@ from deployer.build import BuildahBuilder, BuildRequest
 from deployer.errors import DeployError
 from deployer.events import Event
 
-STARTED = time.monotonic()
 STEP = re.compile(r"^STEP \d+/\d+: (.*)$")
 
 
-def info(message: str) -> None:
-    print(f"INFO[{int(time.monotonic() - STARTED):04d}] {message}", flush=True)
+def log(message: str, level: str = "info") -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(json.dumps({"level": level, "msg": message, "time": stamp}), flush=True)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -51,6 +53,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--snapshot-mode", choices=("full", "redo", "time"))
     parser.add_argument("--reproducible", action="store_true")
     parser.add_argument("--build-arg", action="append", default=[])
+    parser.add_argument("--log-format", choices=("text", "color", "json"), default="color")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--skip-tls-verify", action="store_true")
     return parser.parse_args(argv)
@@ -67,20 +70,20 @@ def fetch(url: str, tls: ssl.SSLContext) -> tuple[int, bytes]:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if not args.context.startswith("https://"):
-        print("error resolving source context: unknown build context prefix", flush=True)
+        log("error resolving source context: unknown build context prefix", "error")
         return 1
     tls = ssl.create_default_context(cafile=args.ca_file)
-    info("Retrieving https tar file")
+    log("Retrieving https tar file")
     status, body = fetch(args.context, tls)
     if status != 200:
-        print(f"error resolving source context: HTTPSTar bad status from server: {status}", flush=True)
+        log(f"error resolving source context: HTTPSTar bad status from server: {status}", "error")
         return 1
-    info("Retrieved https tar file")
+    log("Retrieved https tar file")
     again, _ = fetch(args.context, tls)
     record = Path(args.record)
     earlier = record.read_text().split() if record.exists() else []
     answers = [str(fetch(url, tls)[0]) for url in earlier]
-    info(f"(stand-in) the same context again: HTTP {again}; earlier builds' contexts: {' '.join(answers) or 'none'}")
+    log(f"(stand-in) the same context again: HTTP {again}; earlier builds' contexts: {' '.join(answers) or 'none'}")
     with record.open("a") as kept:
         kept.write(args.context + "\n")
     with tempfile.TemporaryDirectory(prefix="kaniko-standin-") as scratch:
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         archive.write_bytes(body)
         with tarfile.open(archive) as tar:
             tar.extractall(context, filter="data")
-        info("Extracted https tar file")
+        log("Extracted https tar file")
         build_args = dict(arg.split("=", 1) for arg in args.build_arg)
         request = BuildRequest(
             context=context,
@@ -104,16 +107,16 @@ def main(argv: list[str]) -> int:
                 return
             step = STEP.match(event.message)
             if step:
-                info(step.group(1))
+                log(step.group(1))
             elif event.message.strip():
                 print(event.message, flush=True)
 
         try:
             asyncio.run(BuildahBuilder(storage=Path(args.storage)).build_and_push(request, show))
         except DeployError as exc:
-            print(f"error building image: {exc.message}", flush=True)
+            log(f"error building image: {exc.message}", "error")
             return 1
-    info(f"Pushed {args.destination[0]}")
+    log(f"Pushed {args.destination[0]}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The kaniko build path on the sandbox (as `deployer build --builder kaniko` runs it): the Job is created with
-the right args, followed to its end, and deleted once it succeeded; a failed one fails the build with its log.
+"""The kaniko builder's Job on any cluster: created with the right args, followed to its end, and deleted once it
+succeeded; a failed one fails the build with its log and is kept (until its TTL).
 
 The real kaniko image cannot run on these machines; the sandbox's simulated pods stand in for it (a push through
 `deployer serve` that really builds in a Job is tests/e2e/test_kaniko_server.py).
@@ -17,7 +17,7 @@ from kube_sandbox.testing import Running
 from kubernetes import client
 
 from deployer.build import BuildRequest, KanikoBuilder
-from deployer.build.kaniko import KANIKO_IMAGE
+from deployer.build.kaniko import KANIKO_IMAGE, BuildContexts, KanikoSettings
 from deployer.errors import DeployError
 from deployer.events import Event
 from deployer.kube import KubeJobRunner, connect
@@ -26,10 +26,12 @@ pytestmark = pytest.mark.cluster
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-def request() -> BuildRequest:
+def request(context: Path) -> BuildRequest:
+    (context / "docker").mkdir(parents=True, exist_ok=True)
+    (context / "docker" / "Dockerfile").write_text("FROM scratch\n")
     return BuildRequest(
-        context=Path("/src"),
-        dockerfile=Path("/src/docker/Dockerfile"),
+        context=context,
+        dockerfile=context / "docker" / "Dockerfile",
         image=f"127.0.0.1:5000/hello:{SHA}",
         args={"GREETING": "hi", "GIT_COMMIT": SHA},
         secret_args={"TOKEN": "s3cr3t-token"},
@@ -47,34 +49,36 @@ class Capturing(KubeJobRunner):
         return await super().run_job(job, **options)
 
 
-async def build(cluster: Running, namespace: str, sink: Callable[[Event], None]) -> dict[str, Any] | None:
+async def build(cluster: Running, namespace: str, sink: Callable[[Event], None], tmp: Path) -> dict[str, Any] | None:
     async with connect(cluster.kubeconfig) as api:
         runner = Capturing(api)
         builder = KanikoBuilder(
             runner=runner,
-            namespace=namespace,
-            timeout=30,
-            context_uri="git://deployer.deployer.svc:8080/hello.git#{commit}",
+            settings=KanikoSettings(namespace=namespace, timeout=30),
+            contexts=BuildContexts(tmp / "contexts", base_url="https://deployer.deployer.svc"),
         )
-        await builder.build_and_push(request(), sink)
+        await builder.build_and_push(request(tmp / "src"), sink)
         return runner.job
 
 
 def test_kaniko_job_is_created_with_the_right_args_followed_and_deleted(
-    cluster: Running, api: client.ApiClient, namespace: str
+    cluster: Running, api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     events: list[Event] = []
-    job = asyncio.run(build(cluster, namespace, events.append))
+    job = asyncio.run(build(cluster, namespace, events.append, tmp_path))
     assert job is not None
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == KANIKO_IMAGE
-    assert container["args"] == [
-        f"--context=git://deployer.deployer.svc:8080/hello.git#{SHA}",
+    context = container["args"][0]
+    assert context.startswith("--context=https://deployer.deployer.svc/build-context/"), context
+    assert not list((tmp_path / "contexts").iterdir()), "the context is dropped when the build ends"
+    assert container["args"][1:] == [
         "--dockerfile=docker/Dockerfile",
         f"--destination=127.0.0.1:5000/hello:{SHA}",
         "--cache=true",
         "--snapshot-mode=redo",
         "--reproducible",
+        "--log-format=json",
         "--build-arg=GREETING=hi",
         f"--build-arg=GIT_COMMIT={SHA}",
         "--build-arg=TOKEN=$(BUILD_SECRET_TOKEN)",
@@ -91,12 +95,12 @@ def test_kaniko_job_is_created_with_the_right_args_followed_and_deleted(
 
 @pytest.mark.sandbox_only
 def test_a_failed_kaniko_job_fails_the_build_with_its_logs(
-    cluster: Running, api: client.ApiClient, namespace: str
+    cluster: Running, api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "fail"})
     try:
         with pytest.raises(DeployError) as info:
-            asyncio.run(build(cluster, namespace, lambda event: None))
+            asyncio.run(build(cluster, namespace, lambda event: None, tmp_path))
     finally:
         cluster.control("/sandbox/pods", {"image": KANIKO_IMAGE, "behaviour": "ready"})
     assert str(info.value).startswith("build: the kaniko build Job build-")

@@ -117,7 +117,8 @@ def test_a_push_builds_in_a_kaniko_job_streams_its_log_and_deploys(kaniko: Kanik
     assert f"--destination={kaniko.registry}/{app.name}:{app.head()}" in job
     assert re.search(r"--context=https://127\.0\.0\.1:\d+/build-context/\*\*\*\.tar\.gz", job), job
     # the executor's own log, line by line, as it ran: its steps and the stand-in's check of the context URL
-    assert any(re.search(r"INFO\[\d{4}\] RUN mkdir -p /www/healthz /www/version", line) for line in lines), lines
+    assert any(re.fullmatch(r"\s*build\s+RUN mkdir -p /www/healthz /www/version", line) for line in lines), lines
+    assert not any('"level"' in line for line in lines), "kaniko's JSON log lines are shown as their messages"
     assert any("the same context again: HTTP 404; earlier builds' contexts: none" in line for line in lines), lines
     assert any(f"pushed {kaniko.registry}/{app.name}@sha256:" in line for line in lines), lines
     (deployment,) = client.AppsV1Api(kaniko.cluster.api()).list_namespaced_deployment(app.staging).items

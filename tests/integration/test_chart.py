@@ -113,13 +113,14 @@ VERBS = {
     "delete": ("delete",),
     "watch": ("watch",),
     "log": ("get",),
+    "stream_log": ("get",),
     "proxy": ("get",),
 }
 FOLLOW = re.compile(r"\bapi\.follow\(\s*([A-Z_]+)((?:[^()]|\([^()]*\))*)\)")
 CALL = re.compile(r"\bapi\.(" + "|".join(VERBS) + r")\(\s*([A-Za-z_]+)\b")
 
 
-def code_calls() -> set[tuple[str, str, str]]:
+def code_calls(adapters: list[Path] = SERVER_ADAPTERS) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) of every API call in the server's adapters, read from the source."""
     calls: set[tuple[str, str, str]] = set()
     managed = [
@@ -127,7 +128,7 @@ def code_calls() -> set[tuple[str, str, str]]:
         for m in yaml.safe_load((CHART / "values.yaml").read_text())["managedResources"]
         for r in m["resources"]
     ]
-    for path in SERVER_ADAPTERS:
+    for path in adapters:
         if path in CLIENT_ONLY:
             continue
         source = path.read_text()
@@ -149,8 +150,8 @@ def code_calls() -> set[tuple[str, str, str]]:
     return calls
 
 
-def role_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    roles = [d for d in docs if d["kind"] == "Role"]
+def role_rules(docs: list[dict[str, Any]], *, builds: bool = False) -> set[tuple[str, str, str]]:
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-builds") == builds]
     assert roles
     granted = [
         {
@@ -247,3 +248,81 @@ def test_environments_on_another_cluster_mount_its_kubeconfig_and_get_no_role_he
     assert volume["secret"]["secretName"] == "deployer-prod-eu" and volume["secret"]["defaultMode"] == 0o400
     mounts = pod["containers"][0]["volumeMounts"]
     assert {"name": "cluster-prod-eu", "mountPath": "/etc/deployer/clusters/prod-eu", "readOnly": True} in mounts
+
+
+KANIKO = ("--set", "builder.kind=kaniko", "--set", "tls.secret=deployer-tls", "--set", "networkPolicy.enabled=true")
+
+
+def test_the_kaniko_builder_runs_the_deployer_without_privileges_and_grants_builds_exactly_what_they_use() -> None:
+    docs = template(
+        "-f", str(ROOT / "environments" / "prod.yaml"), *KANIKO, "--set", "builder.kaniko.cache.repository=r/c"
+    )
+    assert "Unconfined" not in yaml.safe_dump_all(docs)
+    config = parse_server_config(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["server.yaml"], source="s")
+    assert (config.builder.kind, config.builder.namespace) == ("kaniko", "deployer-builds")
+    assert config.builder.context_url == "https://deployer-http.deployer.svc:80"
+    assert config.listen.tls is not None and config.listen.tls.cert_file == "/etc/deployer/tls/tls.crt"
+    assert config.builder.cache is not None and config.builder.cache.repository == "r/c"
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert "env" not in container, "no buildah settings"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # the build namespace's Role is exactly what running build Jobs calls (kube/jobs.py), nothing more
+    jobs = code_calls([ROOT / "deployer" / "kube" / "jobs.py"])
+    assert role_rules(docs, builds=True) == jobs
+    assert jobs == {
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs", "watch"),
+        ("batch", "jobs/status", "get"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+    }
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("-builds")]
+    assert binding["metadata"]["namespace"] == "deployer-builds"
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    policy = next(d for d in policies if d["metadata"].get("namespace") == "deployer-builds")
+    assert policy["spec"]["ingress"] == [] and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert [rule["ports"] for rule in policy["spec"]["egress"]] == [
+        [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+        [{"port": 8080, "protocol": "TCP"}],
+    ]
+    objects = [obj for doc in docs for obj in parse_objects(yaml.safe_dump(doc), source="kaniko")]
+    assert validate_objects(objects) == ["ServiceMonitor/deployer"]
+
+
+def test_the_kaniko_builder_without_an_https_context_url_is_refused_at_render() -> None:
+    done = helm(
+        "template",
+        "deployer",
+        str(CHART),
+        "-n",
+        "deployer",
+        "-f",
+        str(ROOT / "environments" / "prod.yaml"),
+        "--set",
+        "builder.kind=kaniko",
+    )
+    assert done.returncode != 0
+    assert "builder.kind kaniko: build Jobs fetch their context over https" in done.stderr, done.stderr
+    done = helm(
+        "template",
+        "deployer",
+        str(CHART),
+        "-n",
+        "deployer",
+        "-f",
+        str(ROOT / "environments" / "prod.yaml"),
+        "--set",
+        "builder.kind=kaniko",
+        "--set",
+        "builder.kaniko.contextUrl=http://deployer:8080",
+    )
+    assert done.returncode != 0 and "contextUrl" in done.stderr, done.stderr

@@ -39,3 +39,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $all | uniq | sortAlpha | toJson -}}
 {{- end -}}
+
+{{/* Where kaniko build Jobs fetch their context: builder.kaniko.contextUrl, else this release's http Service
+over https (tls.secret). */}}
+{{- define "deployer.contextUrl" -}}
+{{- if .Values.builder.kaniko.contextUrl -}}
+{{- .Values.builder.kaniko.contextUrl -}}
+{{- else if .Values.tls.secret -}}
+https://{{ include "deployer.fullname" . }}-http.{{ .Release.Namespace }}.svc:{{ .Values.service.httpPort }}
+{{- else -}}
+{{- fail "builder.kind kaniko: build Jobs fetch their context over https: set tls.secret (this deployer serves https) or builder.kaniko.contextUrl" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod's and the container's security contexts: kaniko builds need no privilege in the deployer, so its
+pod runs with the RuntimeDefault seccomp profile and no capabilities; buildah needs what values.yaml says. */}}
+{{- define "deployer.podSecurityContext" -}}
+{{- if eq .Values.builder.kind "kaniko" -}}
+{{- toYaml (merge (dict "seccompProfile" (dict "type" "RuntimeDefault")) (deepCopy .Values.podSecurityContext)) -}}
+{{- else -}}
+{{- toYaml .Values.podSecurityContext -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "deployer.securityContext" -}}
+{{- if eq .Values.builder.kind "kaniko" -}}
+{{- toYaml (dict "allowPrivilegeEscalation" false "readOnlyRootFilesystem" false "capabilities" (dict "drop" (list "ALL"))) -}}
+{{- else -}}
+{{- toYaml .Values.securityContext -}}
+{{- end -}}
+{{- end -}}
