@@ -93,8 +93,10 @@ class KanikoSettings:
 
 
 def job_name(image: str) -> str:
+    """build-REPO-COMMIT-RANDOM: one Job per build, so two builds of one commit (two environments pushed at once)
+    never follow, or delete, each other's Job."""
     tag = image.rsplit(":", 1)[1]
-    return f"build-{hashlib.sha256(image.encode()).hexdigest()[:8]}-{tag[:12]}"
+    return f"build-{hashlib.sha256(image.encode()).hexdigest()[:8]}-{tag[:12]}-{secrets.token_hex(3)}"
 
 
 def kaniko_job(

@@ -151,7 +151,7 @@ def test_a_failing_step_is_named_with_its_last_lines_and_its_job_kept_until_its_
     errors = [line for line in failed.remote if line.startswith("error:")]
     assert len(errors) == 1, failed.remote
     assert re.search(
-        r"Dockerfile: the kaniko build Job build-\w+-\w+ failed at step 'RUN echo about to fail && exit 3' "
+        r"Dockerfile: the kaniko build Job build-\w+-\w+-\w+ failed at step 'RUN echo about to fail && exit 3' "
         r"\(BackoffLimitExceeded\); last \d+ lines of its log below",
         errors[0],
     ), errors[0]
