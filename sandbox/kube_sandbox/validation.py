@@ -62,57 +62,114 @@ def _types(schema: dict[str, Any]) -> list[str]:
     return [t for t in (kinds or []) if t != "null"]
 
 
+@dataclass(frozen=True)
+class _Node:
+    """What decoding needs of one schema node, worked out once (schemas do not change once loaded)."""
+
+    wanted: tuple[str, ...]
+    json_types: frozenset[str]
+    integer_only: bool
+    preserve: bool
+    props: dict[str, Any] | None
+    extra: Any
+    items: Any
+
+
+_NODES: dict[int, tuple[dict[str, Any], _Node | None]] = {}  # id(schema) -> (schema, node); holding the schema
+# keeps its id from being reused by another dict
+
+
+def _node(schema: dict[str, Any] | None) -> _Node | None:
+    if schema is None:
+        return None
+    hit = _NODES.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    resolved = k8s.resolve(schema)
+    node = None
+    if resolved is not None:
+        wanted = tuple(_types(resolved))
+        node = _Node(
+            wanted,
+            frozenset(_JSON_TYPE.get(t, t) for t in wanted),
+            "integer" in wanted and "number" not in wanted,
+            bool(resolved.get("x-kubernetes-preserve-unknown-fields")),
+            resolved.get("properties"),
+            resolved.get("additionalProperties"),
+            resolved.get("items"),
+        )
+    _NODES[id(schema)] = (schema, node)
+    return node
+
+
+Path = tuple[Any, str | int] | None  # (parent, key or index): joined into "a.b[0].c" only where one is reported
+
+
+def _joined(path: Path) -> str:
+    parts: list[str] = []
+    at: Path = path
+    while at is not None:
+        at, key = at
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(parts)).removeprefix(".")
+
+
 def decode(
-    value: Any, schema: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool, defaults: bool = False
+    value: Any,
+    schema: dict[str, Any] | None,
+    path: Path,
+    out: Decoded,
+    *,
+    prune: bool,
+    defaults: bool = False,
 ) -> Any:
     """Check types and find unknown fields below `path`; with `prune`, return the value without them; with
     `defaults` (a CRD's structural schema), fill each missing property that declares a default, as the
     apiserver's structural defaulting does after pruning (apiextensions-apiserver pkg/apiserver/schema/defaulting
     algorithm.go: a default applies where the property is absent, and is itself defaulted below)."""
-    schema = k8s.resolve(schema)
-    if schema is None or value is None:
+    node = _node(schema)
+    if node is None or value is None:
         return value
-    wanted = _types(schema)
-    if wanted and _json_type(value) not in {_JSON_TYPE.get(t, t) for t in wanted}:
-        out.type_errors.append((path, wanted[0], value))
+    if node.wanted and _json_type(value) not in node.json_types:
+        out.type_errors.append((_joined(path), node.wanted[0], value))
         return value
-    if "integer" in wanted and "number" not in wanted and isinstance(value, float) and not value.is_integer():
-        out.type_errors.append((path, "integer", value))
+    if node.integer_only and isinstance(value, float) and not value.is_integer():
+        out.type_errors.append((_joined(path), "integer", value))
     if isinstance(value, dict):
-        if schema.get("x-kubernetes-preserve-unknown-fields"):
-            return value
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        result = {}
-        for key, item in value.items():
-            sub = f"{path}.{key}" if path else key
-            if props is not None and key in props:
-                result[key] = decode(item, props[key], sub, out, prune=prune, defaults=defaults)
-            elif isinstance(extra, dict):
-                result[key] = decode(item, extra, sub, out, prune=prune, defaults=defaults)
-            elif props is None and extra is None:
-                result[key] = item
-            else:
-                out.unknown.append(sub)
-                if not prune:
-                    result[key] = item
-        _default(result, props if defaults else None, path, out, prune=prune)
-        return result
+        return value if node.preserve else _decode_object(value, node, path, out, prune=prune, defaults=defaults)
     if isinstance(value, list):
-        return [
-            decode(item, schema.get("items"), f"{path}[{i}]", out, prune=prune, defaults=defaults)
-            for i, item in enumerate(value)
-        ]
+        items = node.items
+        return [decode(item, items, (path, i), out, prune=prune, defaults=defaults) for i, item in enumerate(value)]
     return value
 
 
-def _default(result: dict[str, Any], props: dict[str, Any] | None, path: str, out: Decoded, *, prune: bool) -> None:
-    """Each missing property that declares a default gets it, itself decoded and defaulted (None: no defaults)."""
-    for key, sub_schema in (props or {}).items():
+def _decode_object(
+    value: dict[str, Any], node: _Node, path: Path, out: Decoded, *, prune: bool, defaults: bool
+) -> dict[str, Any]:
+    props, extra = node.props, node.extra
+    result = {}
+    for key, item in value.items():
+        if props is not None and key in props:
+            result[key] = decode(item, props[key], (path, key), out, prune=prune, defaults=defaults)
+        elif isinstance(extra, dict):
+            result[key] = decode(item, extra, (path, key), out, prune=prune, defaults=defaults)
+        elif props is None and extra is None:
+            result[key] = item
+        else:
+            out.unknown.append(_joined((path, key)))
+            if not prune:
+                result[key] = item
+    if defaults and props:
+        _default(result, props, path, out, prune=prune)
+    return result
+
+
+def _default(result: dict[str, Any], props: dict[str, Any], path: Path, out: Decoded, *, prune: bool) -> None:
+    """Each missing property that declares a default gets it, itself decoded and defaulted."""
+    for key, sub_schema in props.items():
         default = (k8s.resolve(sub_schema) or {}).get("default")
         if key not in result and default is not None:
-            sub = f"{path}.{key}" if path else key
-            result[key] = decode(copy.deepcopy(default), sub_schema, sub, out, prune=prune, defaults=True)
+            result[key] = decode(copy.deepcopy(default), sub_schema, (path, key), out, prune=prune, defaults=True)
 
 
 def _go_type(wanted: str) -> str:
@@ -136,7 +193,7 @@ def admit_decoding(
     else:
         schema = rt.crd_schemas.get(version)
     result = Decoded()
-    pruned = decode(obj, schema, "", result, prune=mode != "Strict", defaults=not rt.builtin)
+    pruned = decode(obj, schema, None, result, prune=mode != "Strict", defaults=not rt.builtin)
     result.unknown = [u for u in result.unknown if u not in ("apiVersion", "kind")]
     if result.type_errors:
         path, wanted, value = result.type_errors[0]
