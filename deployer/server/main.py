@@ -121,7 +121,7 @@ def _tls(config: ServerConfig) -> ssl.SSLContext | None:
         context.load_cert_chain(config.listen.tls.cert_file, config.listen.tls.key_file)
     except (OSError, ssl.SSLError) as exc:
         why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        raise DeployError(f"cannot load the certificate and key: {why}", where="listen.tls") from None
+        raise DeployError(f"cannot load the certificate and key: {why}", where="server.yaml: listen.tls") from None
     return context
 
 
@@ -132,6 +132,7 @@ def _split(address: str) -> tuple[str, int]:
 
 async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM; releases in flight get time to end before the process exits."""
+    tls = _tls(config)  # a certificate that does not load stops the start before anything runs
     found = services(config)
     if isinstance(found.build.builder, BuildahBuilder) and found.build.builder.user is None and os.geteuid() == 0:
         log.warning(
@@ -147,7 +148,7 @@ async def serve(config: ServerConfig, *, announce: Callable[[str], None] = print
             host, port = _split(config.listen.http)
             runner = web.AppRunner(GitHttp(server).app(), access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, host, port, ssl_context=_tls(config))
+            site = web.TCPSite(runner, host, port, ssl_context=tls)
             try:
                 await site.start()
             except OSError as exc:

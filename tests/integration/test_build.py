@@ -611,12 +611,17 @@ def test_with_run_as_the_limits_hold_the_whole_build(app: Path, registry: Regist
     assert build_cgroups() == before, "a build's cgroup was left behind"
 
 
-def test_serve_with_a_run_as_user_that_cannot_build_is_one_line(tmp_path: Path) -> None:
+def _unreachable_cluster(tmp_path: Path) -> Path:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
         "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\nusers: [{name: u, user: {}}]\n"
     )
+    return kubeconfig
+
+
+def test_serve_with_a_run_as_user_that_cannot_build_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = _unreachable_cluster(tmp_path)
     config = tmp_path / "server.yaml"
     config.write_text(
         f"dataDir: {tmp_path / 'data'}\nlisten: {{http: '127.0.0.1:0'}}\ncluster: {{kubeconfig: {kubeconfig}}}\n"
@@ -627,3 +632,22 @@ def test_serve_with_a_run_as_user_that_cannot_build_is_one_line(tmp_path: Path) 
     assert result.code == 1
     assert result.error_line == "error: server.yaml: builder.runAs: no such user 'no-such-user-here' on this machine"
     assert not (tmp_path / "data" / "containers").exists(), "nothing was made"
+
+
+def test_serve_with_a_kaniko_builder_and_a_certificate_that_does_not_load_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = _unreachable_cluster(tmp_path)
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"dataDir: {tmp_path / 'data'}\ncluster: {{kubeconfig: {kubeconfig}}}\n"
+        f"listen: {{http: '127.0.0.1:0', tls: {{certFile: {tmp_path / 'no.crt'}, keyFile: {tmp_path / 'no.key'}}}}}\n"
+        "registry: {host: '127.0.0.1:5000'}\n"
+        "builder: {kind: kaniko, namespace: builds, contextUrl: 'https://deployer.example.com'}\n"
+        "apps: {hello: {environments: {staging: hello-staging}}}\nusers: {}\n"
+    )
+    result = run_deployer_process("serve", "--config", config)
+    assert result.code == 1
+    assert (
+        result.error_line
+        == "error: server.yaml: listen.tls: cannot load the certificate and key: No such file or directory"
+    )
+    assert not (tmp_path / "data").exists(), "nothing was made"
