@@ -225,59 +225,88 @@ def _pack(request: BuildRequest, target: Path) -> str:
     return dockerfile
 
 
-@dataclass
-class _Context:
-    path: Path
-    what: str  # "APP@COMMIT" for the server's log
-    expires: float
-    taken: bool = False
-
-
 class BuildContexts:
-    """Build contexts served once each to the build Jobs that need them (see the module's docstring)."""
+    """Build contexts served once each to the build Jobs that need them (see the module's docstring).
+
+    They live in `directory` (the server's dataDir), named by the sha256 of their token (the token itself is kept
+    nowhere), so that whichever replica of the server a Job's request reaches can serve it, once: taking one is
+    an atomic rename of KEY.tar.gz to KEY.serving, which only one request can win. KEY.json says whose it is and
+    until when (wall-clock time: replicas share it)."""
 
     def __init__(self, directory: Path, *, base_url: str, lifetime: float = 3600.0) -> None:
         self.directory = directory
         self.base_url = base_url.rstrip("/")
         self.lifetime = lifetime
-        self._contexts: dict[str, _Context] = {}  # sha256 of the token -> the context; the token is kept nowhere
+        self._mine: set[str] = set()  # keys this process published, removed when it stops
 
     @staticmethod
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
+
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return (self.directory / f"{key}.tar.gz", self.directory / f"{key}.serving", self.directory / f"{key}.json")
 
     async def publish(self, request: BuildRequest, *, what: str) -> tuple[str, str, str]:
         """Pack `request`'s context; (token, URL, the Dockerfile's path in the context)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = secrets.token_urlsafe(32)
         key = self._key(token)
-        path = self.directory / f"{key}.tar.gz"
-        dockerfile = await asyncio.to_thread(_pack, request, path)
-        self._contexts[key] = _Context(path, what, time.monotonic() + self.lifetime)
+        ready, _, meta = self._paths(key)
+        packing = self.directory / f"{key}.packing"
+        dockerfile = await asyncio.to_thread(_pack, request, packing)
+        meta.write_text(json.dumps({"what": what, "expires": time.time() + self.lifetime}))
+        packing.rename(ready)  # whole before it can be taken
+        self._mine.add(key)
         return token, f"{self.base_url}{CONTEXT_PATH}{token}.tar.gz", dockerfile
 
     def take(self, token: str) -> tuple[Path, str] | None:
         """The tarball for `token`, once: a second request, an unknown or expired token get nothing."""
-        found = self._contexts.get(self._key(token))
-        if found is None or found.taken or time.monotonic() > found.expires:
+        if not token or not token.replace("-", "").replace("_", "").isalnum():
             return None
-        found.taken = True
-        return found.path, found.what
+        ready, serving, meta = self._paths(self._key(token))
+        try:
+            found = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict) or time.time() > float(found.get("expires", 0)):
+            return None
+        try:
+            ready.rename(serving)
+        except FileNotFoundError:  # taken already (here or by another replica)
+            return None
+        return serving, str(found.get("what", "?"))
 
     def drop(self, token: str) -> None:
-        found = self._contexts.pop(self._key(token), None)
-        if found is not None:
-            found.path.unlink(missing_ok=True)
+        key = self._key(token)
+        self._remove(key)
+        self._mine.discard(key)
+
+    def _remove(self, key: str) -> None:
+        for path in (*self._paths(key), self.directory / f"{key}.packing"):
+            path.unlink(missing_ok=True)
 
     def clear_directory(self) -> None:
-        """At start: a previous server's tarballs (their tokens died with it) are removed."""
-        if self.directory.is_dir():
-            for stale in self.directory.glob("*.tar.gz"):
-                stale.unlink(missing_ok=True)
+        """At start: contexts past their lifetime (their builds are over; a server that stopped left them) are
+        removed; other replicas' live ones stay."""
+        if not self.directory.is_dir():
+            return
+        now = time.time()
+        for meta in self.directory.glob("*.json"):
+            try:
+                expires = float(json.loads(meta.read_text()).get("expires", 0))
+            except (OSError, ValueError, AttributeError):
+                expires = 0.0
+            if now > expires:
+                self._remove(meta.stem)
+        for packing in self.directory.glob("*.packing"):  # a pack cut short by a stop
+            if now - packing.stat().st_mtime > self.lifetime:
+                packing.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for key in list(self._contexts):
-            self._contexts.pop(key).path.unlink(missing_ok=True)
+        """At stop: this process's contexts (their builds cannot be answered any more)."""
+        for key in list(self._mine):
+            self._remove(key)
+        self._mine.clear()
 
 
 _STEP_LINE = re.compile(rf"^((?:{_STEP_WORDS})\b.*)$")  # kaniko logs each instruction (pkg/executor/build.go)

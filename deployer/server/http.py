@@ -63,7 +63,7 @@ class GitHttp:
             WebView(self.server, self.throttle).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_get(CONTEXT_PATH + "{token}.tar.gz", self.build_context)
+        app.router.add_get(CONTEXT_PATH + "{token}.tar.gz", self.build_context, allow_head=False)  # HEAD would take it
         app.router.add_get("/{repo}/info/refs", self.git)
         app.router.add_post("/{repo}/{service}", self.git)
         return app

@@ -166,3 +166,26 @@ def test_server_yaml_kaniko_builder_is_accepted() -> None:
     )
     config = parse_server_config(text, source="server.yaml")
     assert config.builder.max_concurrent == 8 and config.builder.cache is not None
+
+
+def test_any_replica_sharing_the_data_directory_serves_a_context_once(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "Dockerfile").write_text("FROM scratch\n")
+    shared = tmp_path / "data" / "build-contexts"
+    first = BuildContexts(shared, base_url="https://deployer")
+    second = BuildContexts(shared, base_url="https://deployer")  # another replica, the same volume
+    token, _, _ = asyncio.run(first.publish(request(tree), what="hello@abc"))
+    second.clear_directory()  # a replica starting: others' live contexts stay
+    second.clear()  # a replica stopping: only its own go
+    found = second.take(token)
+    assert found is not None and found[1] == "hello@abc", "the replica a Job's request reaches serves it"
+    assert first.take(token) is None and second.take(token) is None, "once, whichever replica is asked"
+    for made_up in ("../../server.yaml", "a/b", "x" * 43):
+        assert second.take(made_up) is None
+    first.drop(token)
+    assert list(shared.iterdir()) == []
+    expired = BuildContexts(shared, base_url="https://deployer", lifetime=0)
+    asyncio.run(expired.publish(request(tree), what="old"))
+    first.clear_directory()
+    assert list(shared.iterdir()) == [], "a context past its lifetime is removed at start"
