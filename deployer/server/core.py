@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -41,9 +42,11 @@ from deployer.server.web import Feeds
 
 log = logging.getLogger("deployer.server")
 SERVICES = ("git-receive-pack", "git-upload-pack")
+# The hook runs hook.py as a script, isolated (-I: no PYTHON* variables, no user site) and without site (-S): it
+# needs the standard library only, and each push starts one (a third less start-up than `-m` through site-packages)
 _HOOK = """#!/bin/sh
-# Installed by the deployer: hands the push to the server's pipeline and streams its progress.
-exec {python} -m deployer.server.hook
+# Installed by the deployer (rewritten at each start): hands the push to the server's pipeline, streams its progress.
+exec {python} -I -S {script}
 """
 
 
@@ -100,6 +103,9 @@ class DeployServer:
             probe.unlink()
         except OSError as exc:
             raise DeployError(f"cannot use {self.data}: {exc.strerror}", where="server.yaml: dataDir") from None
+        for repo in sorted(self.repos.glob("*.git")):
+            if (repo / "hooks").is_dir():
+                await self._configure(repo)
         self._hooks = await asyncio.start_unix_server(self._hook, path=str(self.socket))
         self.socket.chmod(0o600)
         await self.recover()
@@ -242,6 +248,12 @@ class DeployServer:
 
     async def _create(self, repo: Path) -> None:
         await git(self.repos, "init", "--quiet", "--bare", str(repo))
+        await self._configure(repo)
+        log.info("created repository %s", repo.name)
+
+    async def _configure(self, repo: Path) -> None:
+        """The repository's git settings and hook as this server's config and install have them: at creation and
+        at every start (a changed limits.maxPushMb, or a deployer installed elsewhere, reaches existing apps)."""
         for key, value in (
             ("receive.advertisePushOptions", "true"),
             ("receive.maxInputSize", str(self.config.limits.max_push_mb * 2**20)),
@@ -252,9 +264,9 @@ class DeployServer:
         ):
             await git(repo, "config", key, value)
         hook = repo / "hooks" / "pre-receive"
-        hook.write_text(_HOOK.format(python=sys.executable), encoding="utf-8")
+        script = Path(__file__).with_name("hook.py")
+        hook.write_text(_HOOK.format(python=shlex.quote(sys.executable), script=shlex.quote(str(script))))
         hook.chmod(0o755)
-        log.info("created repository %s", repo.name)
 
     # --- the hook ----------------------------------------------------------------------------------------
 

@@ -922,3 +922,37 @@ def test_two_replicas_on_one_volume_serialize_an_environment_through_its_lease(
         assert [(r["commit"], r["status"]) for r in records[-2:]] == [(first, "deployed"), (second, "deployed")]
     finally:
         assert replica.stop() == 0
+
+
+def test_a_restarted_server_brings_existing_repositories_to_its_config(
+    cluster: Running, registry_host: str, keys: dict[str, Key], tmp_path: Path
+) -> None:
+    """An operator's change of limits.maxPushMb, and a deployer installed at another path, reach the apps that
+    already have a repository: each start writes their git settings and hook again."""
+    config = server_config(
+        data=tmp_path / "data",
+        kubeconfig=cluster.kubeconfig,
+        registry=registry_host,
+        bound={},
+        users={"alice": {"keys": [keys["alice"].public]}},
+        limits={"maxPushMb": 2},
+    )
+    config["apps"] = {"restarted": {"environments": {"staging": "restarted-staging"}}}
+    first = start_server(tmp_path / "one", config)
+    app = make_app(tmp_path, "restarted", registry_host)
+    pushed = push(app.repo, first.ssh_url("restarted"), "main:feature", key=keys["alice"])  # claimed by none
+    assert pushed.code == 0, pushed
+    assert first.stop() == 0
+    bare = first.repo("restarted")
+    hook = bare / "hooks" / "pre-receive"
+    assert " -I -S " in hook.read_text()
+    hook.write_text("#!/bin/sh\nexec /nowhere/python -m deployer.server.hook\n")  # an earlier install's
+    config["limits"]["maxPushMb"] = 7
+    second = start_server(tmp_path / "two", config)
+    try:
+        assert git(bare, "config", "receive.maxInputSize") == str(7 * 2**20)
+        assert "/nowhere/" not in hook.read_text()
+        again = push(app.repo, second.ssh_url("restarted"), "main:feature2", key=keys["alice"])
+        assert again.code == 0, again
+    finally:
+        assert second.stop() == 0
