@@ -45,6 +45,7 @@ COOKIE = "deployer_session"
 FRESH = 1.0  # seconds a read of an environment's records is shared by every page and stream
 UNANSWERED = 10.0  # seconds a cluster that did not answer is not asked again for pages
 HEARTBEAT = 15.0
+MAX_STREAMS = 16  # open live pages (event streams) per user; more answer 429
 LOG_LINES = 500
 STATIC = Path(__file__).parent / "static"
 SAID = {
@@ -284,6 +285,7 @@ class WebView:
         )
         self._actions: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
+        self._streams: dict[str, int] = {}  # open event streams per user: each holds a task and reads records
 
     async def _shutdown(self, app: web.Application) -> None:
         self._closing.set()  # event streams end: a stopping server waits for no open page
@@ -476,6 +478,21 @@ class WebView:
         if user is None:
             return web.Response(status=401, text="sign in first\n", headers=HEADERS)
         app, environment = self._known(request, user)
+        if self._streams.get(user, 0) >= MAX_STREAMS:
+            return web.Response(
+                status=429,
+                text=f"{MAX_STREAMS} live pages are open for {user} already: close some\n",
+                headers={**HEADERS, "Retry-After": "30"},
+            )
+        self._streams[user] = self._streams.get(user, 0) + 1
+        try:
+            return await self._stream(request, app, environment)
+        finally:
+            self._streams[user] -= 1
+            if not self._streams[user]:
+                del self._streams[user]
+
+    async def _stream(self, request: web.Request, app: str, environment: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         feed = self.server.feeds(app, environment)
@@ -485,6 +502,8 @@ class WebView:
         quiet = time.monotonic()
         try:
             while not self._closing.is_set():
+                if request.transport is None or request.transport.is_closing():
+                    break  # the page went away (noticed here, not at the next write: its place is free at once)
                 try:
                     state = await self._state(app, environment)
                 except (DeployError, TransientError, OSError):

@@ -34,6 +34,8 @@ from kubernetes import client
 from routes import vs_split
 from support import STATE, commit, edit
 
+from deployer.server.web import MAX_STREAMS
+
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.cluster,
@@ -251,10 +253,29 @@ def test_sign_in_rights_and_csrf(site: Site) -> None:
     assert alice.post(f"{site.base}/ui/signout", data={"csrf": own[1]}, timeout=10).status_code == 200
     assert "Sign in" in alice.get(f"{site.base}/ui/", timeout=10).text
 
+    # live pages per user are limited (each holds a stream and reads records); closing one frees its place
+    streams = [bob.get(f"{site.env_page()}/events", stream=True, timeout=10) for _ in range(MAX_STREAMS)]
+    assert [s.status_code for s in streams] == [200] * MAX_STREAMS
+    over = bob.get(f"{site.env_page()}/events", stream=True, timeout=10)
+    assert over.status_code == 429 and over.text == f"{MAX_STREAMS} live pages are open for bob already: close some\n"
+    assert alice.get(f"{site.env_page()}/events", stream=True, timeout=10).status_code == 401  # signed out above
+    streams.pop().close()
+    bob_stream = _eventually_open(bob, f"{site.env_page()}/events")
+
     # a page left open (its event stream) does not hold a stopping server
-    bob_stream = bob.get(f"{site.env_page()}/events", stream=True, timeout=10)
-    assert bob_stream.status_code == 200
     assert next(bob_stream.iter_lines()) == b"event: state"
     started = time.monotonic()
     assert site.server.stop() == 0
     assert time.monotonic() - started < 10
+
+
+def _eventually_open(session: requests.Session, url: str) -> requests.Response:
+    """An event stream, once the server has noticed a closed one (its next write fails)."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = session.get(url, stream=True, timeout=10)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            assert answer.status_code == 200, answer.text
+            return answer
+        answer.close()
+        time.sleep(0.5)
