@@ -127,14 +127,16 @@ def start_server(tmp: Path, config: dict[str, Any]) -> GitServer:
     assert process.stdout is not None
     ports: dict[str, int] = {}
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(ports) < 2:
+    while time.monotonic() < deadline:  # until it says it serves (a listener turned off prints no line)
         line = process.stdout.readline()
         if not line:
             raise AssertionError(f"deployer serve exited: {log.read_text()}")
         for scheme in ("ssh", "http"):
             if line.startswith(f"{scheme}: "):
                 ports[scheme] = int(line.split("127.0.0.1:")[1].split("/")[0])
-    return GitServer(process, path, Path(config["dataDir"]), ports["ssh"], ports["http"], log)
+        if line.startswith("deployer serving"):
+            break
+    return GitServer(process, path, Path(config["dataDir"]), ports.get("ssh", 0), ports.get("http", 0), log)
 
 
 def token_entry(token: str) -> str:
