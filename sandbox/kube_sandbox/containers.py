@@ -43,7 +43,7 @@ from kube_sandbox.defaults import qos_class
 from kube_sandbox.engine import LABEL, PAUSE_IMAGE, Engine
 from kube_sandbox.injection import is_sidecar
 from kube_sandbox.pods import named_port
-from kube_sandbox.runtime import base_status, stamp
+from kube_sandbox.runtime import base_status, expand, stamp
 
 log = logging.getLogger("kube_sandbox.containers")
 T = TypeVar("T")
@@ -93,17 +93,6 @@ class _Pod:
     @property
     def ready(self) -> bool:
         return bool(self.containers) and all(c.ready for c in self.containers)
-
-
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion: known variables are replaced, $$ escapes, unknown ones stay as written."""
-
-    def repl(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return env.get(match.group(1), match.group(0))
-
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", repl, text)
 
 
 STOP_STEP = 5.0  # seconds a part of the stop may take before it is left to the engine's stop
@@ -481,8 +470,8 @@ class ContainerRuntime:
             user = str(security["runAsUser"])
             if security.get("runAsGroup") is not None:
                 user += f":{security['runAsGroup']}"
-        command = [_expand(str(x), env) for x in spec.get("command") or []]
-        args = [_expand(str(x), env) for x in spec.get("args") or []]
+        command = [expand(str(x), env) for x in spec.get("command") or []]
+        args = [expand(str(x), env) for x in spec.get("args") or []]
         api = self.engine.docker.api
         return {
             "image": _pullable(str(spec.get("image", ""))),
@@ -527,7 +516,7 @@ class ContainerRuntime:
                         env[f"{source.get('prefix', '')}{key}"] = value.decode(errors="replace")
         for var in spec.get("env") or []:
             if "valueFrom" not in var:
-                env[var["name"]] = _expand(str(var.get("value", "")), env)
+                env[var["name"]] = expand(str(var.get("value", "")), env)
                 continue
             source = var["valueFrom"]
             for plural, ref_key in (("configmaps", "configMapKeyRef"), ("secrets", "secretKeyRef")):

@@ -71,8 +71,9 @@ class _Process:
     task: asyncio.Task[None] | None = None
 
 
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion of args: known variables replaced, $$ escapes, unknown ones kept."""
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion (of command, args and env values): known variables replaced, $$ escapes,
+    unknown ones kept as written."""
     return re.sub(
         r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
         lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
@@ -130,7 +131,7 @@ class SimulatedRuntime:
     def _spawn(self, key: tuple[str, str], command: tuple[str, ...], container: dict[str, Any]) -> _Process:
         process = _Process(time.time())
         env = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
-        argv = [*command, *(_expand(str(a), env) for a in container.get("args") or [])]
+        argv = [*command, *(expand(str(a), env) for a in container.get("args") or [])]
 
         async def run() -> None:
             try:
@@ -159,11 +160,6 @@ class SimulatedRuntime:
 
         process.task = asyncio.get_running_loop().create_task(run())
         return process
-
-    def finished(self, namespace: str, name: str) -> bool:
-        """Whether the pod's process (if it runs one) has ended: a followed log ends then."""
-        process = self._procs.get((namespace, name))
-        return process is None or process.code is not None
 
     def address(self, namespace: str, name: str) -> str | None:
         return None  # a simulated pod serves nothing: proxying to it is refused as by a dead pod
