@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -384,7 +383,7 @@ class _Lines:
     request: BuildRequest
     sink: EventSink
     count: int = 0
-    tail: list[str] = dataclasses.field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
     step: str | None = None
 
     def __call__(self, raw: str) -> None:

@@ -324,16 +324,15 @@ class BuilderConfig(StrictModel):
 
     @model_validator(mode="after")
     def _kaniko(self) -> Self:
+        keys = type(self).model_fields  # their aliases are server.yaml's keys (camelCase)
         if self.kind == "kaniko":
             for needed in ("namespace", "context_url"):
                 if getattr(self, needed) is None:
-                    key = "contextUrl" if needed == "context_url" else needed
-                    raise ValueError(f"builder.{key} is needed with kind: kaniko")
+                    raise ValueError(f"builder.{keys[needed].alias} is needed with kind: kaniko")
             return self
         for name in KANIKO_FIELDS:
             if getattr(self, name) is not None:
-                key = re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
-                raise ValueError(f"builder.{key} is for kind: kaniko (this builder is {self.kind!r})")
+                raise ValueError(f"builder.{keys[name].alias} is for kind: kaniko (this builder is {self.kind!r})")
         return self
 
 

@@ -92,21 +92,19 @@ def _kaniko(config: ServerConfig, data: Path, api: KubeClient) -> tuple[Builder,
     b = config.builder
     assert b.namespace is not None and b.context_url is not None  # the model requires them with kind: kaniko
     resources = b.resources
+    sizes: dict[str, dict[str, str]] = {"limits": {"cpu": f"{b.cpus:g}", "memory": f"{b.memory_mb}Mi"}}
+    if resources is not None:  # what server.yaml gives wins; requests default to KanikoSettings'
+        sizes |= {kind: {str(k): v for k, v in given.items()} for kind, given in resources if given}
     settings = KanikoSettings(
         namespace=b.namespace,
         image=b.image or KANIKO_IMAGE,
         registry_secret=b.registry_secret,
         cache_repository=b.cache.repository if b.cache else None,
         context_ca=b.context_ca,
-        requests={str(k): v for k, v in resources.requests.items()}
-        if resources and resources.requests
-        else {"cpu": "500m", "memory": "512Mi"},
-        limits={str(k): v for k, v in resources.limits.items()}
-        if resources and resources.limits
-        else {"cpu": f"{b.cpus:g}", "memory": f"{b.memory_mb}Mi"},
         timeout=b.timeout,
         ttl=b.ttl,
         max_concurrent=b.max_concurrent,
+        **sizes,
     )
     contexts = BuildContexts(data / "build-contexts", base_url=b.context_url, lifetime=b.timeout + 60)
     contexts.clear_directory()
