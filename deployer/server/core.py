@@ -253,19 +253,26 @@ class DeployServer:
 
     async def _configure(self, repo: Path) -> None:
         """The repository's git settings and hook as this server's config and install have them: at creation and
-        at every start (a changed limits.maxPushMb, or a deployer installed elsewhere, reaches existing apps)."""
-        for key, value in (
-            ("receive.advertisePushOptions", "true"),
-            ("receive.maxInputSize", str(self.config.limits.max_push_mb * 2**20)),
-            ("receive.denyNonFastForwards", "false"),  # the pipeline's own rule (pipeline/push.py)
-            ("receive.denyDeletes", "false"),
-            ("receive.denyDeleteCurrent", "false"),  # deleting HEAD's branch: the pipeline's rule, then HEAD moves
-            ("core.logAllRefUpdates", "true"),
-        ):
-            await git(repo, "config", key, value)
+        at every start (a changed limits.maxPushMb, or a deployer installed elsewhere, reaches existing apps).
+        What is already so is left alone: a start costs one `git config --list` per repository."""
+        wanted = {
+            "receive.advertisePushOptions": "true",
+            "receive.maxInputSize": str(self.config.limits.max_push_mb * 2**20),
+            "receive.denyNonFastForwards": "false",  # the pipeline's own rule (pipeline/push.py)
+            "receive.denyDeletes": "false",
+            "receive.denyDeleteCurrent": "false",  # deleting HEAD's branch: the pipeline's rule, then HEAD moves
+            "core.logAllRefUpdates": "true",
+        }
+        listed = (await git(repo, "config", "--local", "--list", "-z")).decode(errors="replace")
+        have = dict(entry.partition("\n")[::2] for entry in listed.split("\0") if entry)  # keys come lowercased
+        for key, value in wanted.items():
+            if have.get(key.lower()) != value:
+                await git(repo, "config", key, value)
         hook = repo / "hooks" / "pre-receive"
         script = Path(__file__).with_name("hook.py")
-        hook.write_text(_HOOK.format(python=shlex.quote(sys.executable), script=shlex.quote(str(script))))
+        text = _HOOK.format(python=shlex.quote(sys.executable), script=shlex.quote(str(script)))
+        if not hook.is_file() or hook.read_text(errors="replace") != text:
+            hook.write_text(text)
         hook.chmod(0o755)
 
     # --- the hook ----------------------------------------------------------------------------------------
