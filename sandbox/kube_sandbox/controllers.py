@@ -440,7 +440,7 @@ class Controllers:
                 None, "Progressing", ("True", "FoundNewReplicaSet", f'Found new replica set "{rs_name}"')
             )
         deadline = d["spec"].get("progressDeadlineSeconds", 600)
-        last = _parse_time(cond["lastUpdateTime"])
+        last = _epoch(cond["lastUpdateTime"])
         if time.time() - last > deadline:
             return _condition(
                 previous,
@@ -913,7 +913,3 @@ def _condition(
         "reason": reason,
         "message": message,
     }
-
-
-def _parse_time(stamp: str) -> float:
-    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
